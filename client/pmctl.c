@@ -1,0 +1,1421 @@
+/*
+ * pmctl: the command-line tool of the provider-manager service, built only on the public API
+ * of libpmclient (pmclient.h). jansson renders --json output and msgpack-c reads the reply
+ * bytes that libpmclient has already checked (pmclient_last_reply).
+ *
+ * Exit status: 0 ok, 1 the operation failed (the service said no, or a job failed), 2 usage
+ * error, 3 the service could not be reached (timeout or transport).
+ *
+ * Human output never shows a whole API key: at most its first 3 and last 4 characters.
+ * Text from the service is printed with control characters replaced, so that a provider name
+ * cannot drive the terminal.
+ */
+#include "pmclient.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <msgpack.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define EXIT_OK 0
+#define EXIT_FAILED 1
+#define EXIT_USAGE 2
+#define EXIT_UNREACHABLE 3
+
+#define S_DISCOVER_POLL_MS 200
+#define S_BAR_WIDTH 24
+#define S_MASK_MIN_LEN 12 /* shorter keys are shown as "***": 7 visible characters is too many */
+#define S_MAX_MODEL_ARGS 100000
+#define S_WATCH_POLL_MS 500
+
+typedef struct {
+    pmclient_t *client;
+    const char *endpoint;
+    const char *events_endpoint;
+    const char *curve_server_key;
+    const char *curve_client_key;
+    int timeout_ms;
+    int retries;
+    bool json;
+} s_ctx_t;
+
+typedef struct {
+    const char *name;
+    int (*run)(s_ctx_t *ctx, int argc, char **argv);
+    const char *usage;   /* the arguments after the command name */
+    const char *summary; /* one line */
+    const char *help;    /* the options, or NULL */
+    bool needs_client;
+} s_command_t;
+
+static volatile sig_atomic_t s_interrupted = 0;
+
+static void s_on_signal(int signum)
+{
+    (void)signum;
+    s_interrupted = 1;
+}
+
+/* ------------------------------------------------------------------------------- output */
+
+/* Writes text with control characters (C0, DEL) replaced by '?'. */
+static void s_put(FILE *out, const char *text)
+{
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++)
+        fputc(*p < 0x20 || *p == 0x7f ? '?' : *p, out);
+}
+
+/* Display width of text as s_put prints it: one column per code point. */
+static size_t s_width(const char *text)
+{
+    size_t width = 0;
+    for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+        if ((*p & 0xc0) != 0x80)
+            width++;
+    }
+    return width;
+}
+
+static void s_pad(FILE *out, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        fputc(' ', out);
+}
+
+/* `sk-...abcd`: the first 3 and last 4 characters of a key of at least S_MASK_MIN_LEN
+ * ASCII characters; "***" for shorter ones; "-" for none. */
+static void s_mask_key(const char *key, char *out, size_t out_size)
+{
+    if (!key) {
+        snprintf(out, out_size, "-");
+        return;
+    }
+    size_t len = strlen(key);
+    if (len < S_MASK_MIN_LEN) {
+        snprintf(out, out_size, "***");
+        return;
+    }
+    char head[4], tail[5];
+    for (size_t i = 0; i < 3; i++) {
+        unsigned char c = (unsigned char)key[i];
+        head[i] = c > 0x20 && c < 0x7f ? (char)c : '*';
+    }
+    for (size_t i = 0; i < 4; i++) {
+        unsigned char c = (unsigned char)key[len - 4 + i];
+        tail[i] = c > 0x20 && c < 0x7f ? (char)c : '*';
+    }
+    head[3] = '\0';
+    tail[4] = '\0';
+    snprintf(out, out_size, "%s...%s", head, tail);
+}
+
+/* Prints rows x cols cells (row-major, borrowed) under headers, columns aligned. */
+static void s_print_table(const char *const *headers, size_t cols, const char *const *cells,
+                          size_t rows)
+{
+    size_t widths[16] = {0};
+    if (cols > sizeof widths / sizeof widths[0])
+        return;
+    for (size_t c = 0; c < cols; c++)
+        widths[c] = s_width(headers[c]);
+    for (size_t r = 0; r < rows; r++) {
+        for (size_t c = 0; c < cols; c++) {
+            size_t w = s_width(cells[r * cols + c]);
+            if (w > widths[c])
+                widths[c] = w;
+        }
+    }
+    for (size_t r = 0; r <= rows; r++) {
+        for (size_t c = 0; c < cols; c++) {
+            const char *text = r == 0 ? headers[c] : cells[(r - 1) * cols + c];
+            s_put(stdout, text);
+            if (c + 1 < cols)
+                s_pad(stdout, widths[c] - s_width(text) + 2);
+        }
+        fputc('\n', stdout);
+    }
+}
+
+/* "name  value" lines with the names aligned. */
+static void s_print_field(const char *name, const char *value)
+{
+    s_put(stdout, name);
+    s_pad(stdout, name && strlen(name) < 15 ? 15 - strlen(name) : 1);
+    s_put(stdout, value ? value : "-");
+    fputc('\n', stdout);
+}
+
+static void s_print_field_int(const char *name, long long value)
+{
+    char text[32];
+    snprintf(text, sizeof text, "%lld", value);
+    s_print_field(name, text);
+}
+
+static void s_print_provider(const pm_provider_t *provider)
+{
+    char masked[32];
+    s_mask_key(provider->api_key, masked, sizeof masked);
+    s_print_field("provider", provider->provider);
+    s_print_field("name", provider->name);
+    s_print_field("base_api_url", provider->base_api_url);
+    s_print_field("api_key", masked);
+    s_print_field_int("valid_models", (long long)provider->model_count);
+    if (provider->model_count) {
+        const char **cells = calloc(provider->model_count * 2, sizeof *cells);
+        if (cells) {
+            for (size_t i = 0; i < provider->model_count; i++) {
+                cells[2 * i] = provider->model_long[i];
+                cells[2 * i + 1] = provider->model_short[i];
+            }
+            const char *headers[] = {"  LONG NAME", "SHORT NAME"};
+            /* Indent the rows like the header. */
+            size_t width = s_width(headers[0]);
+            for (size_t i = 0; i < provider->model_count; i++) {
+                size_t w = s_width(cells[2 * i]) + 2;
+                if (w > width)
+                    width = w;
+            }
+            s_put(stdout, headers[0]);
+            s_pad(stdout, width - s_width(headers[0]) + 2);
+            s_put(stdout, headers[1]);
+            fputc('\n', stdout);
+            for (size_t i = 0; i < provider->model_count; i++) {
+                fputs("  ", stdout);
+                s_put(stdout, cells[2 * i]);
+                s_pad(stdout, width - s_width(cells[2 * i]));
+                s_put(stdout, cells[2 * i + 1]);
+                fputc('\n', stdout);
+            }
+            free(cells);
+        }
+    }
+    s_print_field_int("invalid_models", (long long)provider->invalid_count);
+    for (size_t i = 0; i < provider->invalid_count; i++) {
+        fputs("  ", stdout);
+        s_put(stdout, provider->invalid_models[i]);
+        fputc('\n', stdout);
+    }
+}
+
+/* ------------------------------------------------------------------- msgpack -> JSON */
+
+/* Converts a msgpack object (already checked by libpmclient: bounded depth, valid UTF-8,
+ * no bin/ext) into a new jansson value. Maps with str keys become objects; others become
+ * arrays of [key, value] pairs, since JSON has no other keys. NULL on ENOMEM. */
+static json_t *s_to_json(const msgpack_object *obj)
+{
+    switch (obj->type) {
+    case MSGPACK_OBJECT_NIL:
+        return json_null();
+    case MSGPACK_OBJECT_BOOLEAN:
+        return json_boolean(obj->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        if (obj->via.u64 > (uint64_t)LLONG_MAX)
+            return json_real((double)obj->via.u64);
+        return json_integer((json_int_t)obj->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        return json_integer((json_int_t)obj->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: {
+        json_t *real = json_real(obj->via.f64);
+        return real ? real : json_null(); /* NaN and infinities have no JSON form */
+    }
+    case MSGPACK_OBJECT_STR: {
+        json_t *str = json_stringn(obj->via.str.ptr, obj->via.str.size);
+        return str ? str : json_null();
+    }
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *array = json_array();
+        if (!array)
+            return NULL;
+        for (uint32_t i = 0; i < obj->via.array.size; i++) {
+            json_t *item = s_to_json(&obj->via.array.ptr[i]);
+            if (!item || json_array_append_new(array, item) != 0) {
+                json_decref(array);
+                return NULL;
+            }
+        }
+        return array;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        bool str_keys = true;
+        for (uint32_t i = 0; i < obj->via.map.size; i++) {
+            const msgpack_object *key = &obj->via.map.ptr[i].key;
+            if (key->type != MSGPACK_OBJECT_STR ||
+                memchr(key->via.str.ptr, '\0', key->via.str.size) != NULL)
+                str_keys = false;
+        }
+        json_t *out = str_keys ? json_object() : json_array();
+        if (!out)
+            return NULL;
+        for (uint32_t i = 0; i < obj->via.map.size; i++) {
+            const msgpack_object_kv *kv = &obj->via.map.ptr[i];
+            json_t *value = s_to_json(&kv->val);
+            if (!value)
+                goto map_fail;
+            if (str_keys) {
+                char *key = strndup(kv->key.via.str.ptr, kv->key.via.str.size);
+                int rc = key ? json_object_set_new(out, key, value) : -1;
+                if (!key)
+                    json_decref(value);
+                free(key);
+                if (rc != 0)
+                    goto map_fail;
+            } else {
+                json_t *pair = json_array();
+                if (!pair || json_array_append_new(out, pair) != 0) {
+                    json_decref(value);
+                    goto map_fail;
+                }
+                /* pair now belongs to out; append_new steals its argument even on failure. */
+                if (json_array_append_new(pair, s_to_json(&kv->key)) != 0) {
+                    json_decref(value);
+                    goto map_fail;
+                }
+                if (json_array_append_new(pair, value) != 0)
+                    goto map_fail;
+            }
+        }
+        return out;
+    map_fail:
+        json_decref(out);
+        return NULL;
+    }
+    default:
+        return json_null();
+    }
+}
+
+/* Prints the "result" of the last reply as JSON. 0 or -1. */
+static int s_print_json_result(s_ctx_t *ctx)
+{
+    const void *data;
+    size_t size;
+    int rc = -1;
+    if (pmclient_last_reply(ctx->client, &data, &size) != 0) {
+        fprintf(stderr, "pmctl: no reply to print\n");
+        return -1;
+    }
+    msgpack_unpacked unpacked;
+    msgpack_unpacked_init(&unpacked);
+    size_t offset = 0;
+    json_t *json = NULL;
+    if (msgpack_unpack_next(&unpacked, data, size, &offset) != MSGPACK_UNPACK_SUCCESS ||
+        unpacked.data.type != MSGPACK_OBJECT_MAP)
+        goto cleanup;
+    const msgpack_object *result = NULL;
+    for (uint32_t i = 0; i < unpacked.data.via.map.size; i++) {
+        const msgpack_object_kv *kv = &unpacked.data.via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == 6 &&
+            memcmp(kv->key.via.str.ptr, "result", 6) == 0)
+            result = &kv->val;
+    }
+    if (!result)
+        goto cleanup;
+    json = s_to_json(result);
+    if (!json)
+        goto cleanup;
+    if (json_dumpf(json, stdout, JSON_INDENT(2) | JSON_ENCODE_ANY) != 0)
+        goto cleanup;
+    fputc('\n', stdout);
+    rc = 0;
+
+cleanup:
+    if (rc != 0)
+        fprintf(stderr, "pmctl: cannot render the reply as JSON\n");
+    json_decref(json);
+    msgpack_unpacked_destroy(&unpacked);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------------ helpers */
+
+/* Reports the client's last failure on stderr and returns the exit status for it. */
+static int s_fail(s_ctx_t *ctx)
+{
+    fprintf(stderr, "pmctl: %s: ", pmclient_error_code(ctx->client));
+    s_put(stderr, pmclient_error_message(ctx->client));
+    fputc('\n', stderr);
+    return pmclient_error_is_unreachable(ctx->client) ? EXIT_UNREACHABLE : EXIT_FAILED;
+}
+
+/* Ends a successful command: in --json mode prints the reply's result. */
+static int s_done_json(s_ctx_t *ctx)
+{
+    return s_print_json_result(ctx) == 0 ? EXIT_OK : EXIT_FAILED;
+}
+
+static int s_parse_int(const char *text, long min, long max, long *out)
+{
+    char *end;
+    errno = 0;
+    long value = strtol(text, &end, 10);
+    if (errno != 0 || end == text || *end != '\0' || value < min || value > max)
+        return -1;
+    *out = value;
+    return 0;
+}
+
+static const s_command_t *s_find_command(const char *name);
+
+static int s_usage_error(const char *command, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/* Prints a usage error and a hint; returns EXIT_USAGE. */
+static int s_usage_error(const char *command, const char *fmt, ...)
+{
+    va_list ap;
+    fputs("pmctl: ", stderr);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fputc('\n', stderr);
+    if (command)
+        fprintf(stderr, "Try 'pmctl %s --help'.\n", command);
+    else
+        fputs("Try 'pmctl --help'.\n", stderr);
+    return EXIT_USAGE;
+}
+
+static void s_command_help(const s_command_t *command, FILE *out)
+{
+    fprintf(out, "usage: pmctl [OPTIONS] %s%s%s\n\n%s\n", command->name,
+            command->usage[0] ? " " : "", command->usage, command->summary);
+    if (command->help)
+        fprintf(out, "\n%s", command->help);
+}
+
+/* Parses a command's options: only --help, and exactly `positional` operands. Returns -1
+ * when parsing should stop with *status set. */
+static int s_simple_args(int argc, char **argv, int positional, int *status)
+{
+    static const struct option options[] = {{"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    const s_command_t *command = s_find_command(argv[0]);
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        if (opt == 'h') {
+            s_command_help(command, stdout);
+            *status = EXIT_OK;
+            return -1;
+        }
+        *status = s_usage_error(argv[0], "unknown option '%s'", argv[optind - 1]);
+        return -1;
+    }
+    if (argc - optind != positional) {
+        *status = s_usage_error(argv[0], "%s",
+                                positional == 0 ? "this command takes no operand"
+                                                : "wrong number of operands");
+        return -1;
+    }
+    return 0;
+}
+
+/* ----------------------------------------------------------------------------- commands */
+
+static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 0, &status) != 0)
+        return status;
+    pm_health_t *health = NULL;
+    if (pmclient_health(ctx->client, &health) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        status = s_done_json(ctx);
+    } else {
+        char uptime[32];
+        snprintf(uptime, sizeof uptime, "%.1f", health->uptime_s);
+        s_print_field("status", health->status);
+        s_print_field("version", health->version);
+        s_print_field_int("state_version", (long long)health->state_version);
+        s_print_field_int("providers", (long long)health->providers);
+        s_print_field_int("models", (long long)health->models);
+        s_print_field("uptime_s", uptime);
+        s_print_field_int("jobs_running", (long long)health->jobs_running);
+        status = EXIT_OK;
+    }
+    pm_health_free(&health);
+    return status;
+}
+
+static int s_cmd_providers(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 0, &status) != 0)
+        return status;
+    pm_provider_list_t *list = NULL;
+    if (pmclient_values(ctx->client, &list) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        pm_provider_list_free(&list);
+        return s_done_json(ctx);
+    }
+    static const char *const headers[] = {"KEY", "NAME", "URL", "MODELS", "API KEY"};
+    enum { COLS = 5, TEXT = 32 };
+    const char **cells = calloc(list->count * COLS + 1, sizeof *cells);
+    char(*texts)[2][TEXT] = calloc(list->count + 1, sizeof *texts);
+    if (!cells || !texts) {
+        fprintf(stderr, "pmctl: out of memory\n");
+        status = EXIT_FAILED;
+        goto cleanup;
+    }
+    for (size_t i = 0; i < list->count; i++) {
+        const pm_provider_t *p = list->providers[i];
+        snprintf(texts[i][0], TEXT, "%zu", p->model_count);
+        s_mask_key(p->api_key, texts[i][1], TEXT);
+        cells[i * COLS + 0] = p->provider;
+        cells[i * COLS + 1] = p->name;
+        cells[i * COLS + 2] = p->base_api_url;
+        cells[i * COLS + 3] = texts[i][0];
+        cells[i * COLS + 4] = texts[i][1];
+    }
+    s_print_table(headers, COLS, cells, list->count);
+    status = EXIT_OK;
+cleanup:
+    free(cells);
+    free(texts);
+    pm_provider_list_free(&list);
+    return status;
+}
+
+static int s_cmd_provider(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 1, &status) != 0)
+        return status;
+    pm_provider_t *provider = NULL;
+    if (pmclient_getitem(ctx->client, argv[optind], &provider) != 0)
+        return s_fail(ctx);
+    if (ctx->json)
+        status = s_done_json(ctx);
+    else {
+        s_print_provider(provider);
+        status = EXIT_OK;
+    }
+    pm_provider_free(&provider);
+    return status;
+}
+
+static int s_print_strings(s_ctx_t *ctx, pm_strings_t *strings)
+{
+    int status = EXIT_OK;
+    if (ctx->json) {
+        status = s_done_json(ctx);
+    } else {
+        for (size_t i = 0; i < strings->count; i++) {
+            s_put(stdout, strings->items[i]);
+            fputc('\n', stdout);
+        }
+    }
+    pm_strings_free(&strings);
+    return status;
+}
+
+static int s_cmd_models(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"provider", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    const char *provider = NULL;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "p:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'p':
+            provider = optarg;
+            break;
+        case 'h':
+            s_command_help(s_find_command(argv[0]), stdout);
+            return EXIT_OK;
+        default:
+            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc)
+        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+    pm_strings_t *models = NULL;
+    if (pmclient_available_models(ctx->client, provider, &models) != 0)
+        return s_fail(ctx);
+    return s_print_strings(ctx, models);
+}
+
+static int s_cmd_scoped(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 0, &status) != 0)
+        return status;
+    pm_strings_t *models = NULL;
+    if (pmclient_valid_scoped_models(ctx->client, &models) != 0)
+        return s_fail(ctx);
+    return s_print_strings(ctx, models);
+}
+
+static int s_cmd_resolve(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 1, &status) != 0)
+        return status;
+    pm_provider_t *provider = NULL;
+    char *long_name = NULL;
+    if (pmclient_resolve(ctx->client, argv[optind], &provider, &long_name) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        status = s_done_json(ctx);
+    } else {
+        s_print_field("provider", provider->provider);
+        s_print_field("model", long_name);
+        s_print_field("base_api_url", provider->base_api_url);
+        status = EXIT_OK;
+    }
+    pm_provider_free(&provider);
+    free(long_name);
+    return status;
+}
+
+static int s_cmd_find(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 1, &status) != 0)
+        return status;
+    pm_matches_t *matches = NULL;
+    if (pmclient_find_model(ctx->client, argv[optind], &matches) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        pm_matches_free(&matches);
+        return s_done_json(ctx);
+    }
+    if (matches->count == 0) {
+        fputs("pmctl: no provider has a model named '", stderr);
+        s_put(stderr, argv[optind]);
+        fputs("'\n", stderr);
+        pm_matches_free(&matches);
+        return EXIT_OK;
+    }
+    const char **cells = calloc(matches->count * 2, sizeof *cells);
+    if (!cells) {
+        pm_matches_free(&matches);
+        fprintf(stderr, "pmctl: out of memory\n");
+        return EXIT_FAILED;
+    }
+    for (size_t i = 0; i < matches->count; i++) {
+        cells[2 * i] = matches->providers[i]->provider;
+        cells[2 * i + 1] = matches->model_long[i];
+    }
+    static const char *const headers[] = {"PROVIDER", "MODEL"};
+    s_print_table(headers, 2, cells, matches->count);
+    free(cells);
+    pm_matches_free(&matches);
+    return EXIT_OK;
+}
+
+/* The progress line of one provider of a discovery job. */
+static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_width, bool bar)
+{
+    s_put(stdout, entry->key);
+    s_pad(stdout, key_width - s_width(entry->key) + 2);
+    bool finished = strcmp(entry->state, "ok") == 0 || strcmp(entry->state, "skipped") == 0 ||
+                    strcmp(entry->state, "error") == 0;
+    if (bar) {
+        size_t filled = 0;
+        if (finished)
+            filled = S_BAR_WIDTH;
+        else if (entry->discovered > 0 && entry->validated > 0)
+            filled = (size_t)((entry->validated >= entry->discovered
+                                   ? 1.0
+                                   : (double)entry->validated / (double)entry->discovered) *
+                              S_BAR_WIDTH);
+        fputc('[', stdout);
+        for (size_t i = 0; i < S_BAR_WIDTH; i++)
+            fputc(i < filled ? '#' : '.', stdout);
+        fputs("] ", stdout);
+    }
+    s_put(stdout, entry->state);
+    s_pad(stdout, s_width(entry->state) < 11 ? 11 - s_width(entry->state) : 1);
+    printf(" %lld/%lld validated, %lld valid, %lld invalid", (long long)entry->validated,
+           (long long)entry->discovered, (long long)entry->valid, (long long)entry->invalid);
+    if (entry->message && *entry->message && (finished || !bar)) {
+        fputs("  ", stdout);
+        s_put(stdout, entry->message);
+    }
+}
+
+static size_t s_job_key_width(const pm_job_t *job)
+{
+    size_t width = 0;
+    for (size_t i = 0; i < job->provider_count; i++) {
+        size_t w = s_width(job->providers[i].key);
+        if (w > width)
+            width = w;
+    }
+    return width;
+}
+
+static void s_print_job(const pm_job_t *job)
+{
+    s_print_field("job", job->job);
+    s_print_field("state", job->state);
+    s_print_field("success", job->success < 0 ? "-" : job->success ? "true" : "false");
+    s_print_field("persisted", job->persisted ? "true" : "false");
+    size_t width = s_job_key_width(job);
+    for (size_t i = 0; i < job->provider_count; i++) {
+        fputs("  ", stdout);
+        s_print_job_provider(&job->providers[i], width, false);
+        fputc('\n', stdout);
+    }
+    for (size_t i = 0; i < job->message_count; i++) {
+        s_put(stdout, job->messages[i]);
+        fputc('\n', stdout);
+    }
+}
+
+static int s_cmd_job(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 1, &status) != 0)
+        return status;
+    pm_job_t *job = NULL;
+    if (pmclient_job_status(ctx->client, argv[optind], &job) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        status = s_done_json(ctx);
+    } else {
+        s_print_job(job);
+        status = EXIT_OK;
+    }
+    pm_job_free(&job);
+    return status;
+}
+
+static void s_sleep_ms(int ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !s_interrupted) {
+    }
+}
+
+/* Remembers what a non-TTY progress line last said per provider, to print changes only. */
+typedef struct {
+    char *key;
+    char *state;
+    int64_t discovered;
+    int64_t validated;
+} s_seen_t;
+
+static void s_seen_clear(s_seen_t *seen, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        free(seen[i].key);
+        free(seen[i].state);
+    }
+    free(seen);
+}
+
+/* Prints the lines of providers whose progress changed since the last poll (plain output). */
+static void s_progress_plain(const pm_job_t *job, s_seen_t **seen_p, size_t *seen_count)
+{
+    s_seen_t *seen = *seen_p;
+    if (*seen_count != job->provider_count) {
+        s_seen_clear(seen, *seen_count);
+        seen = calloc(job->provider_count + 1, sizeof *seen);
+        *seen_p = seen;
+        *seen_count = seen ? job->provider_count : 0;
+        if (!seen)
+            return;
+    }
+    size_t width = s_job_key_width(job);
+    for (size_t i = 0; i < job->provider_count; i++) {
+        const pm_job_provider_t *entry = &job->providers[i];
+        s_seen_t *last = &seen[i];
+        if (last->key && strcmp(last->key, entry->key) == 0 && last->state &&
+            strcmp(last->state, entry->state) == 0 && last->discovered == entry->discovered &&
+            last->validated == entry->validated)
+            continue;
+        free(last->key);
+        free(last->state);
+        last->key = strdup(entry->key);
+        last->state = strdup(entry->state);
+        last->discovered = entry->discovered;
+        last->validated = entry->validated;
+        s_print_job_provider(entry, width, false);
+        fputc('\n', stdout);
+    }
+    fflush(stdout);
+}
+
+/* Redraws one bar per provider in place (TTY output). */
+static void s_progress_tty(const pm_job_t *job, size_t *lines_drawn)
+{
+    if (*lines_drawn)
+        printf("\033[%zuA", *lines_drawn);
+    size_t width = s_job_key_width(job);
+    for (size_t i = 0; i < job->provider_count; i++) {
+        fputs("\r\033[2K", stdout);
+        s_print_job_provider(&job->providers[i], width, true);
+        fputc('\n', stdout);
+    }
+    /* Lines left over from a longer previous frame. */
+    for (size_t i = job->provider_count; i < *lines_drawn; i++)
+        fputs("\r\033[2K\n", stdout);
+    if (*lines_drawn > job->provider_count)
+        printf("\033[%zuA", *lines_drawn - job->provider_count);
+    *lines_drawn = job->provider_count;
+    fflush(stdout);
+}
+
+static int s_cmd_discover(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"provider", required_argument, NULL, 'p'}, {"force", no_argument, NULL, 'f'},
+        {"no-persist", no_argument, NULL, 'n'},     {"no-wait", no_argument, NULL, 'w'},
+        {"help", no_argument, NULL, 'h'},           {0, 0, 0, 0}};
+    const char *provider = NULL;
+    bool force = false, persist = true, wait = true;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "p:fh", options, NULL)) != -1) {
+        switch (opt) {
+        case 'p':
+            provider = optarg;
+            break;
+        case 'f':
+            force = true;
+            break;
+        case 'n':
+            persist = false;
+            break;
+        case 'w':
+            wait = false;
+            break;
+        case 'h':
+            s_command_help(s_find_command(argv[0]), stdout);
+            return EXIT_OK;
+        default:
+            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc)
+        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+
+    char *job_id = NULL;
+    if (pmclient_discover(ctx->client, force, persist, provider, &job_id) != 0)
+        return s_fail(ctx);
+    if (!wait) {
+        int status = EXIT_OK;
+        if (ctx->json)
+            status = s_done_json(ctx);
+        else
+            printf("job %s started\n", job_id);
+        free(job_id);
+        return status;
+    }
+
+    bool tty = !ctx->json && isatty(STDOUT_FILENO);
+    size_t lines_drawn = 0;
+    s_seen_t *seen = NULL;
+    size_t seen_count = 0;
+    pm_job_t *job = NULL;
+    int status = EXIT_FAILED;
+    if (!ctx->json) {
+        printf("job %s\n", job_id);
+        fflush(stdout);
+    }
+    for (;;) {
+        pm_job_free(&job);
+        if (pmclient_job_status(ctx->client, job_id, &job) != 0) {
+            status = s_fail(ctx);
+            goto cleanup;
+        }
+        if (!ctx->json) {
+            if (tty)
+                s_progress_tty(job, &lines_drawn);
+            else
+                s_progress_plain(job, &seen, &seen_count);
+        }
+        if (strcmp(job->state, "running") != 0)
+            break;
+        if (s_interrupted) {
+            fprintf(stderr, "pmctl: interrupted; job %s keeps running in the service\n", job_id);
+            status = EXIT_FAILED;
+            goto cleanup;
+        }
+        s_sleep_ms(S_DISCOVER_POLL_MS);
+    }
+    if (ctx->json) {
+        if (s_print_json_result(ctx) != 0)
+            goto cleanup;
+    } else {
+        for (size_t i = 0; i < job->message_count; i++) {
+            s_put(stdout, job->messages[i]);
+            fputc('\n', stdout);
+        }
+    }
+    status = job->success == 1 ? EXIT_OK : EXIT_FAILED;
+
+cleanup:
+    s_seen_clear(seen, seen_count);
+    pm_job_free(&job);
+    free(job_id);
+    return status;
+}
+
+static int s_cmd_persist(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 0, &status) != 0)
+        return status;
+    char *path = NULL;
+    int64_t count = 0;
+    if (pmclient_persist(ctx->client, &path, &count) != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        status = s_done_json(ctx);
+    } else {
+        printf("persisted %lld providers to ", (long long)count);
+        s_put(stdout, path);
+        fputc('\n', stdout);
+        status = EXIT_OK;
+    }
+    free(path);
+    return status;
+}
+
+/* Grows a vector of borrowed strings by one. 0 or -1. */
+static int s_push(const char ***vector, size_t *count, const char *value)
+{
+    if (*count >= S_MAX_MODEL_ARGS)
+        return -1;
+    const char **grown = realloc(*vector, (*count + 1) * sizeof *grown);
+    if (!grown)
+        return -1;
+    grown[(*count)++] = value;
+    *vector = grown;
+    return 0;
+}
+
+static int s_cmd_set_provider(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"name", required_argument, NULL, 'n'},    {"url", required_argument, NULL, 'u'},
+        {"api-key", required_argument, NULL, 'k'}, {"api-key-env", required_argument, NULL, 'e'},
+        {"no-api-key", no_argument, NULL, 'K'},    {"model", required_argument, NULL, 'm'},
+        {"no-models", no_argument, NULL, 'M'},     {"invalid", required_argument, NULL, 'i'},
+        {"help", no_argument, NULL, 'h'},          {0, 0, 0, 0}};
+    pm_provider_spec_t spec;
+    memset(&spec, 0, sizeof spec);
+    const char **longs = NULL, **shorts = NULL, **invalid = NULL;
+    char **owned = NULL; /* LONG parts split off LONG=SHORT operands */
+    size_t owned_count = 0, short_count = 0;
+    int status = EXIT_USAGE;
+    int key_options = 0;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'n':
+            spec.name = optarg;
+            break;
+        case 'u':
+            spec.base_api_url = optarg;
+            break;
+        case 'k':
+            spec.has_api_key = true;
+            spec.api_key = optarg;
+            key_options++;
+            break;
+        case 'e':
+            spec.has_api_key = true;
+            spec.api_key = getenv(optarg);
+            key_options++;
+            if (!spec.api_key || !*spec.api_key) {
+                status = s_usage_error(argv[0], "environment variable '%s' is not set", optarg);
+                goto cleanup;
+            }
+            break;
+        case 'K':
+            spec.has_api_key = true;
+            spec.api_key = NULL;
+            key_options++;
+            break;
+        case 'M':
+            spec.has_valid_models = true;
+            break;
+        case 'm': {
+            spec.has_valid_models = true;
+            const char *equals = strchr(optarg, '=');
+            const char *long_name = optarg, *short_name = optarg;
+            if (equals) {
+                char *copy = strndup(optarg, (size_t)(equals - optarg));
+                char **grown = copy ? realloc(owned, (owned_count + 1) * sizeof *grown) : NULL;
+                if (!grown) {
+                    free(copy);
+                    fprintf(stderr, "pmctl: out of memory\n");
+                    status = EXIT_FAILED;
+                    goto cleanup;
+                }
+                owned = grown;
+                owned[owned_count++] = copy;
+                long_name = copy;
+                short_name = equals + 1;
+            }
+            if (s_push(&longs, &spec.model_count, long_name) != 0 ||
+                s_push(&shorts, &short_count, short_name) != 0) {
+                status = s_usage_error(argv[0], "%s", "too many --model options");
+                goto cleanup;
+            }
+            break;
+        }
+        case 'i':
+            spec.has_invalid_models = true;
+            if (s_push(&invalid, &spec.invalid_count, optarg) != 0) {
+                status = s_usage_error(argv[0], "%s", "too many --invalid options");
+                goto cleanup;
+            }
+            break;
+        case 'h':
+            s_command_help(s_find_command(argv[0]), stdout);
+            status = EXIT_OK;
+            goto cleanup;
+        default:
+            status = s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
+            goto cleanup;
+        }
+    }
+    if (argc - optind != 1) {
+        status = s_usage_error(argv[0], "%s", "expected exactly one KEY operand");
+        goto cleanup;
+    }
+    if (!spec.name || !spec.base_api_url) {
+        status = s_usage_error(argv[0], "%s", "--name and --url are required");
+        goto cleanup;
+    }
+    if (key_options > 1) {
+        status = s_usage_error(argv[0], "%s",
+                               "give at most one of --api-key, --api-key-env, --no-api-key");
+        goto cleanup;
+    }
+    spec.provider = argv[optind];
+    spec.model_long = longs;
+    spec.model_short = shorts;
+    spec.invalid_models = invalid;
+
+    pm_provider_t *provider = NULL;
+    if (pmclient_set_provider(ctx->client, &spec, &provider) != 0) {
+        status = s_fail(ctx);
+        goto cleanup;
+    }
+    if (ctx->json)
+        status = s_done_json(ctx);
+    else {
+        s_print_provider(provider);
+        status = EXIT_OK;
+    }
+    pm_provider_free(&provider);
+
+cleanup:
+    for (size_t i = 0; i < owned_count; i++)
+        free(owned[i]);
+    free(owned);
+    free(longs);
+    free(shorts);
+    free(invalid);
+    return status;
+}
+
+static int s_cmd_remove_provider(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 1, &status) != 0)
+        return status;
+    bool removed = false;
+    if (pmclient_remove_provider(ctx->client, argv[optind], &removed) != 0)
+        return s_fail(ctx);
+    if (ctx->json)
+        return s_done_json(ctx);
+    fputs(removed ? "removed " : "not registered (nothing removed): ", stdout);
+    s_put(stdout, argv[optind]);
+    fputc('\n', stdout);
+    return EXIT_OK;
+}
+
+static int s_cmd_alias(s_ctx_t *ctx, int argc, char **argv)
+{
+    int status;
+    if (s_simple_args(argc, argv, 3, &status) != 0)
+        return status;
+    pm_provider_t *provider = NULL;
+    if (pmclient_set_short_name(ctx->client, argv[optind], argv[optind + 1], argv[optind + 2],
+                                &provider) != 0)
+        return s_fail(ctx);
+    if (ctx->json)
+        status = s_done_json(ctx);
+    else {
+        s_put(stdout, provider->provider);
+        fputc('/', stdout);
+        s_put(stdout, argv[optind + 1]);
+        fputs(" -> ", stdout);
+        s_put(stdout, argv[optind + 2]);
+        fputc('\n', stdout);
+        status = EXIT_OK;
+    }
+    pm_provider_free(&provider);
+    return status;
+}
+
+static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"count", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    long count = 0;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            if (s_parse_int(optarg, 1, LONG_MAX, &count) != 0)
+                return s_usage_error(argv[0], "--count must be a positive integer, not '%s'",
+                                     optarg);
+            break;
+        case 'h':
+            s_command_help(s_find_command(argv[0]), stdout);
+            return EXIT_OK;
+        default:
+            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind != argc)
+        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+
+    pmclient_events_t *events = NULL;
+    if (ctx->curve_server_key) {
+        char server_public[PMCLIENT_Z85_KEY_LEN + 1], client_public[PMCLIENT_Z85_KEY_LEN + 1];
+        char client_secret[PMCLIENT_Z85_KEY_LEN + 1], err[512];
+        if (pmclient_curve_read_key_file(ctx->curve_server_key, server_public, NULL, err,
+                                         sizeof err) != 0 ||
+            pmclient_curve_read_key_file(ctx->curve_client_key, client_public, client_secret, err,
+                                         sizeof err) != 0) {
+            fprintf(stderr, "pmctl: %s\n", err);
+            return EXIT_FAILED;
+        }
+        events = pmclient_events_new_curve(ctx->events_endpoint, server_public, client_public,
+                                           client_secret);
+        explicit_bzero(client_secret, sizeof client_secret);
+    } else {
+        events = pmclient_events_new(ctx->events_endpoint);
+    }
+    if (!events) {
+        fprintf(stderr, "pmctl: transport: cannot subscribe to '%s'\n", ctx->events_endpoint);
+        return EXIT_UNREACHABLE;
+    }
+    long seen = 0;
+    int status = EXIT_OK;
+    while (!s_interrupted && (count == 0 || seen < count)) {
+        int64_t state_version = 0;
+        pm_strings_t *keys = NULL;
+        int rc = pmclient_events_next(events, S_WATCH_POLL_MS, &state_version, &keys);
+        if (rc < 0) {
+            fprintf(stderr, "pmctl: transport: cannot receive events: %s\n", strerror(errno));
+            status = EXIT_UNREACHABLE;
+            break;
+        }
+        if (rc == 0)
+            continue;
+        seen++;
+        if (ctx->json) {
+            json_t *keys_json = json_array();
+            for (size_t i = 0; keys_json && i < keys->count; i++)
+                json_array_append_new(keys_json, json_string(keys->items[i]));
+            json_t *event = json_pack("{s:s, s:I, s:o}", "event", "changed", "state_version",
+                                      (json_int_t)state_version, "providers", keys_json);
+            if (event) {
+                json_dumpf(event, stdout, JSON_COMPACT);
+                fputc('\n', stdout);
+            }
+            json_decref(event);
+        } else {
+            printf("state_version %lld:", (long long)state_version);
+            for (size_t i = 0; i < keys->count; i++) {
+                fputs(i ? ", " : " ", stdout);
+                s_put(stdout, keys->items[i]);
+            }
+            fputc('\n', stdout);
+        }
+        fflush(stdout);
+        pm_strings_free(&keys);
+    }
+    pmclient_events_destroy(&events);
+    return status;
+}
+
+static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"name", required_argument, NULL, 'n'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
+    const char *name = "client";
+    (void)ctx;
+    optind = 0;
+    opterr = 0;
+    int opt;
+    while ((opt = getopt_long(argc, argv, "n:h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'n':
+            name = optarg;
+            break;
+        case 'h':
+            s_command_help(s_find_command(argv[0]), stdout);
+            return EXIT_OK;
+        default:
+            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (argc - optind != 1)
+        return s_usage_error(argv[0], "%s", "expected exactly one DIR operand");
+    const char *dir = argv[optind];
+    char err[512];
+    if (pmclient_curve_keygen(dir, name, err, sizeof err) != 0) {
+        fprintf(stderr, "pmctl: keygen: %s\n", err);
+        return EXIT_FAILED;
+    }
+    printf("wrote %s/%s.key (secret, mode 0600) and %s/%s.pub (public)\n", dir, name, dir, name);
+    return EXIT_OK;
+}
+
+static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
+
+static const s_command_t s_commands[] = {
+    {"health", s_cmd_health, "", "Show the service's health and counters.", NULL, true},
+    {"providers", s_cmd_providers, "", "List the providers (API keys masked).", NULL, true},
+    {"provider", s_cmd_provider, "NAME", "Show one provider (getitem).", NULL, true},
+    {"models", s_cmd_models, "[--provider P]",
+     "List the available models (long names), of all providers or of one.",
+     "  --provider P   only the models of provider P\n", true},
+    {"scoped", s_cmd_scoped, "", "List the models as \"provider/long (short)\".", NULL, true},
+    {"resolve", s_cmd_resolve, "MODEL", "Resolve a model string to its provider and long name.",
+     "  MODEL is \"provider/model\" or a long or short model name.\n", true},
+    {"find", s_cmd_find, "NAME", "Find every provider that has a model by this long or short name.",
+     NULL, true},
+    {"discover", s_cmd_discover, "[--provider P] [--force] [--no-persist] [--no-wait]",
+     "Discover and validate models, showing progress until the job ends.\n"
+     "Exit status 0 when the job succeeded, 1 when it failed.",
+     "  --provider P   only provider P\n"
+     "  --force        ignore the cached model lists\n"
+     "  --no-persist   do not write the providers file on success\n"
+     "  --no-wait      print the job id and return at once\n",
+     true},
+    {"job", s_cmd_job, "ID", "Show a discovery job's state.", NULL, true},
+    {"persist", s_cmd_persist, "", "Write the providers file now.", NULL, true},
+    {"set-provider", s_cmd_set_provider,
+     "KEY --name N --url URL [--api-key K | --api-key-env VAR | --no-api-key] "
+     "[--model LONG[=SHORT] ...] [--no-models] [--invalid M ...]",
+     "Create or update a provider.\n"
+     "Fields not given keep their values; --model replaces the whole model map.",
+     "  --name N            display name (required)\n"
+     "  --url URL           base API URL, http:// or https:// (required)\n"
+     "  --api-key K         API key (visible to other local users in the process list;\n"
+     "                      prefer --api-key-env)\n"
+     "  --api-key-env VAR   read the API key from environment variable VAR\n"
+     "  --no-api-key        clear the API key\n"
+     "  --model LONG[=SHORT]  a valid model and its short name (default: the long name);\n"
+     "                      repeat for more; replaces the model map\n"
+     "  --no-models         replace the model map with an empty one\n"
+     "  --invalid M         an invalid model; repeat for more; replaces the list\n",
+     true},
+    {"remove-provider", s_cmd_remove_provider, "NAME", "Remove a provider added at run time.", NULL,
+     true},
+    {"alias", s_cmd_alias, "PROVIDER LONG SHORT", "Set the short name of a provider's model.", NULL,
+     true},
+    {"watch", s_cmd_watch, "[--count N]", "Print change events until interrupted (Ctrl-C).",
+     "  --count N      stop after N events\n", false},
+    {"keygen", s_cmd_keygen, "DIR [--name NAME]",
+     "Write a CURVE key pair (DIR/NAME.key and DIR/NAME.pub).\n"
+     "NAME.key holds the secret and the public key (mode 0600), NAME.pub the public key.\n"
+     "NAME defaults to \"client\". Existing files are never overwritten.",
+     "  --name NAME    file name stem (default client)\n", false},
+    {"help", s_cmd_help, "[COMMAND]", "Show help for pmctl or for one command.", NULL, false},
+};
+
+static const s_command_t *s_find_command(const char *name)
+{
+    for (size_t i = 0; i < sizeof s_commands / sizeof s_commands[0]; i++) {
+        if (strcmp(s_commands[i].name, name) == 0)
+            return &s_commands[i];
+    }
+    return NULL;
+}
+
+static void s_main_help(FILE *out)
+{
+    fputs("usage: pmctl [OPTIONS] COMMAND [ARGS]\n"
+          "\n"
+          "Talk to the provider-manager service.\n"
+          "\n"
+          "Options:\n"
+          "  --endpoint EP          request endpoint (default $PM_ENDPOINT, "
+          "else " PMCLIENT_DEFAULT_ENDPOINT ")\n"
+          "  --events-endpoint EP   events endpoint for watch (default $PM_EVENTS_ENDPOINT, else\n"
+          "                         " PMCLIENT_DEFAULT_EVENTS_ENDPOINT ")\n"
+          "  --timeout MS           reply timeout per attempt (default 2000)\n"
+          "  --retries N            attempts of a read (default 3; writes are sent once)\n"
+          "  --json                 print the service's result as JSON\n"
+          "  --curve-server-key F   the service's public key file (.pub); enables CURVE\n"
+          "  --curve-client-key F   this client's key file (.key), with --curve-server-key\n"
+          "  -h, --help             this help\n"
+          "  --version              the version\n"
+          "\n"
+          "Commands:\n",
+          out);
+    for (size_t i = 0; i < sizeof s_commands / sizeof s_commands[0]; i++) {
+        const char *summary = s_commands[i].summary;
+        const char *newline = strchr(summary, '\n');
+        int len = newline ? (int)(newline - summary) : (int)strlen(summary);
+        fprintf(out, "  %-16s %.*s\n", s_commands[i].name, len, summary);
+    }
+    fputs("\n'pmctl COMMAND --help' shows a command's arguments.\n"
+          "Exit status: 0 ok, 1 operation failed, 2 usage error, 3 service unreachable.\n",
+          out);
+}
+
+static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv)
+{
+    (void)ctx;
+    if (argc < 2) {
+        s_main_help(stdout);
+        return EXIT_OK;
+    }
+    const s_command_t *command = s_find_command(argv[1]);
+    if (!command)
+        return s_usage_error(NULL, "unknown command '%s'", argv[1]);
+    s_command_help(command, stdout);
+    return EXIT_OK;
+}
+
+/* Creates and configures the client from the global options. 0, or an exit status. */
+static int s_open_client(s_ctx_t *ctx)
+{
+    ctx->client = pmclient_new(ctx->endpoint);
+    if (!ctx->client) {
+        fprintf(stderr, "pmctl: cannot create a client for '%s'\n", ctx->endpoint);
+        return EXIT_FAILED;
+    }
+    if (pmclient_set_timeout(ctx->client, ctx->timeout_ms) != 0 ||
+        pmclient_set_retries(ctx->client, ctx->retries) != 0)
+        return s_fail(ctx);
+    if (ctx->curve_server_key &&
+        pmclient_set_curve_files(ctx->client, ctx->curve_server_key, ctx->curve_client_key) != 0)
+        return s_fail(ctx);
+    pmclient_set_keep_reply(ctx->client, ctx->json);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option options[] = {
+        {"endpoint", required_argument, NULL, 'e'},
+        {"events-endpoint", required_argument, NULL, 'E'},
+        {"timeout", required_argument, NULL, 't'},
+        {"retries", required_argument, NULL, 'r'},
+        {"json", no_argument, NULL, 'j'},
+        {"curve-server-key", required_argument, NULL, 's'},
+        {"curve-client-key", required_argument, NULL, 'c'},
+        {"help", no_argument, NULL, 'h'},
+        {"version", no_argument, NULL, 'V'},
+        {0, 0, 0, 0},
+    };
+    s_ctx_t ctx = {
+        .endpoint = getenv("PM_ENDPOINT"),
+        .events_endpoint = getenv("PM_EVENTS_ENDPOINT"),
+        .timeout_ms = PMCLIENT_DEFAULT_TIMEOUT_MS,
+        .retries = PMCLIENT_DEFAULT_RETRIES,
+    };
+    if (!ctx.endpoint || !*ctx.endpoint)
+        ctx.endpoint = PMCLIENT_DEFAULT_ENDPOINT;
+    if (!ctx.events_endpoint || !*ctx.events_endpoint)
+        ctx.events_endpoint = PMCLIENT_DEFAULT_EVENTS_ENDPOINT;
+
+    opterr = 0;
+    int opt;
+    long value;
+    /* '+': stop at the command name; the command parses its own options. */
+    while ((opt = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
+        switch (opt) {
+        case 'e':
+            ctx.endpoint = optarg;
+            break;
+        case 'E':
+            ctx.events_endpoint = optarg;
+            break;
+        case 't':
+            if (s_parse_int(optarg, 1, PMCLIENT_MAX_TIMEOUT_MS, &value) != 0)
+                return s_usage_error(NULL, "--timeout must be 1..3600000 ms, not '%s'", optarg);
+            ctx.timeout_ms = (int)value;
+            break;
+        case 'r':
+            if (s_parse_int(optarg, 1, PMCLIENT_MAX_RETRIES, &value) != 0)
+                return s_usage_error(NULL, "--retries must be 1..100, not '%s'", optarg);
+            ctx.retries = (int)value;
+            break;
+        case 'j':
+            ctx.json = true;
+            break;
+        case 's':
+            ctx.curve_server_key = optarg;
+            break;
+        case 'c':
+            ctx.curve_client_key = optarg;
+            break;
+        case 'h':
+            s_main_help(stdout);
+            return EXIT_OK;
+        case 'V':
+            printf("pmctl %d.%d.%d\n", PMCLIENT_VERSION_MAJOR, PMCLIENT_VERSION_MINOR,
+                   PMCLIENT_VERSION_PATCH);
+            return EXIT_OK;
+        default:
+            return s_usage_error(NULL, "bad option '%s'", argv[optind - 1]);
+        }
+    }
+    if (optind >= argc)
+        return s_usage_error(NULL, "%s", "no command given");
+    if ((ctx.curve_server_key == NULL) != (ctx.curve_client_key == NULL))
+        return s_usage_error(NULL, "%s", "--curve-server-key and --curve-client-key go together");
+    const s_command_t *command = s_find_command(argv[optind]);
+    if (!command)
+        return s_usage_error(NULL, "unknown command '%s'", argv[optind]);
+
+    /* No SA_RESTART: a blocking wait returns EINTR so that watch and discover can stop. */
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = s_on_signal;
+    sigemptyset(&action.sa_mask);
+    if (strcmp(command->name, "watch") == 0 || strcmp(command->name, "discover") == 0) {
+        if (sigaction(SIGINT, &action, NULL) != 0 || sigaction(SIGTERM, &action, NULL) != 0) {
+            perror("pmctl: sigaction");
+            return EXIT_FAILED;
+        }
+    }
+
+    int status = 0;
+    if (command->needs_client)
+        status = s_open_client(&ctx);
+    if (status == 0)
+        status = command->run(&ctx, argc - optind, argv + optind);
+    pmclient_destroy(&ctx.client);
+    if (fflush(stdout) != 0 && status == EXIT_OK) {
+        perror("pmctl: stdout");
+        status = EXIT_FAILED;
+    }
+    return status;
+}

@@ -1,0 +1,89 @@
+/*
+ * config: the daemon's settings and the five-step provider layering of the seed.
+ *
+ * Settings, lowest precedence first: embedded defaults, the config file (YAML, --config or
+ * PM_CONFIG), environment variables PM_* (12-factor), command-line flags.
+ *
+ * Provider layering (the seed's Config.py order, same precedence):
+ *   1. the config file's providers: section is read first and kept as overrides;
+ *   2. the built-in baseline (builtin_providers);
+ *   3. the persisted YAML file <data_dir>/openaicompat-providers.yaml merged over it;
+ *   4. the overrides merged last;
+ *   5. API keys from the environment win over everything.
+ * Merge is per field; valid_models merges per model; invalid_models is replaced.
+ */
+#ifndef PM_CONFIG_H
+#define PM_CONFIG_H
+
+#include "registry.h"
+#include "store.h"
+#include <stdbool.h>
+
+#define CONFIG_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
+#define CONFIG_DEFAULT_EVENTS_ENDPOINT "tcp://127.0.0.1:5556"
+#define CONFIG_DEFAULT_DATA_DIR "./data"
+#define CONFIG_DEFAULT_WORKERS 4
+#define CONFIG_MAX_WORKERS 64
+
+typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } config_log_level_t;
+
+typedef struct {
+    double cache_duration_s; /* discovery list cache, default 3600 */
+    int max_tokens;          /* probe max_tokens, default 16 */
+    int per_provider_limit;  /* in-flight requests per provider, default 4 */
+    int connect_timeout_ms;  /* default 5000 */
+    int request_timeout_ms;  /* total per HTTP request, default 30000 */
+    int max_retries;         /* retries of transient failures, default 3 */
+    int retry_budget_ms;     /* total time spent retrying one request, default 30000 */
+    int interval_minutes;    /* periodic discovery, 0 = off */
+    bool on_start;           /* run a discovery at start-up */
+    long list_max_bytes;     /* default 16 MiB */
+    long probe_max_bytes;    /* default 64 KiB */
+} config_discovery_t;
+
+typedef struct {
+    char *config_path; /* NULL when none */
+    char *endpoint;
+    char *events_endpoint;
+    char *data_dir;
+    int workers;
+    config_log_level_t log_level;
+    config_discovery_t discovery;
+    /* Security (CURVE): all NULL when off. */
+    char *curve_secret_key_file; /* server secret key file (z85, see pmctl keygen) */
+    char *curve_clients_dir;     /* directory of allowed client public key files */
+    bool allow_insecure;         /* bind non-loopback tcp without CURVE */
+    store_layer_t overrides;     /* the config file's providers: section */
+    bool usage_error;            /* set by a failed config_load: a command-line usage error */
+} config_t;
+
+/* Fills cfg from defaults, file, environment and argv (in that precedence). getenv_fn lets
+ * tests supply an environment (NULL = getenv). Returns 0; 1 when --help or --version was
+ * handled (text printed to stdout, caller exits 0); -1 on a usage or config error with err
+ * set (caller exits 2 for usage, see config_error_is_usage). */
+typedef const char *(config_getenv_fn)(const char *name);
+int config_load(config_t *cfg, int argc, char **argv, config_getenv_fn *getenv_fn, char *err,
+                size_t err_size);
+void config_clear(config_t *cfg);
+
+/* After config_load() returned -1: true when the cause was the command line (unknown flag,
+ * missing or bad flag value; exit 2), false for a config file or environment error (exit 1).
+ * A failed config_load leaves nothing to free in cfg but this flag. */
+bool config_error_is_usage(const config_t *cfg);
+
+/* Runs the five layering steps into a new sealed registry (*out). Reads the persisted file
+ * from cfg->data_dir (a parse error is returned, never overwritten). Warnings go to warn.
+ * 0, or -1 with err. */
+int config_build_registry(const config_t *cfg, config_getenv_fn *getenv_fn, registry_t **out,
+                          store_warn_fn *warn, void *warn_arg, char *err, size_t err_size);
+
+/* The environment variable holding a provider's API key: the baseline's name when the
+ * provider is built in (OPENAI_API_KEY, ...), else the key upper-cased with every
+ * non-alphanumeric byte turned into '_', plus "_API_KEY". Writes into out; 0 or -1. */
+int config_api_key_env_name(const char *key, char *out, size_t out_size);
+
+/* Applies the environment's key (step 5) to one provider when its variable is set and
+ * non-empty. Used at start-up and by the writer for providers created at run time. */
+int config_apply_env_key(provider_t *provider, config_getenv_fn *getenv_fn);
+
+#endif

@@ -1,0 +1,1148 @@
+/*
+ * discovery: the coordinator of model discovery jobs (see discovery.h), run by the writer
+ * thread. It owns the PUSH (jobs) and PULL (results) ends of the worker pipeline and the
+ * worker threads themselves (discovery_worker.h), and keeps two kinds of records:
+ *
+ *   task  one provider being discovered: list (or the fresh cache), then a probe of every
+ *         listed model not already invalid, at most per_provider_limit requests in flight.
+ *         A running task is found by provider key (a second job joins it) and by id (results
+ *         name it). When it ends its message goes to every job waiting for it.
+ *   job   one caller request: the tasks of its providers, its messages in the order they
+ *         happened, and its outcome. Finished jobs are kept for job_status, oldest dropped.
+ *
+ * Nothing here touches the registry: finished tasks become discovery_update_t records and
+ * finished jobs that must persist become discovery_persist_t records, both handed to the
+ * writer by discovery_handle(). Work that finishes outside discovery_handle() (a job of
+ * skipped providers, a cached provider with nothing to probe) is queued and the coordinator
+ * wakes its own results socket with an empty message, so the writer's poll sees it.
+ */
+#include "discovery.h"
+
+#include "discovery_worker.h"
+#include "pm_proto.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <zmq.h>
+
+#define DISCOVERY_MAX_RUNNING_JOBS 256        /* more concurrent discover_models: unavailable */
+#define DISCOVERY_TASK_BUCKETS 1024           /* running tasks hash (chained, fixed size) */
+#define DISCOVERY_MAX_RESULTS_PER_HANDLE 4096 /* then return to the writer's loop */
+#define DISCOVERY_ENDPOINT_SIZE 96
+
+#define MSG_SKIPPING "Skipping %s: No valid API key configured"
+#define MSG_SUCCESS "Successfully discovered %zu valid and %zu invalid models for %s"
+#define MSG_ERROR "Error discovering models for %s: %s"
+#define MSG_PERSISTED "Provider configurations persisted to YAML"
+
+typedef enum {
+    TASK_QUEUED = 0,
+    TASK_LISTING,
+    TASK_VALIDATING,
+    TASK_OK,
+    TASK_SKIPPED,
+    TASK_ERROR
+} task_state_t;
+
+static const char *const s_task_state_names[] = {"queued", "listing", "validating",
+                                                 "ok",     "skipped", "error"};
+
+typedef enum {
+    MODEL_PENDING = 0, /* not probed yet */
+    MODEL_IN_FLIGHT,
+    MODEL_VALID,
+    MODEL_INVALID,      /* the probe said so */
+    MODEL_KNOWN_INVALID /* already in invalid_models: never probed */
+} model_state_t;
+
+typedef struct job_t job_t;
+
+typedef struct task_t {
+    uint64_t id;
+    int refs; /* one per job holding it, plus one while running */
+    bool running;
+    struct task_t *id_next; /* running tasks hash chains */
+    struct task_t *key_next;
+    char *provider_key;
+    char *base_api_url;
+    char *api_key; /* trimmed copy, wiped when freed */
+    task_state_t state;
+    double cached_at;
+    size_t discovered;  /* models listed (or taken from the cache) */
+    size_t model_count; /* the listed (or cached) models, while running */
+    char **models;
+    unsigned char *model_states;
+    size_t next_model; /* probes are sent in listed order from here */
+    size_t in_flight;
+    size_t validated;
+    size_t valid;
+    size_t invalid;
+    char *message;   /* the final message; NULL while running */
+    job_t **waiters; /* running jobs to tell when this task ends */
+    size_t waiter_count;
+    size_t waiter_cap;
+} task_t;
+
+struct job_t {
+    char id[DISCOVERY_JOB_ID_SIZE];
+    job_t *next; /* creation order */
+    bool building;
+    bool done;
+    bool awaiting_persist;
+    bool success;
+    bool persisted;
+    bool persist_on_success;
+    uint64_t finished_seq; /* order in which jobs became done: eviction drops the oldest */
+    size_t task_count;
+    task_t **tasks; /* registry order */
+    size_t pending; /* tasks not finished */
+    char **messages;
+    size_t message_count;
+    size_t message_cap;
+};
+
+struct discovery_t {
+    void *ctx;
+    config_discovery_t settings;
+    void *jobs;    /* PUSH, bound */
+    void *results; /* PULL, bound */
+    void *wake;    /* PUSH connected to results: the coordinator's own doorbell */
+    bool wake_pending;
+    bool in_handle;
+    int worker_count;
+    discovery_worker_t **workers;
+    task_t *by_id[DISCOVERY_TASK_BUCKETS];
+    task_t *by_key[DISCOVERY_TASK_BUCKETS];
+    uint64_t next_task_id;
+    uint64_t job_counter;
+    uint32_t job_nonce;
+    job_t *jobs_head; /* oldest first */
+    job_t *jobs_tail;
+    size_t done_jobs;
+    uint64_t finish_counter;
+    int running_jobs;
+    discovery_outcome_t pending; /* for the next discovery_handle() */
+    size_t update_cap;
+    size_t persist_cap;
+    /* Periodic discovery. */
+    bool start_job_done;
+    bool periodic_armed;
+    double next_periodic;
+};
+
+/* ================================================================================ helpers */
+
+static char *s_strdup(const char *s)
+{
+    size_t len = strlen(s);
+    char *copy = malloc(len + 1);
+    if (copy != NULL)
+        memcpy(copy, s, len + 1);
+    return copy;
+}
+
+static char *s_printf_alloc(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+static char *s_printf_alloc(const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    int needed = vsnprintf(NULL, 0, format, args);
+    va_end(args);
+    if (needed < 0)
+        return NULL;
+    char *text = malloc((size_t)needed + 1);
+    if (text == NULL)
+        return NULL;
+    va_start(args, format);
+    vsnprintf(text, (size_t)needed + 1, format, args);
+    va_end(args);
+    return text;
+}
+
+static void s_wipe_free(char *secret)
+{
+    if (secret != NULL) {
+        explicit_bzero(secret, strlen(secret));
+        free(secret);
+    }
+}
+
+static size_t s_hash_str(const char *s)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 1099511628211ULL;
+    }
+    return (size_t)(h % DISCOVERY_TASK_BUCKETS);
+}
+
+static size_t s_hash_id(uint64_t id)
+{
+    return (size_t)(id % DISCOVERY_TASK_BUCKETS);
+}
+
+/* The seed's validate_api_key: a key is usable when it is not empty after trimming white
+ * space. A key with control bytes inside could split the Authorization header: not usable
+ * either. Returns a trimmed copy (caller wipes and frees), NULL when unusable (*oom false) or
+ * on ENOMEM (*oom true). */
+static char *s_usable_api_key(const char *key, bool *oom)
+{
+    *oom = false;
+    if (key == NULL)
+        return NULL;
+    size_t start = 0;
+    size_t end = strlen(key);
+    while (start < end && isspace((unsigned char)key[start]))
+        start++;
+    while (end > start && isspace((unsigned char)key[end - 1]))
+        end--;
+    if (start == end)
+        return NULL;
+    for (size_t i = start; i < end; i++) {
+        unsigned char c = (unsigned char)key[i];
+        if (c < 0x20 || c == 0x7f)
+            return NULL;
+    }
+    char *copy = malloc(end - start + 1);
+    if (copy == NULL) {
+        *oom = true;
+        return NULL;
+    }
+    memcpy(copy, key + start, end - start);
+    copy[end - start] = '\0';
+    return copy;
+}
+
+/* ================================================================================== tasks */
+
+static void s_task_release_models(task_t *task)
+{
+    for (size_t i = 0; i < task->model_count; i++)
+        free(task->models[i]);
+    free(task->models);
+    free(task->model_states);
+    task->models = NULL;
+    task->model_states = NULL;
+    task->model_count = 0;
+}
+
+static void s_task_unref(task_t **task_p)
+{
+    task_t *task = *task_p;
+    *task_p = NULL;
+    if (task == NULL || --task->refs > 0)
+        return;
+    s_task_release_models(task);
+    free(task->provider_key);
+    free(task->base_api_url);
+    s_wipe_free(task->api_key);
+    free(task->message);
+    free(task->waiters);
+    free(task);
+}
+
+static task_t *s_task_new(discovery_t *self, const char *provider_key)
+{
+    task_t *task = calloc(1, sizeof *task);
+    if (task == NULL)
+        return NULL;
+    task->provider_key = s_strdup(provider_key);
+    if (task->provider_key == NULL) {
+        free(task);
+        return NULL;
+    }
+    task->id = ++self->next_task_id;
+    task->refs = 1;
+    return task;
+}
+
+static task_t *s_running_by_id(discovery_t *self, uint64_t id)
+{
+    for (task_t *t = self->by_id[s_hash_id(id)]; t != NULL; t = t->id_next)
+        if (t->id == id)
+            return t;
+    return NULL;
+}
+
+static task_t *s_running_by_key(discovery_t *self, const char *key)
+{
+    for (task_t *t = self->by_key[s_hash_str(key)]; t != NULL; t = t->key_next)
+        if (strcmp(t->provider_key, key) == 0)
+            return t;
+    return NULL;
+}
+
+/* Makes task findable as running; the running state holds one reference. */
+static void s_task_mark_running(discovery_t *self, task_t *task)
+{
+    size_t id_bucket = s_hash_id(task->id);
+    size_t key_bucket = s_hash_str(task->provider_key);
+    task->id_next = self->by_id[id_bucket];
+    self->by_id[id_bucket] = task;
+    task->key_next = self->by_key[key_bucket];
+    self->by_key[key_bucket] = task;
+    task->running = true;
+    task->refs++;
+}
+
+static void s_task_unmark_running(discovery_t *self, task_t *task)
+{
+    task_t **link = &self->by_id[s_hash_id(task->id)];
+    while (*link != NULL && *link != task)
+        link = &(*link)->id_next;
+    if (*link == task)
+        *link = task->id_next;
+    link = &self->by_key[s_hash_str(task->provider_key)];
+    while (*link != NULL && *link != task)
+        link = &(*link)->key_next;
+    if (*link == task)
+        *link = task->key_next;
+    task->running = false;
+}
+
+static int s_task_add_waiter(task_t *task, job_t *job)
+{
+    if (task->waiter_count == task->waiter_cap) {
+        size_t cap = task->waiter_cap ? task->waiter_cap * 2 : 2;
+        job_t **grown = realloc(task->waiters, cap * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        task->waiters = grown;
+        task->waiter_cap = cap;
+    }
+    task->waiters[task->waiter_count++] = job;
+    return 0;
+}
+
+/* ============================================================================ wake / queue */
+
+/* Rings the coordinator's own doorbell so the writer calls discovery_handle() soon. */
+static void s_wake(discovery_t *self)
+{
+    if (self->in_handle || self->wake_pending)
+        return;
+    if (zmq_send(self->wake, "", 0, ZMQ_DONTWAIT) == 0)
+        self->wake_pending = true;
+}
+
+static int s_queue_persist(discovery_t *self, const char *job_id)
+{
+    discovery_outcome_t *p = &self->pending;
+    if (p->persist_count == self->persist_cap) {
+        size_t cap = self->persist_cap ? self->persist_cap * 2 : 4;
+        discovery_persist_t *grown = realloc(p->persists, cap * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        p->persists = grown;
+        self->persist_cap = cap;
+    }
+    snprintf(p->persists[p->persist_count++].job_id, DISCOVERY_JOB_ID_SIZE, "%s", job_id);
+    s_wake(self);
+    return 0;
+}
+
+static void s_update_clear(discovery_update_t *update)
+{
+    free(update->provider_key);
+    for (size_t i = 0; i < update->valid_count; i++)
+        free(update->valid[i]);
+    free(update->valid);
+    for (size_t i = 0; i < update->invalid_count; i++)
+        free(update->invalid[i]);
+    free(update->invalid);
+    for (size_t i = 0; i < update->cached_count; i++)
+        free(update->cached[i]);
+    free(update->cached);
+    memset(update, 0, sizeof *update);
+}
+
+void discovery_outcome_clear(discovery_outcome_t *outcome)
+{
+    if (outcome == NULL)
+        return;
+    for (size_t i = 0; i < outcome->update_count; i++)
+        s_update_clear(&outcome->updates[i]);
+    free(outcome->updates);
+    free(outcome->persists);
+    memset(outcome, 0, sizeof *outcome);
+}
+
+/* ==================================================================================== jobs */
+
+static job_t *s_job_find(discovery_t *self, const char *id, size_t len)
+{
+    for (job_t *job = self->jobs_head; job != NULL; job = job->next)
+        if (strlen(job->id) == len && memcmp(job->id, id, len) == 0)
+            return job;
+    return NULL;
+}
+
+/* Appends a copy of message. On ENOMEM the line is lost, which only makes job_status
+ * terser. */
+static void s_job_add_message(job_t *job, const char *message)
+{
+    if (message == NULL)
+        return;
+    if (job->message_count == job->message_cap) {
+        size_t cap = job->message_cap ? job->message_cap * 2 : 8;
+        char **grown = realloc(job->messages, cap * sizeof *grown);
+        if (grown == NULL)
+            return;
+        job->messages = grown;
+        job->message_cap = cap;
+    }
+    char *copy = s_strdup(message);
+    if (copy != NULL)
+        job->messages[job->message_count++] = copy;
+}
+
+static void s_job_free(job_t *job)
+{
+    for (size_t i = 0; i < job->task_count; i++)
+        s_task_unref(&job->tasks[i]);
+    free(job->tasks);
+    for (size_t i = 0; i < job->message_count; i++)
+        free(job->messages[i]);
+    free(job->messages);
+    free(job);
+}
+
+/* Drops the jobs that finished first while more than DISCOVERY_MAX_JOBS_KEPT are done. */
+static void s_jobs_evict(discovery_t *self)
+{
+    while (self->done_jobs > DISCOVERY_MAX_JOBS_KEPT) {
+        job_t *oldest = NULL;
+        job_t *oldest_previous = NULL;
+        job_t *previous = NULL;
+        for (job_t *job = self->jobs_head; job != NULL; previous = job, job = job->next) {
+            if (job->done && (oldest == NULL || job->finished_seq < oldest->finished_seq)) {
+                oldest = job;
+                oldest_previous = previous;
+            }
+        }
+        if (oldest == NULL)
+            return;
+        if (oldest_previous != NULL)
+            oldest_previous->next = oldest->next;
+        else
+            self->jobs_head = oldest->next;
+        if (self->jobs_tail == oldest)
+            self->jobs_tail = oldest_previous;
+        self->done_jobs--;
+        s_job_free(oldest);
+    }
+}
+
+/* The job is finished for good. Other finished jobs may be dropped, never this one. */
+static void s_job_mark_done(discovery_t *self, job_t *job)
+{
+    job->done = true;
+    job->awaiting_persist = false;
+    job->finished_seq = ++self->finish_counter;
+    self->running_jobs--;
+    self->done_jobs++;
+    s_jobs_evict(self);
+}
+
+/* Every task of job has ended: decide success and whether the writer must persist. */
+static void s_job_complete(discovery_t *self, job_t *job)
+{
+    bool success = true;
+    for (size_t i = 0; i < job->task_count; i++)
+        if (job->tasks[i]->state == TASK_ERROR)
+            success = false;
+    job->success = success;
+    if (success && job->persist_on_success) {
+        if (s_queue_persist(self, job->id) == 0) {
+            job->awaiting_persist = true;
+            return;
+        }
+        s_job_add_message(job, "could not persist provider configurations: out of memory");
+        job->success = false;
+    }
+    s_job_mark_done(self, job);
+}
+
+/* ============================================================================ task flow */
+
+/* Ends a task: its message goes to every waiting job, which may complete. */
+static void s_task_finish(discovery_t *self, task_t *task, task_state_t state, char *message)
+{
+    task->state = state;
+    task->message = message; /* may be NULL on ENOMEM: the job then lacks one line */
+    task->in_flight = 0;
+    s_task_release_models(task);
+    s_task_unmark_running(self, task);
+    /* Each waiter holds a reference, so completing (even dropping) a job keeps task alive
+     * until the running reference goes below. */
+    for (size_t i = 0; i < task->waiter_count; i++) {
+        job_t *job = task->waiters[i];
+        s_job_add_message(job, message);
+        job->pending--;
+        if (job->pending == 0 && !job->building)
+            s_job_complete(self, job);
+    }
+    task->waiter_count = 0;
+    s_task_unref(&task); /* the running reference */
+}
+
+static void s_task_fail(discovery_t *self, task_t *task, const char *error)
+{
+    char *message = s_printf_alloc(MSG_ERROR, task->provider_key, error);
+    s_task_finish(self, task, TASK_ERROR, message);
+}
+
+/* Copies the names of the models in state `want` (or `also`), in listed order. */
+static int s_collect(const task_t *task, model_state_t want, model_state_t also, char ***out,
+                     size_t *count)
+{
+    *out = NULL;
+    *count = 0;
+    size_t n = 0;
+    for (size_t i = 0; i < task->model_count; i++)
+        if (task->model_states[i] == want || task->model_states[i] == also)
+            n++;
+    if (n == 0)
+        return 0;
+    char **names = calloc(n, sizeof *names);
+    if (names == NULL)
+        return -1;
+    for (size_t i = 0; i < task->model_count; i++) {
+        if (task->model_states[i] != want && task->model_states[i] != also)
+            continue;
+        names[*count] = s_strdup(task->models[i]);
+        if (names[*count] == NULL) {
+            for (size_t j = 0; j < *count; j++)
+                free(names[j]);
+            free(names);
+            *count = 0;
+            return -1;
+        }
+        (*count)++;
+    }
+    *out = names;
+    return 0;
+}
+
+static void s_task_succeed(discovery_t *self, task_t *task)
+{
+    discovery_outcome_t *p = &self->pending;
+    if (p->update_count == self->update_cap) {
+        size_t cap = self->update_cap ? self->update_cap * 2 : 8;
+        discovery_update_t *grown = realloc(p->updates, cap * sizeof *grown);
+        if (grown == NULL) {
+            s_task_fail(self, task, "out of memory");
+            return;
+        }
+        p->updates = grown;
+        self->update_cap = cap;
+    }
+    discovery_update_t update;
+    memset(&update, 0, sizeof update);
+    update.cached_at = task->cached_at;
+    update.provider_key = s_strdup(task->provider_key);
+    if (update.provider_key == NULL ||
+        s_collect(task, MODEL_VALID, MODEL_VALID, &update.valid, &update.valid_count) != 0 ||
+        s_collect(task, MODEL_INVALID, MODEL_KNOWN_INVALID, &update.invalid,
+                  &update.invalid_count) != 0) {
+        s_update_clear(&update);
+        s_task_fail(self, task, "out of memory");
+        return;
+    }
+    /* The listed models become the cache: hand the task's array over. */
+    update.cached = task->models;
+    update.cached_count = task->model_count;
+    task->models = NULL;
+    task->model_count = 0;
+    p->updates[p->update_count++] = update;
+    s_wake(self);
+    char *message = s_printf_alloc(MSG_SUCCESS, task->valid, task->invalid, task->provider_key);
+    s_task_finish(self, task, TASK_OK, message);
+}
+
+/* Sends probes while the provider has room, in listed order; ends the task when nothing is
+ * left. The task may be freed on return (the caller must not use it again). */
+static void s_task_pump(discovery_t *self, task_t *task)
+{
+    size_t limit =
+        self->settings.per_provider_limit > 0 ? (size_t)self->settings.per_provider_limit : 1;
+    while (task->in_flight < limit && task->next_model < task->model_count) {
+        size_t index = task->next_model++;
+        if (task->model_states[index] != MODEL_PENDING)
+            continue;
+        discovery_job_t job = {
+            .task = task->id,
+            .req = index,
+            .kind = DISCOVERY_KIND_PROBE,
+            .base_api_url = task->base_api_url,
+            .api_key = task->api_key,
+            .model = task->models[index],
+        };
+        if (discovery_job_send(self->jobs, &job) != 0) {
+            s_task_fail(self, task, "could not queue a validation request");
+            return;
+        }
+        task->model_states[index] = MODEL_IN_FLIGHT;
+        task->in_flight++;
+    }
+    if (task->in_flight == 0 && task->next_model >= task->model_count)
+        s_task_succeed(self, task);
+}
+
+/* Takes the listed (or cached) models over and starts validating. names is adopted. */
+static void s_task_begin_validation(discovery_t *self, task_t *task, const provider_t *provider,
+                                    char **names, size_t count, double listed_at)
+{
+    task->models = names;
+    task->model_count = count;
+    task->discovered = count;
+    task->cached_at = listed_at;
+    task->state = TASK_VALIDATING;
+    task->model_states = calloc(count ? count : 1, 1);
+    if (task->model_states == NULL) {
+        s_task_fail(self, task, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < count; i++) {
+        /* Already known to be invalid: counted as invalid, never probed again. */
+        if (provider != NULL && provider_is_invalid(provider, names[i], strlen(names[i]))) {
+            task->model_states[i] = MODEL_KNOWN_INVALID;
+            task->invalid++;
+        }
+    }
+    s_task_pump(self, task);
+}
+
+/* Starts a new running task for provider (usable key in api_key, adopted). */
+static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider,
+                         bool force_refresh, double now)
+{
+    s_task_mark_running(self, task);
+    if (!force_refresh && provider_cache_fresh(provider, now)) {
+        size_t count = provider_cached_count(provider);
+        char **names = calloc(count ? count : 1, sizeof *names);
+        if (names == NULL) {
+            s_task_fail(self, task, "out of memory");
+            return;
+        }
+        for (size_t i = 0; i < count; i++) {
+            names[i] = s_strdup(provider_cached_at(provider, i));
+            if (names[i] == NULL) {
+                for (size_t j = 0; j < i; j++)
+                    free(names[j]);
+                free(names);
+                s_task_fail(self, task, "out of memory");
+                return;
+            }
+        }
+        /* Keep the cache's own timestamp: re-stamping it would make it never expire. */
+        s_task_begin_validation(self, task, provider, names, count,
+                                provider_cache_timestamp(provider));
+        return;
+    }
+    task->state = TASK_LISTING;
+    discovery_job_t job = {
+        .task = task->id,
+        .req = 0,
+        .kind = DISCOVERY_KIND_LIST,
+        .base_api_url = task->base_api_url,
+        .api_key = task->api_key,
+        .model = NULL,
+    };
+    if (discovery_job_send(self->jobs, &job) != 0)
+        s_task_fail(self, task, "could not queue the model list request");
+    else
+        task->in_flight = 1;
+}
+
+static void s_on_result(discovery_t *self, const registry_t *current, discovery_result_t *result,
+                        double now)
+{
+    task_t *task = s_running_by_id(self, result->task);
+    if (task == NULL)
+        return; /* late answer for a task that already failed */
+    if (result->kind == DISCOVERY_KIND_LIST) {
+        if (task->state != TASK_LISTING)
+            return;
+        task->in_flight = 0;
+        if (result->status != DISCOVERY_RESULT_OK) {
+            s_task_fail(self, task, result->error ? result->error : "model listing failed");
+            return;
+        }
+        const provider_t *provider =
+            registry_get(current, task->provider_key, strlen(task->provider_key));
+        char **names = result->models;
+        size_t count = result->model_count;
+        result->models = NULL;
+        result->model_count = 0;
+        if (names == NULL) {
+            names = calloc(1, sizeof *names);
+            if (names == NULL) {
+                s_task_fail(self, task, "out of memory");
+                return;
+            }
+        }
+        s_task_begin_validation(self, task, provider, names, count, now);
+        return;
+    }
+    if (task->state != TASK_VALIDATING || result->req >= task->model_count ||
+        task->model_states[result->req] != MODEL_IN_FLIGHT)
+        return;
+    size_t index = (size_t)result->req;
+    task->in_flight--;
+    switch (result->status) {
+    case DISCOVERY_RESULT_OK:
+        task->model_states[index] = MODEL_VALID;
+        task->validated++;
+        task->valid++;
+        break;
+    case DISCOVERY_RESULT_INVALID:
+        task->model_states[index] = MODEL_INVALID;
+        task->validated++;
+        task->invalid++;
+        break;
+    case DISCOVERY_RESULT_ERROR: {
+        /* One model that cannot be validated fails the whole provider (the seed's
+         * exception); say which model, unless the key itself was refused. */
+        char *error = result->http_status == 401 || result->http_status == 403
+                          ? s_strdup(result->error)
+                          : s_printf_alloc("%s (model %s)", result->error, task->models[index]);
+        s_task_fail(self, task, error ? error : result->error);
+        free(error);
+        return;
+    }
+    }
+    s_task_pump(self, task);
+}
+
+/* ============================================================================ public API */
+
+static void *s_socket(void *ctx, int type)
+{
+    void *socket = zmq_socket(ctx, type);
+    if (socket == NULL)
+        return NULL;
+    int zero = 0;
+    if (zmq_setsockopt(socket, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(socket, ZMQ_SNDHWM, &zero, sizeof zero) != 0 ||
+        zmq_setsockopt(socket, ZMQ_RCVHWM, &zero, sizeof zero) != 0) {
+        zmq_close(socket);
+        return NULL;
+    }
+    return socket;
+}
+
+discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, int workers)
+{
+    if (zmq_ctx == NULL || settings == NULL)
+        return NULL;
+    discovery_t *self = calloc(1, sizeof *self);
+    if (self == NULL)
+        return NULL;
+    self->ctx = zmq_ctx;
+    self->settings = *settings;
+    if (getrandom(&self->job_nonce, sizeof self->job_nonce, GRND_NONBLOCK) !=
+        (ssize_t)sizeof self->job_nonce)
+        self->job_nonce = (uint32_t)(uintptr_t)self;
+    if (workers < 1)
+        workers = 1;
+    if (workers > CONFIG_MAX_WORKERS)
+        workers = CONFIG_MAX_WORKERS;
+    char jobs_endpoint[DISCOVERY_ENDPOINT_SIZE];
+    char results_endpoint[DISCOVERY_ENDPOINT_SIZE];
+    snprintf(jobs_endpoint, sizeof jobs_endpoint, "inproc://pm-discovery-jobs-%p", (void *)self);
+    snprintf(results_endpoint, sizeof results_endpoint, "inproc://pm-discovery-results-%p",
+             (void *)self);
+    self->jobs = s_socket(zmq_ctx, ZMQ_PUSH);
+    self->results = s_socket(zmq_ctx, ZMQ_PULL);
+    self->wake = s_socket(zmq_ctx, ZMQ_PUSH);
+    if (self->jobs == NULL || self->results == NULL || self->wake == NULL)
+        goto fail;
+    if (zmq_bind(self->jobs, jobs_endpoint) != 0 ||
+        zmq_bind(self->results, results_endpoint) != 0 ||
+        zmq_connect(self->wake, results_endpoint) != 0)
+        goto fail;
+    self->workers = calloc((size_t)workers, sizeof *self->workers);
+    if (self->workers == NULL)
+        goto fail;
+    for (int i = 0; i < workers; i++) {
+        self->workers[i] =
+            discovery_worker_new(zmq_ctx, &self->settings, jobs_endpoint, results_endpoint);
+        if (self->workers[i] == NULL)
+            goto fail;
+        self->worker_count++;
+    }
+    return self;
+fail:
+    discovery_destroy(&self);
+    return NULL;
+}
+
+void discovery_destroy(discovery_t **self_p)
+{
+    if (self_p == NULL || *self_p == NULL)
+        return;
+    discovery_t *self = *self_p;
+    *self_p = NULL;
+    /* Workers first: they hold connections to our sockets. */
+    for (int i = 0; i < self->worker_count; i++)
+        discovery_worker_destroy(&self->workers[i]);
+    free(self->workers);
+    if (self->jobs != NULL)
+        zmq_close(self->jobs);
+    if (self->results != NULL)
+        zmq_close(self->results);
+    if (self->wake != NULL)
+        zmq_close(self->wake);
+    while (self->jobs_head != NULL) {
+        job_t *job = self->jobs_head;
+        self->jobs_head = job->next;
+        s_job_free(job);
+    }
+    /* Tasks still running hold their running reference only. */
+    for (size_t b = 0; b < DISCOVERY_TASK_BUCKETS; b++) {
+        while (self->by_id[b] != NULL) {
+            task_t *task = self->by_id[b];
+            s_task_unmark_running(self, task);
+            s_task_unref(&task);
+        }
+    }
+    discovery_outcome_clear(&self->pending);
+    free(self);
+}
+
+void *discovery_socket(discovery_t *self)
+{
+    return self ? self->results : NULL;
+}
+
+static void s_set_error(int *code, char *err, size_t err_size, pm_error_t value, const char *format,
+                        ...) __attribute__((format(printf, 5, 6)));
+
+static void s_set_error(int *code, char *err, size_t err_size, pm_error_t value, const char *format,
+                        ...)
+{
+    if (code != NULL)
+        *code = (int)value;
+    if (err != NULL && err_size > 0) {
+        va_list args;
+        va_start(args, format);
+        vsnprintf(err, err_size, format, args);
+        va_end(args);
+    }
+}
+
+/* Adds provider to job: joins its running task, or starts a new (or skipped) one. */
+static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *provider,
+                              bool force_refresh, double now)
+{
+    const char *key = provider_key(provider);
+    task_t *task = s_running_by_key(self, key);
+    bool fresh = task == NULL;
+    if (fresh) {
+        task = s_task_new(self, key);
+        if (task == NULL)
+            return -1;
+    } else {
+        task->refs++;
+    }
+    /* The job holds its reference from here on, whatever happens to the task. */
+    job->tasks[job->task_count++] = task;
+    if (!fresh) {
+        if (s_task_add_waiter(task, job) != 0)
+            return -1;
+        job->pending++;
+        return 0;
+    }
+
+    bool oom = false;
+    char *api_key = s_usable_api_key(provider_api_key(provider), &oom);
+    if (oom)
+        return -1;
+    if (api_key == NULL) {
+        task->state = TASK_SKIPPED;
+        task->message = s_printf_alloc(MSG_SKIPPING, key);
+        s_job_add_message(job, task->message);
+        return 0;
+    }
+    task->api_key = api_key;
+    task->base_api_url = s_strdup(provider_base_api_url(provider));
+    if (task->base_api_url == NULL || s_task_add_waiter(task, job) != 0)
+        return -1;
+    job->pending++;
+    s_task_start(self, task, provider, force_refresh, now);
+    return 0;
+}
+
+static job_t *s_job_new(discovery_t *self, size_t provider_count, bool persist_on_success)
+{
+    job_t *job = calloc(1, sizeof *job);
+    if (job == NULL)
+        return NULL;
+    job->tasks = calloc(provider_count ? provider_count : 1, sizeof *job->tasks);
+    if (job->tasks == NULL) {
+        free(job);
+        return NULL;
+    }
+    self->job_counter++;
+    snprintf(job->id, sizeof job->id, "j%08x-%llu", (unsigned)self->job_nonce,
+             (unsigned long long)self->job_counter);
+    job->persist_on_success = persist_on_success;
+    job->building = true;
+    return job;
+}
+
+int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
+                    bool force_refresh, bool persist_on_success, double now, char *job_id,
+                    int *code, char *err, size_t err_size)
+{
+    const provider_t *only = NULL;
+    if (provider_key != NULL) {
+        only = registry_get(current, provider_key, strlen(provider_key));
+        if (only == NULL) {
+            s_set_error(code, err, err_size, PM_ERR_NOT_FOUND, "Provider '%s' not found",
+                        provider_key);
+            return -1;
+        }
+    }
+    if (self->running_jobs >= DISCOVERY_MAX_RUNNING_JOBS) {
+        s_set_error(code, err, err_size, PM_ERR_UNAVAILABLE, "too many discovery jobs running");
+        return -1;
+    }
+    size_t count = only ? 1 : registry_count(current);
+    job_t *job = s_job_new(self, count, persist_on_success);
+    if (job == NULL)
+        goto oom;
+    /* Linked first: a provider's task may end while the job is still being built. */
+    if (self->jobs_tail != NULL)
+        self->jobs_tail->next = job;
+    else
+        self->jobs_head = job;
+    self->jobs_tail = job;
+    self->running_jobs++;
+    int rc = 0;
+    for (size_t i = 0; i < count && rc == 0; i++)
+        rc = s_job_add_provider(self, job, only ? only : registry_at(current, i), force_refresh,
+                                now);
+    job->building = false;
+    /* Copied now: completing the job below may already drop older finished jobs. */
+    snprintf(job_id, DISCOVERY_JOB_ID_SIZE, "%s", job->id);
+    if (rc != 0) {
+        /* Out of memory midway: the job stands as an error; what already started goes on. */
+        s_job_add_message(job, "out of memory while starting discovery");
+        if (job->pending == 0) {
+            job->success = false;
+            s_job_mark_done(self, job);
+        } else {
+            job->persist_on_success = false;
+        }
+    } else if (job->pending == 0) {
+        s_job_complete(self, job);
+    }
+    if (code != NULL)
+        *code = PM_OK;
+    return 0;
+oom:
+    s_set_error(code, err, err_size, PM_ERR_INTERNAL, "%s", "out of memory");
+    return -1;
+}
+
+int discovery_handle(discovery_t *self, const registry_t *current, double now,
+                     discovery_outcome_t *outcome)
+{
+    int rc = 0;
+    self->in_handle = true;
+    for (int n = 0; n < DISCOVERY_MAX_RESULTS_PER_HANDLE; n++) {
+        discovery_result_t result;
+        int got = discovery_result_recv(self->results, &result, ZMQ_DONTWAIT);
+        if (got == 1) {
+            self->wake_pending = false;
+            continue;
+        }
+        if (got != 0) {
+            if (errno == EAGAIN)
+                break;
+            if (errno == EINTR || errno == EPROTO)
+                continue;
+            rc = -1;
+            break;
+        }
+        s_on_result(self, current, &result, now);
+        discovery_result_clear(&result);
+    }
+    self->in_handle = false;
+
+    /* Hand over what is queued; updates of providers removed meanwhile are dropped. */
+    discovery_outcome_t *p = &self->pending;
+    size_t kept = 0;
+    for (size_t i = 0; i < p->update_count; i++) {
+        const char *key = p->updates[i].provider_key;
+        if (registry_get(current, key, strlen(key)) == NULL)
+            s_update_clear(&p->updates[i]);
+        else
+            p->updates[kept++] = p->updates[i];
+    }
+    p->update_count = kept;
+    if (outcome->update_count == 0 && outcome->persist_count == 0 && outcome->updates == NULL &&
+        outcome->persists == NULL) {
+        *outcome = *p;
+        memset(p, 0, sizeof *p);
+        self->update_cap = 0;
+        self->persist_cap = 0;
+        return rc;
+    }
+    /* The caller passed a non-empty outcome: append to it. */
+    if (p->update_count > 0) {
+        discovery_update_t *grown =
+            realloc(outcome->updates, (outcome->update_count + p->update_count) * sizeof *grown);
+        if (grown == NULL)
+            return -1; /* kept queued for the next call */
+        outcome->updates = grown;
+        memcpy(outcome->updates + outcome->update_count, p->updates,
+               p->update_count * sizeof *grown);
+        outcome->update_count += p->update_count;
+        p->update_count = 0;
+    }
+    if (p->persist_count > 0) {
+        discovery_persist_t *grown =
+            realloc(outcome->persists, (outcome->persist_count + p->persist_count) * sizeof *grown);
+        if (grown == NULL)
+            return -1;
+        outcome->persists = grown;
+        memcpy(outcome->persists + outcome->persist_count, p->persists,
+               p->persist_count * sizeof *grown);
+        outcome->persist_count += p->persist_count;
+        p->persist_count = 0;
+    }
+    return rc;
+}
+
+void discovery_job_persisted(discovery_t *self, const char *job_id, bool ok, const char *error)
+{
+    if (self == NULL || job_id == NULL)
+        return;
+    job_t *job = s_job_find(self, job_id, strlen(job_id));
+    if (job == NULL || !job->awaiting_persist)
+        return;
+    if (ok) {
+        s_job_add_message(job, MSG_PERSISTED);
+        job->persisted = true;
+    } else {
+        s_job_add_message(job, error ? error : "could not persist provider configurations");
+        job->success = false;
+    }
+    s_job_mark_done(self, job);
+}
+
+long discovery_next_timeout_ms(discovery_t *self, double now)
+{
+    if (self->settings.on_start && !self->start_job_done)
+        return 0;
+    if (self->settings.interval_minutes <= 0)
+        return -1;
+    if (!self->periodic_armed) {
+        self->next_periodic = now + self->settings.interval_minutes * 60.0;
+        self->periodic_armed = true;
+    }
+    double ms = (self->next_periodic - now) * 1000.0;
+    if (ms <= 0)
+        return 0;
+    if (ms >= (double)LONG_MAX)
+        return LONG_MAX;
+    return (long)ms + 1; /* round up: waking early would only spin */
+}
+
+void discovery_tick(discovery_t *self, const registry_t *current, double now)
+{
+    char job_id[DISCOVERY_JOB_ID_SIZE];
+    int code = 0;
+    char err[128];
+    if (self->settings.on_start && !self->start_job_done) {
+        self->start_job_done = true;
+        discovery_start(self, current, NULL, false, true, now, job_id, &code, err, sizeof err);
+    }
+    if (self->settings.interval_minutes <= 0)
+        return;
+    double interval = self->settings.interval_minutes * 60.0;
+    if (!self->periodic_armed) {
+        self->next_periodic = now + interval;
+        self->periodic_armed = true;
+        return;
+    }
+    if (now < self->next_periodic)
+        return;
+    /* After a long stall run once, not once per missed interval. */
+    self->next_periodic += interval;
+    if (self->next_periodic <= now)
+        self->next_periodic = now + interval;
+    discovery_start(self, current, NULL, false, true, now, job_id, &code, err, sizeof err);
+}
+
+static void s_pack_key(msgpack_packer *pk, const char *key)
+{
+    size_t len = strlen(key);
+    msgpack_pack_str(pk, len);
+    msgpack_pack_str_body(pk, key, len);
+}
+
+int discovery_pack_status(discovery_t *self, const char *job_id, size_t len, msgpack_packer *pk)
+{
+    job_t *job = s_job_find(self, job_id, len);
+    if (job == NULL)
+        return -1;
+    msgpack_pack_map(pk, 6);
+    s_pack_key(pk, "job");
+    s_pack_key(pk, job->id);
+    s_pack_key(pk, "state");
+    s_pack_key(pk, job->done ? "done" : "running");
+    s_pack_key(pk, "success");
+    if (!job->done)
+        msgpack_pack_nil(pk);
+    else if (job->success)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    s_pack_key(pk, "persisted");
+    if (job->persisted)
+        msgpack_pack_true(pk);
+    else
+        msgpack_pack_false(pk);
+    s_pack_key(pk, "providers");
+    msgpack_pack_map(pk, job->task_count);
+    for (size_t i = 0; i < job->task_count; i++) {
+        const task_t *task = job->tasks[i];
+        s_pack_key(pk, task->provider_key);
+        msgpack_pack_map(pk, 6);
+        s_pack_key(pk, "state");
+        s_pack_key(pk, s_task_state_names[task->state]);
+        s_pack_key(pk, "discovered");
+        msgpack_pack_uint64(pk, task->discovered);
+        s_pack_key(pk, "validated");
+        msgpack_pack_uint64(pk, task->validated);
+        s_pack_key(pk, "valid");
+        msgpack_pack_uint64(pk, task->valid);
+        s_pack_key(pk, "invalid");
+        msgpack_pack_uint64(pk, task->invalid);
+        s_pack_key(pk, "message");
+        s_pack_key(pk, task->message ? task->message : "");
+    }
+    s_pack_key(pk, "messages");
+    msgpack_pack_array(pk, job->message_count);
+    for (size_t i = 0; i < job->message_count; i++)
+        s_pack_key(pk, job->messages[i]);
+    return 0;
+}
+
+int discovery_running(const discovery_t *self)
+{
+    return self ? self->running_jobs : 0;
+}

@@ -1,0 +1,98 @@
+/*
+ * discovery: model discovery jobs (the seed's ProviderManager.discover_models and
+ * ModelDiscoveryService), coordinated inside the writer thread.
+ *
+ * The coordinator (this module) lives in the writer thread. It owns a PUSH socket that hands
+ * list and probe requests to the worker pool (discovery_worker.h) and a PULL socket that
+ * collects their results; the writer polls discovery_socket() beside its command socket.
+ * It keeps, per provider being discovered, one task (list, then probe every listed model not
+ * already invalid, at most per_provider_limit requests in flight for that provider), and per
+ * caller request one job that references tasks: a request for a provider already being
+ * discovered joins that provider's running task instead of starting a second one.
+ *
+ * It never touches the registry: when a provider's task has finished successfully it hands the
+ * writer a discovery_update_t to apply (merge_valid_models, replace invalid_models, cache), and
+ * when a job has finished it tells the writer whether to persist; the writer reports back with
+ * discovery_job_persisted(). Messages are the seed's, word for word.
+ */
+#ifndef PM_DISCOVERY_H
+#define PM_DISCOVERY_H
+
+#include "config.h"
+#include "registry.h"
+#include <msgpack.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#define DISCOVERY_MAX_JOBS_KEPT 64 /* finished jobs kept for job_status, oldest dropped */
+#define DISCOVERY_JOB_ID_SIZE 32
+
+typedef struct discovery_t discovery_t;
+
+/* Binds its inproc sockets on zmq_ctx and starts `workers` worker threads. NULL on failure. */
+discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, int workers);
+/* Stops the workers (in-flight requests are abandoned), closes the sockets. Safe on NULL. */
+void discovery_destroy(discovery_t **self_p);
+
+/* The socket the writer polls (ZMQ_POLLIN) for worker results. */
+void *discovery_socket(discovery_t *self);
+
+/* Starts a job over `current` (sealed): every provider, or only provider_key when not NULL.
+ * Providers already being discovered are joined, not restarted. Returns 0 with the job id in
+ * job_id (DISCOVERY_JOB_ID_SIZE bytes); -1 with *code = PM_ERR_NOT_FOUND and
+ * "Provider '<p>' not found" in err when provider_key is unknown, or another code. */
+int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
+                    bool force_refresh, bool persist_on_success, double now, char *job_id,
+                    int *code, char *err, size_t err_size);
+
+/* One provider's successful result, for the writer to apply as one change. */
+typedef struct {
+    char *provider_key;
+    size_t valid_count; /* merged with provider_merge_valid_models() */
+    char **valid;
+    size_t invalid_count; /* replaces invalid_models */
+    char **invalid;
+    size_t cached_count; /* the listed models: the runtime cache */
+    char **cached;
+    double cached_at;
+} discovery_update_t;
+
+/* A finished job that asks the writer to persist (success and persist_on_success). */
+typedef struct {
+    char job_id[DISCOVERY_JOB_ID_SIZE];
+} discovery_persist_t;
+
+typedef struct {
+    size_t update_count;
+    discovery_update_t *updates;
+    size_t persist_count;
+    discovery_persist_t *persists;
+} discovery_outcome_t;
+
+void discovery_outcome_clear(discovery_outcome_t *outcome);
+
+/* Reads every result waiting on discovery_socket() (never blocks), advances tasks (pushing
+ * further probes), and fills outcome. `current` is the writer's registry, used to drop an
+ * update for a provider removed meanwhile. 0, or -1 on a socket error. */
+int discovery_handle(discovery_t *self, const registry_t *current, double now,
+                     discovery_outcome_t *outcome);
+
+/* After the writer applied a job's updates and tried to persist: ok adds the seed's
+ * "Provider configurations persisted to YAML" as the last message and sets persisted; a
+ * failure adds the error (no secrets) and makes the job unsuccessful. Then the job is done. */
+void discovery_job_persisted(discovery_t *self, const char *job_id, bool ok, const char *error);
+
+/* Periodic discovery (discovery.interval_minutes): milliseconds until the writer should call
+ * discovery_tick(), or -1 when nothing is scheduled. */
+long discovery_next_timeout_ms(discovery_t *self, double now);
+/* Starts the scheduled job when its time has come (and the start-up one, when on_start). */
+void discovery_tick(discovery_t *self, const registry_t *current, double now);
+
+/* Packs the job_status result map of the contract for job (not NUL-terminated) into pk.
+ * 0, or -1 when the job is unknown (pk untouched). */
+int discovery_pack_status(discovery_t *self, const char *job, size_t len, msgpack_packer *pk);
+
+/* Jobs not yet done (for health.jobs_running). */
+int discovery_running(const discovery_t *self);
+
+#endif

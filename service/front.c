@@ -1,0 +1,595 @@
+/*
+ * front: the ROUTER front end; reads answered from the snapshot, writes handed to the writer.
+ * See front.h.
+ */
+#include "front.h"
+
+#include "log.h"
+#include "pm_proto.h"
+#include "registry.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define FRONT_MAX_FRAMES 15       /* routing frames + delimiter + body of one request */
+#define FRONT_STOP_GRACE_MS 1500  /* how long the writer may take to finish at shutdown */
+#define FRONT_REPLY_LINGER_MS 500 /* replies still queued at close get this long to leave */
+
+struct front_t {
+    void *router;
+    void *pipe;
+    snapshot_t *snapshot;
+    msgpack_sbuffer reply;
+    struct timespec started;
+    zmq_msg_t frames[FRONT_MAX_FRAMES];
+};
+
+/* ------------------------------------------------------------------------ read operations */
+
+typedef struct {
+    const pm_request_t *req;
+    const registry_t *reg;
+    msgpack_packer *pk;
+} read_t;
+
+/* Reads the provider_name argument; packs the error and returns -1 when it is bad. */
+static int s_provider_name(read_t *r, pm_str_t *name)
+{
+    char err[256];
+    int rc = pm_arg_str(r->req, "provider_name", name, err, sizeof err);
+    if (rc == 0)
+        pm_arg_require("provider_name", err, sizeof err);
+    if (rc != 1) {
+        pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
+        return -1;
+    }
+    return 0;
+}
+
+static void s_op_get(read_t *r)
+{
+    pm_str_t name;
+    if (s_provider_name(r, &name) < 0)
+        return;
+    const provider_t *p = registry_get(r->reg, name.ptr, name.len);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    if (p)
+        wire_pack_provider(r->pk, p);
+    else
+        msgpack_pack_nil(r->pk);
+}
+
+static void s_op_getitem(read_t *r)
+{
+    pm_str_t name;
+    if (s_provider_name(r, &name) < 0)
+        return;
+    const provider_t *p = registry_get(r->reg, name.ptr, name.len);
+    if (!p) {
+        wire_pack_error_spans(r->pk, r->req->id, PM_ERR_NOT_FOUND, "Provider '%s' not found", name,
+                              (pm_str_t){0});
+        return;
+    }
+    pm_reply_ok_begin(r->pk, r->req->id);
+    wire_pack_provider(r->pk, p);
+}
+
+static void s_op_contains(read_t *r)
+{
+    pm_str_t name;
+    if (s_provider_name(r, &name) < 0)
+        return;
+    pm_reply_ok_begin(r->pk, r->req->id);
+    if (registry_contains(r->reg, name.ptr, name.len))
+        msgpack_pack_true(r->pk);
+    else
+        msgpack_pack_false(r->pk);
+}
+
+static void s_op_keys(read_t *r)
+{
+    size_t n = registry_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_array(r->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        pm_pack_str(r->pk, provider_key(registry_at(r->reg, i)));
+}
+
+static void s_op_values(read_t *r, bool items)
+{
+    size_t n = registry_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_array(r->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++) {
+        const provider_t *p = registry_at(r->reg, i);
+        if (items) {
+            msgpack_pack_array(r->pk, 2);
+            pm_pack_str(r->pk, provider_key(p));
+        }
+        wire_pack_provider(r->pk, p);
+    }
+}
+
+static void s_op_merged_models(read_t *r, bool scoped)
+{
+    size_t n = registry_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_array(r->pk, (uint32_t)registry_model_count(r->reg));
+    char small[512];
+    for (size_t i = 0; i < n; i++) {
+        const provider_t *p = registry_at(r->reg, i);
+        const char *key = provider_key(p);
+        size_t models = provider_model_count(p);
+        for (size_t m = 0; m < models; m++) {
+            const char *lng = provider_model_long(p, m), *shrt = provider_model_short(p, m);
+            if (!scoped) {
+                msgpack_pack_array(r->pk, 2);
+                pm_pack_str(r->pk, key);
+                msgpack_pack_array(r->pk, 2);
+                pm_pack_str(r->pk, lng);
+                pm_pack_str(r->pk, shrt);
+                continue;
+            }
+            /* "key/long (short)", the seed's valid_scoped_models format */
+            size_t kl = strlen(key), ll = strlen(lng), sl = strlen(shrt);
+            size_t len = kl + 1 + ll + 2 + sl + 1;
+            char *text = len <= sizeof small ? small : malloc(len);
+            if (!text) {
+                msgpack_pack_nil(r->pk);
+                continue;
+            }
+            memcpy(text, key, kl);
+            text[kl] = '/';
+            memcpy(text + kl + 1, lng, ll);
+            memcpy(text + kl + 1 + ll, " (", 2);
+            memcpy(text + kl + 3 + ll, shrt, sl);
+            text[len - 1] = ')';
+            pm_pack_strn(r->pk, text, len);
+            if (text != small)
+                free(text);
+        }
+    }
+}
+
+/* get_api_for_model_string (with_provider) and validate_model. */
+static void s_op_resolve(read_t *r, bool with_provider)
+{
+    char err[256];
+    pm_str_t model;
+    int rc = pm_arg_str(r->req, "model_string", &model, err, sizeof err);
+    if (rc == 0)
+        pm_arg_require("model_string", err, sizeof err);
+    if (rc == 1 && model.len > WIRE_MAX_MODEL_STRING_LEN) {
+        snprintf(err, sizeof err, "argument 'model_string' is longer than %d bytes",
+                 WIRE_MAX_MODEL_STRING_LEN);
+        rc = -1;
+    }
+    if (rc != 1) {
+        pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    registry_resolution_t res;
+    registry_status_t status = registry_resolve(r->reg, model.ptr, model.len, &res);
+    pm_str_t shown = {res.model, res.model_len};
+    if (status == REGISTRY_INVALID_FOR_PROVIDER) {
+        pm_str_t prefix = {res.prefix, strlen(res.prefix)};
+        wire_pack_error_spans(r->pk, r->req->id, PM_ERR_INVALID_MODEL,
+                              "Invalid model for provider %s: %s", prefix, shown);
+        return;
+    }
+    if (status != REGISTRY_RESOLVED) {
+        wire_pack_error_spans(r->pk, r->req->id, PM_ERR_INVALID_MODEL, "Invalid model: %s", shown,
+                              (pm_str_t){0});
+        return;
+    }
+    pm_reply_ok_begin(r->pk, r->req->id);
+    if (with_provider) {
+        msgpack_pack_array(r->pk, 2);
+        wire_pack_provider(r->pk, res.provider);
+    }
+    pm_pack_str(r->pk, res.long_name);
+}
+
+static void s_op_available_models(read_t *r)
+{
+    char err[256];
+    pm_str_t filter = {NULL, 0};
+    if (pm_arg_str_or_nil(r->req, "filter_by_provider", &filter, err, sizeof err) < 0) {
+        pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    /* The seed: `if filter_by_provider and name != filter` - an empty filter means all. */
+    bool filtered = filter.ptr && filter.len > 0;
+    const provider_t *only = filtered ? registry_get(r->reg, filter.ptr, filter.len) : NULL;
+    size_t total =
+        filtered ? (only ? provider_model_count(only) : 0) : registry_model_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_array(r->pk, (uint32_t)total);
+    size_t n = registry_count(r->reg);
+    for (size_t i = 0; i < n; i++) {
+        const provider_t *p = registry_at(r->reg, i);
+        if (filtered && p != only)
+            continue;
+        size_t models = provider_model_count(p);
+        for (size_t m = 0; m < models; m++)
+            pm_pack_str(r->pk, provider_model_long(p, m));
+    }
+}
+
+static void s_op_short_name(read_t *r)
+{
+    char err[256];
+    pm_str_t name;
+    int rc = pm_arg_str(r->req, "long_name", &name, err, sizeof err);
+    if (rc == 0)
+        pm_arg_require("long_name", err, sizeof err);
+    if (rc != 1) {
+        pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    /* registry_get_short_name is the identity today; the reply is built from the span. */
+    pm_reply_ok_begin(r->pk, r->req->id);
+    pm_pack_strn(r->pk, name.ptr, name.len);
+}
+
+static void s_op_find_model(read_t *r)
+{
+    char err[256];
+    pm_str_t name;
+    int rc = pm_arg_str(r->req, "name", &name, err, sizeof err);
+    if (rc == 0)
+        pm_arg_require("name", err, sizeof err);
+    if (rc != 1) {
+        pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    size_t n = registry_count(r->reg), hits = 0;
+    for (size_t i = 0; i < n; i++)
+        hits += provider_find_model(registry_at(r->reg, i), name.ptr, name.len) != NULL;
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_array(r->pk, (uint32_t)hits);
+    for (size_t i = 0; i < n && hits; i++) {
+        const provider_t *p = registry_at(r->reg, i);
+        const char *lng = provider_find_model(p, name.ptr, name.len);
+        if (!lng)
+            continue;
+        msgpack_pack_array(r->pk, 2);
+        wire_pack_provider(r->pk, p);
+        pm_pack_str(r->pk, lng);
+    }
+}
+
+static void s_op_health(front_t *self, read_t *r)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    double uptime = (double)(now.tv_sec - self->started.tv_sec) +
+                    (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_map(r->pk, 7);
+    pm_pack_str(r->pk, "status");
+    pm_pack_str(r->pk, "ok");
+    pm_pack_str(r->pk, "version");
+    pm_pack_str(r->pk, PM_VERSION);
+    pm_pack_str(r->pk, "state_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->state_version);
+    pm_pack_str(r->pk, "providers");
+    msgpack_pack_uint64(r->pk, registry_count(r->reg));
+    pm_pack_str(r->pk, "models");
+    msgpack_pack_uint64(r->pk, registry_model_count(r->reg));
+    pm_pack_str(r->pk, "uptime_s");
+    msgpack_pack_double(r->pk, uptime);
+    pm_pack_str(r->pk, "jobs_running");
+    msgpack_pack_int(r->pk, self->snapshot->jobs_running);
+}
+
+static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
+{
+    read_t r = {req, self->snapshot->registry, pk};
+    switch (req->op) {
+    case PM_OP_GET:
+    case PM_OP_GET_PROVIDER_CONFIG:
+        s_op_get(&r);
+        break;
+    case PM_OP_GETITEM:
+        s_op_getitem(&r);
+        break;
+    case PM_OP_CONTAINS:
+        s_op_contains(&r);
+        break;
+    case PM_OP_KEYS:
+    case PM_OP_GET_ALL_PROVIDER_NAMES:
+        s_op_keys(&r);
+        break;
+    case PM_OP_VALUES:
+        s_op_values(&r, false);
+        break;
+    case PM_OP_ITEMS:
+        s_op_values(&r, true);
+        break;
+    case PM_OP_MERGED_MODELS:
+        s_op_merged_models(&r, false);
+        break;
+    case PM_OP_VALID_SCOPED_MODELS:
+        s_op_merged_models(&r, true);
+        break;
+    case PM_OP_GET_API_FOR_MODEL_STRING:
+        s_op_resolve(&r, true);
+        break;
+    case PM_OP_VALIDATE_MODEL:
+        s_op_resolve(&r, false);
+        break;
+    case PM_OP_GET_AVAILABLE_MODELS:
+        s_op_available_models(&r);
+        break;
+    case PM_OP_GET_SHORT_NAME:
+        s_op_short_name(&r);
+        break;
+    case PM_OP_FIND_MODEL:
+        s_op_find_model(&r);
+        break;
+    case PM_OP_HEALTH:
+        s_op_health(self, &r);
+        break;
+    default:
+        pm_reply_error(pk, req->id, PM_ERR_INTERNAL, "write operation reached the read path");
+        break;
+    }
+}
+
+/* ------------------------------------------------------------------------ socket loop */
+
+static void s_close_frames(zmq_msg_t *frames, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        zmq_msg_close(&frames[i]);
+}
+
+/* Sends the routing frames (up to and including the delimiter), then body. */
+static int s_send_reply(front_t *self, size_t envelope, const void *body, size_t size)
+{
+    for (size_t i = 0; i < envelope; i++) {
+        if (zmq_msg_send(&self->frames[i], self->router, ZMQ_SNDMORE) < 0)
+            return -1;
+    }
+    return zmq_send(self->router, body, size, 0) < 0 ? -1 : 0;
+}
+
+/* Forwards a write to the writer: 'W', the routing frames, the body. */
+static int s_forward_write(front_t *self, size_t count)
+{
+    char type = WRITER_MSG_REQUEST;
+    if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0)
+        return -1;
+    for (size_t i = 0; i < count; i++) {
+        if (zmq_msg_send(&self->frames[i], self->pipe, i + 1 < count ? ZMQ_SNDMORE : 0) < 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* One message from a client: all frames are received before any reply is sent. */
+static void s_handle_client(front_t *self)
+{
+    size_t count = 0;
+    bool more = true, overflow = false;
+    while (more) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, self->router, count ? 0 : ZMQ_DONTWAIT) < 0) {
+            zmq_msg_close(&part);
+            s_close_frames(self->frames, count);
+            return;
+        }
+        more = zmq_msg_more(&part);
+        if (count < FRONT_MAX_FRAMES)
+            self->frames[count++] = part;
+        else {
+            overflow = true;
+            zmq_msg_close(&part);
+        }
+    }
+    /* The envelope ends at the first empty frame; a message without one cannot be answered
+     * (no REQ or well-behaved DEALER sends that), so it is dropped. */
+    size_t delimiter = 0;
+    while (delimiter < count && zmq_msg_size(&self->frames[delimiter]) != 0)
+        delimiter++;
+    if (overflow || delimiter == 0 || delimiter >= count) {
+        s_close_frames(self->frames, count);
+        return;
+    }
+    size_t envelope = delimiter + 1;
+    size_t body_frames = count - envelope;
+
+    self->reply.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &self->reply, msgpack_sbuffer_write);
+    if (body_frames != 1) {
+        pm_reply_error(&pk, NULL, PM_ERR_BAD_REQUEST,
+                       body_frames == 0 ? "request is empty" : "request must be one frame");
+    } else {
+        zmq_msg_t *body = &self->frames[envelope];
+        pm_request_t req;
+        char err[256];
+        pm_error_t code =
+            pm_request_decode(&req, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err);
+        if (code == PM_ERR_UNKNOWN_OP) {
+            wire_pack_error_spans(&pk, req.id, code, "Unknown op '%s'", req.op_name, (pm_str_t){0});
+        } else if (code != PM_OK) {
+            pm_reply_error(&pk, req.id, code, err);
+        } else if (pm_op_is_write(req.op)) {
+            pm_request_clear(&req);
+            if (s_forward_write(self, count) < 0) {
+                log_error("front: cannot hand a write to the writer: %s", zmq_strerror(errno));
+                s_close_frames(self->frames, count);
+            }
+            return; /* the frames now belong to the writer's message */
+        } else {
+            s_dispatch_read(self, &req, &pk);
+        }
+        pm_request_clear(&req);
+    }
+    if (s_send_reply(self, envelope, self->reply.data, self->reply.size) < 0)
+        log_debug("front: reply dropped: %s", zmq_strerror(errno));
+    s_close_frames(self->frames, count);
+}
+
+/* One message from the writer: a reply to route, a new snapshot, or the stop confirmation.
+ * Returns 1 when the writer has stopped. */
+static int s_handle_writer(front_t *self)
+{
+    zmq_msg_t type;
+    zmq_msg_init(&type);
+    if (zmq_msg_recv(&type, self->pipe, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&type);
+        return 0;
+    }
+    char kind = zmq_msg_size(&type) == 1 ? *(const char *)zmq_msg_data(&type) : '?';
+    bool more = zmq_msg_more(&type);
+    zmq_msg_close(&type);
+    if (kind == WRITER_MSG_STOP)
+        return 1;
+    while (more) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, self->pipe, 0) < 0) {
+            zmq_msg_close(&part);
+            return 0;
+        }
+        more = zmq_msg_more(&part);
+        if (kind == WRITER_MSG_SNAPSHOT && zmq_msg_size(&part) == sizeof(snapshot_t *)) {
+            snapshot_t *next;
+            memcpy(&next, zmq_msg_data(&part), sizeof next);
+            snapshot_destroy(&self->snapshot);
+            self->snapshot = next;
+        } else if (kind == WRITER_MSG_REPLY) {
+            if (zmq_msg_send(&part, self->router, more ? ZMQ_SNDMORE : 0) < 0)
+                log_debug("front: reply dropped: %s", zmq_strerror(errno));
+        }
+        zmq_msg_close(&part);
+    }
+    return 0;
+}
+
+static void s_elapsed_ms(const struct timespec *since, long *ms)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    *ms = (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
+}
+
+int front_run(front_t *self, int stop_fd)
+{
+    zmq_pollitem_t items[3] = {{self->pipe, 0, ZMQ_POLLIN, 0},
+                               {NULL, stop_fd, ZMQ_POLLIN, 0},
+                               {self->router, 0, ZMQ_POLLIN, 0}};
+    for (;;) {
+        if (zmq_poll(items, 3, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("front: poll failed: %s", zmq_strerror(errno));
+            return -1;
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_writer(self);
+        if (items[1].revents & ZMQ_POLLIN)
+            break;
+        /* Serve a bounded burst so that the writer's replies are never starved. */
+        for (int i = 0; i < 64 && (items[2].revents & ZMQ_POLLIN); i++) {
+            int events = 0;
+            size_t size = sizeof events;
+            if (zmq_getsockopt(self->router, ZMQ_EVENTS, &events, &size) < 0 ||
+                !(events & ZMQ_POLLIN))
+                break;
+            s_handle_client(self);
+        }
+    }
+
+    /* Stop taking requests; let the writer finish what it has and deliver its replies. */
+    log_info("stopping: no new requests, finishing the writes in hand");
+    char type = WRITER_MSG_STOP;
+    if (zmq_send(self->pipe, &type, 1, 0) < 0)
+        return -1;
+    struct timespec since;
+    clock_gettime(CLOCK_MONOTONIC, &since);
+    long elapsed = 0;
+    while (elapsed < FRONT_STOP_GRACE_MS) {
+        zmq_pollitem_t pipe_item = {self->pipe, 0, ZMQ_POLLIN, 0};
+        int rc = zmq_poll(&pipe_item, 1, FRONT_STOP_GRACE_MS - elapsed);
+        if (rc < 0 && errno != EINTR)
+            break;
+        if (rc > 0 && s_handle_writer(self) == 1)
+            return 0;
+        s_elapsed_ms(&since, &elapsed);
+    }
+    log_warn("stopping: the writer did not finish within %d ms", FRONT_STOP_GRACE_MS);
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ life cycle */
+
+front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
+                   const char *writer_endpoint, snapshot_t **first_p, bool *bind_failed, char *err,
+                   size_t err_size)
+{
+    *bind_failed = false;
+    front_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    msgpack_sbuffer_init(&self->reply);
+    clock_gettime(CLOCK_MONOTONIC, &self->started);
+    int zero = 0, linger = FRONT_REPLY_LINGER_MS;
+    int64_t max_size = PM_PROTO_MAX_MESSAGE_SIZE;
+    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_connect(self->pipe, writer_endpoint) < 0) {
+        snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    self->router = zmq_socket(zmq_ctx, ZMQ_ROUTER);
+    if (!self->router ||
+        zmq_setsockopt(self->router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) < 0 ||
+        zmq_setsockopt(self->router, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
+        auth_apply(auth, self->router) < 0) {
+        snprintf(err, err_size, "request socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_bind(self->router, cfg->endpoint) < 0) {
+        *bind_failed = true;
+        snprintf(err, err_size, "cannot bind endpoint %s: %s", cfg->endpoint, zmq_strerror(errno));
+        goto fail;
+    }
+    self->snapshot = *first_p;
+    *first_p = NULL;
+    return self;
+fail:
+    front_destroy(&self);
+    return NULL;
+}
+
+void front_destroy(front_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    front_t *self = *self_p;
+    if (self->router)
+        zmq_close(self->router);
+    if (self->pipe)
+        zmq_close(self->pipe);
+    /* Snapshots still in flight on the pipe are lost with it; the writer is gone by now. */
+    snapshot_destroy(&self->snapshot);
+    msgpack_sbuffer_destroy(&self->reply);
+    free(self);
+    *self_p = NULL;
+}

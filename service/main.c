@@ -1,0 +1,221 @@
+/*
+ * provider-manager: the daemon. Loads the configuration and the registry (the seed's five
+ * layering steps), starts the writer thread (which owns the state, the YAML file, the events
+ * socket and discovery), and runs the request front end in this thread until SIGTERM/SIGINT.
+ *
+ * Exit status: 0 clean stop; 1 runtime failure; 2 usage or configuration error (bad flag,
+ * unreadable or invalid config file); 3 data directory or providers file unusable (cannot be
+ * created or written, or the file does not parse: it is left untouched); 4 an endpoint cannot
+ * be bound (e.g. the port is already in use).
+ */
+#include "auth.h"
+#include "config.h"
+#include "front.h"
+#include "log.h"
+#include "registry.h"
+#include "store.h"
+#include "writer.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <zmq.h>
+
+enum {
+    EXIT_RUNTIME = 1,
+    EXIT_USAGE = 2,
+    EXIT_DATA = 3,
+    EXIT_BIND = 4,
+};
+
+/* The zguide's interrupt self-pipe: the handler only writes a byte; the front end polls
+ * the read end beside its sockets. */
+static int s_signal_pipe[2] = {-1, -1};
+
+static void s_on_signal(int signum)
+{
+    (void)signum;
+    int saved = errno;
+    char byte = 1;
+    ssize_t rc = write(s_signal_pipe[1], &byte, 1);
+    (void)rc; /* the pipe is non-blocking; a full pipe already says "stop" */
+    errno = saved;
+}
+
+static int s_install_signals(void)
+{
+    if (pipe(s_signal_pipe) < 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        int flags = fcntl(s_signal_pipe[i], F_GETFL, 0);
+        if (flags < 0 || fcntl(s_signal_pipe[i], F_SETFL, flags | O_NONBLOCK) < 0 ||
+            fcntl(s_signal_pipe[i], F_SETFD, FD_CLOEXEC) < 0)
+            return -1;
+    }
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = s_on_signal;
+    sigemptyset(&action.sa_mask);
+    if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0)
+        return -1;
+    /* A peer that goes away must not kill us through a write. */
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
+}
+
+static void s_warn(void *arg, const char *message)
+{
+    (void)arg;
+    log_warn("%s", message);
+}
+
+static const char *s_getenv(const char *name)
+{
+    return getenv(name);
+}
+
+/* Stops a running writer thread when the front end could not start: connects to its pipe,
+ * asks it to stop and waits for its confirmation (freeing any snapshot sent meanwhile). */
+static void s_stop_writer(void *ctx, writer_t *writer)
+{
+    void *pipe_socket = zmq_socket(ctx, ZMQ_PAIR);
+    int zero = 0;
+    char type = WRITER_MSG_STOP;
+    if (!pipe_socket)
+        return;
+    if (zmq_setsockopt(pipe_socket, ZMQ_LINGER, &zero, sizeof zero) == 0 &&
+        zmq_connect(pipe_socket, writer_endpoint(writer)) == 0 &&
+        zmq_send(pipe_socket, &type, 1, 0) == 1) {
+        for (;;) {
+            zmq_msg_t frame;
+            zmq_msg_init(&frame);
+            if (zmq_msg_recv(&frame, pipe_socket, 0) < 0) {
+                zmq_msg_close(&frame);
+                break;
+            }
+            bool stopped = zmq_msg_size(&frame) == 1 && !zmq_msg_more(&frame) &&
+                           *(const char *)zmq_msg_data(&frame) == WRITER_MSG_STOP;
+            if (zmq_msg_size(&frame) == sizeof(snapshot_t *)) {
+                snapshot_t *snapshot;
+                memcpy(&snapshot, zmq_msg_data(&frame), sizeof snapshot);
+                snapshot_destroy(&snapshot);
+            }
+            zmq_msg_close(&frame);
+            if (stopped)
+                break;
+        }
+    }
+    zmq_close(pipe_socket);
+}
+
+int main(int argc, char **argv)
+{
+    config_t cfg;
+    char err[1024];
+    int rc = config_load(&cfg, argc, argv, s_getenv, err, sizeof err);
+    if (rc == 1)
+        return 0; /* --help / --version */
+    if (rc < 0) {
+        fprintf(stderr, "provider-manager: %s\n", err);
+        fprintf(stderr, "Try 'provider-manager --help'.\n");
+        return EXIT_USAGE;
+    }
+    log_set_level(cfg.log_level);
+
+    int status = EXIT_RUNTIME;
+    registry_t *registry = NULL;
+    void *ctx = NULL;
+    writer_t *writer = NULL;
+    front_t *front = NULL;
+    auth_t *auth = NULL;
+    int lock_fd = -1;
+    snapshot_t *first = NULL;
+    bool bind_failed = false;
+
+    if (auth_check_config(&cfg, err, sizeof err) < 0) {
+        log_error("%s", err);
+        status = EXIT_USAGE;
+        goto done;
+    }
+    if (store_prepare_dir(cfg.data_dir, err, sizeof err) < 0) {
+        log_error("data dir unusable: %s", err);
+        status = EXIT_DATA;
+        goto done;
+    }
+    lock_fd = store_lock_dir(cfg.data_dir, err, sizeof err);
+    if (lock_fd < 0) {
+        log_error("data dir unusable: %s", err);
+        status = EXIT_DATA;
+        goto done;
+    }
+    int stale = store_remove_stale_temps(cfg.data_dir, err, sizeof err);
+    if (stale > 0)
+        log_warn("removed %d temp file(s) left by an interrupted persist", stale);
+    if (config_build_registry(&cfg, s_getenv, &registry, s_warn, NULL, err, sizeof err) < 0) {
+        log_error("cannot load providers: %s", err);
+        status = EXIT_DATA;
+        goto done;
+    }
+    if (s_install_signals() < 0) {
+        log_error("cannot install signal handlers: %s", strerror(errno));
+        goto done;
+    }
+    ctx = zmq_ctx_new();
+    if (!ctx) {
+        log_error("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
+        goto done;
+    }
+    auth = auth_new(ctx, &cfg, err, sizeof err);
+    if (!auth) {
+        log_error("%s", err);
+        status = EXIT_USAGE;
+        goto done;
+    }
+    writer = writer_new(ctx, &cfg, auth, s_getenv, &registry, &bind_failed, err, sizeof err);
+    if (!writer) {
+        log_error("%s", err);
+        status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+        goto done;
+    }
+    first = writer_first_snapshot(writer);
+    if (!first) {
+        log_error("out of memory");
+        goto stop_writer;
+    }
+    size_t providers = registry_count(first->registry);
+    size_t models = registry_model_count(first->registry);
+    front =
+        front_new(ctx, &cfg, auth, writer_endpoint(writer), &first, &bind_failed, err, sizeof err);
+    if (!front) {
+        log_error("%s", err);
+        status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+        goto stop_writer;
+    }
+    log_info("provider-manager %s: %zu providers, %zu models, data dir %s", PM_VERSION, providers,
+             models, cfg.data_dir);
+    log_info("ready: requests on %s, events on %s, %d discovery workers", cfg.endpoint,
+             cfg.events_endpoint, cfg.workers);
+    status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;
+    front_destroy(&front);
+    writer_destroy(&writer);
+    log_info("stopped");
+    goto done;
+
+stop_writer:
+    snapshot_destroy(&first);
+    s_stop_writer(ctx, writer);
+    writer_destroy(&writer);
+done:
+    auth_destroy(&auth);
+    if (ctx)
+        zmq_ctx_term(ctx);
+    registry_destroy(&registry);
+    config_clear(&cfg);
+    if (lock_fd >= 0)
+        close(lock_fd);
+    return status;
+}

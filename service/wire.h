@@ -1,0 +1,33 @@
+/*
+ * wire: the registry's values in the wire format of proto/PROTOCOL.md (msgpack), and the
+ * argument checks shared by the front end (reads) and the writer (writes).
+ */
+#ifndef PM_WIRE_H
+#define PM_WIRE_H
+
+#include "pm_proto.h"
+#include "registry.h"
+#include <msgpack.h>
+
+/* Limits of the contract (proto/PROTOCOL.md, "Limits"). */
+#define WIRE_MAX_NAME_LEN REGISTRY_MAX_NAME_LEN
+#define WIRE_MAX_URL_LEN REGISTRY_MAX_URL_LEN
+#define WIRE_MAX_API_KEY_LEN REGISTRY_MAX_API_KEY_LEN
+#define WIRE_MAX_MODEL_STRING_LEN 2048
+
+/* ProviderConfig: {"provider", "name", "base_api_url", "api_key", "valid_models",
+ * "invalid_models"}; the api key is the effective one; runtime-only fields are never sent. */
+void wire_pack_provider(msgpack_packer *pk, const provider_t *provider);
+
+/* Reads a required string argument and checks its length (1..max bytes). Returns 0, or -1
+ * with a bad_request message in err. */
+int wire_required_str(const pm_request_t *req, const char *name, size_t max, pm_str_t *out,
+                      char *err, size_t err_size);
+
+/* Packs a failure reply whose message is built from a format and up to two text spans that
+ * are not NUL-terminated: each "%s" of format takes the next span (at most two). Used for the
+ * seed's messages that quote caller input, e.g. "Provider '%s' not found". */
+void wire_pack_error_spans(msgpack_packer *pk, const msgpack_object *id, pm_error_t code,
+                           const char *format, pm_str_t first, pm_str_t second);
+
+#endif

@@ -1,0 +1,850 @@
+/*
+ * writer: the single writer thread (see writer.h for the message protocol).
+ *
+ * Every change is applied to a copy-on-write clone of the current registry; a batch of queued
+ * requests is committed together: seal the clone, persist it once, then make it current,
+ * publish the snapshot and the events, and send the replies. A batch whose persist fails is
+ * thrown away whole: each of its changes is answered with an error and nothing changes.
+ */
+#include "writer.h"
+
+#include "discovery.h"
+#include "log.h"
+#include "pm_proto.h"
+#include "store.h"
+#include "wire.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <zmq.h>
+
+#define WRITER_MAX_BATCH 256 /* requests committed together at most */
+#define WRITER_MAX_FRAMES 16 /* frames of one request message, type byte included */
+
+struct writer_t {
+    void *ctx;
+    pthread_t thread;
+    bool thread_started;
+    void *pipe; /* PAIR, bound; used only by the thread once it runs */
+    void *pub;  /* events PUB */
+    discovery_t *discovery;
+    registry_t *current; /* sealed */
+    uint64_t state_version;
+    int jobs_running_published;
+    config_getenv_fn *getenv_fn;
+    char endpoint[64];
+    char store_path[PATH_MAX];
+    snapshot_t *first; /* for the front end, made before the thread starts */
+    bool stopping;
+};
+
+/* One request of a batch, held until the batch is committed. */
+typedef struct {
+    zmq_msg_t frames[WRITER_MAX_FRAMES]; /* routing frames + delimiter (type byte dropped) */
+    size_t frame_count;
+    zmq_msg_t body; /* the request; its strings (and the id) point into it */
+    bool has_body;
+    msgpack_sbuffer reply;
+    bool deferred;   /* a change or a persist: the reply waits for the commit */
+    bool is_persist; /* persist_provider_configs: packed at commit time */
+    const msgpack_object *id;
+    pm_request_t request; /* kept alive for the id of deferred replies */
+    char *changed_key;    /* the key this request changed, for its event */
+} pending_t;
+
+typedef struct {
+    pending_t items[WRITER_MAX_BATCH];
+    size_t count;
+    registry_t *next; /* clone of current, created by the first change */
+    size_t change_count;
+    bool need_persist;
+} batch_t;
+
+static double s_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+snapshot_t *snapshot_new(registry_t *registry, uint64_t state_version, int jobs_running)
+{
+    snapshot_t *self = malloc(sizeof *self);
+    if (!self)
+        return NULL;
+    self->registry = registry_ref(registry);
+    self->state_version = state_version;
+    self->jobs_running = jobs_running;
+    return self;
+}
+
+void snapshot_destroy(snapshot_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    registry_destroy(&(*self_p)->registry);
+    free(*self_p);
+    *self_p = NULL;
+}
+
+/* ------------------------------------------------------------------------ sending */
+
+static int s_send_snapshot(writer_t *self)
+{
+    int running = discovery_running(self->discovery);
+    snapshot_t *snap = snapshot_new(self->current, self->state_version, running);
+    if (!snap) {
+        log_error("writer: out of memory publishing a snapshot");
+        return -1;
+    }
+    char type = WRITER_MSG_SNAPSHOT;
+    if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0 ||
+        zmq_send(self->pipe, &snap, sizeof snap, 0) < 0) {
+        log_error("writer: cannot send a snapshot: %s", zmq_strerror(errno));
+        snapshot_destroy(&snap);
+        return -1;
+    }
+    self->jobs_running_published = running;
+    return 0;
+}
+
+static void s_publish_event(writer_t *self, uint64_t version, const char *key)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "event");
+    pm_pack_str(&pk, "changed");
+    pm_pack_str(&pk, "state_version");
+    msgpack_pack_uint64(&pk, version);
+    pm_pack_str(&pk, "providers");
+    msgpack_pack_array(&pk, 1);
+    pm_pack_str(&pk, key);
+    /* PUB never blocks: a slow subscriber loses events at its high-water mark, by design. */
+    if (zmq_send(self->pub, PM_PROTO_EVENTS_TOPIC, strlen(PM_PROTO_EVENTS_TOPIC), ZMQ_SNDMORE) <
+            0 ||
+        zmq_send(self->pub, buf.data, buf.size, 0) < 0)
+        log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+    msgpack_sbuffer_destroy(&buf);
+}
+
+static void s_send_reply(writer_t *self, pending_t *item)
+{
+    char type = WRITER_MSG_REPLY;
+    int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
+    for (size_t i = 0; rc >= 0 && i < item->frame_count; i++)
+        rc = zmq_msg_send(&item->frames[i], self->pipe, ZMQ_SNDMORE);
+    if (rc >= 0)
+        rc = zmq_send(self->pipe, item->reply.data, item->reply.size, 0);
+    if (rc < 0)
+        log_error("writer: cannot hand a reply to the front end: %s", zmq_strerror(errno));
+}
+
+/* ------------------------------------------------------------------------ operations */
+
+static registry_t *s_next(writer_t *self, batch_t *batch)
+{
+    if (!batch->next)
+        batch->next = registry_clone(self->current);
+    return batch->next;
+}
+
+/* The registry that reflects this batch so far. */
+static const registry_t *s_view(const writer_t *self, const batch_t *batch)
+{
+    return batch->next ? batch->next : self->current;
+}
+
+static bool s_http_url(pm_str_t url)
+{
+    return (url.len > 7 && strncmp(url.ptr, "http://", 7) == 0) ||
+           (url.len > 8 && strncmp(url.ptr, "https://", 8) == 0);
+}
+
+/* Fills spec from a set_provider request. 0, or -1 with a bad_request message. */
+static int s_spec_from_request(const pm_request_t *req, provider_spec_t *spec, char *err,
+                               size_t err_size)
+{
+    pm_str_t key, name, url, api_key;
+    if (wire_required_str(req, "provider", REGISTRY_MAX_KEY_LEN, &key, err, err_size) < 0) {
+        if (pm_arg_str(req, "provider", &key, err, err_size) == 1)
+            goto bad_key; /* present but too long */
+        return -1;
+    }
+    if (!registry_key_valid(key.ptr, key.len))
+        goto bad_key;
+    if (wire_required_str(req, "name", WIRE_MAX_NAME_LEN, &name, err, err_size) < 0 ||
+        wire_required_str(req, "base_api_url", WIRE_MAX_URL_LEN, &url, err, err_size) < 0)
+        return -1;
+    if (!s_http_url(url)) {
+        snprintf(err, err_size, "argument 'base_api_url' must begin with http:// or https://");
+        return -1;
+    }
+    int has_key = pm_arg_str_or_nil(req, "api_key", &api_key, err, err_size);
+    if (has_key < 0)
+        return -1;
+    if (has_key == 1 && api_key.len > WIRE_MAX_API_KEY_LEN) {
+        snprintf(err, err_size, "argument 'api_key' is longer than %d bytes", WIRE_MAX_API_KEY_LEN);
+        return -1;
+    }
+    const msgpack_object *models = NULL, *invalid = NULL;
+    if (pm_arg_str_map(req, "valid_models", &models, err, err_size) < 0 ||
+        pm_arg_str_array(req, "invalid_models", &invalid, err, err_size) < 0)
+        return -1;
+
+    /* Check every model name before allocating anything. */
+    if (models) {
+        const msgpack_object_map *map = &models->via.map;
+        if (map->size > REGISTRY_MAX_MODELS) {
+            snprintf(err, err_size, "argument 'valid_models' has too many entries");
+            return -1;
+        }
+        for (uint32_t i = 0; i < map->size; i++) {
+            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+            if (k->via.str.size == 0 || k->via.str.size > WIRE_MAX_NAME_LEN ||
+                v->via.str.size == 0 || v->via.str.size > WIRE_MAX_NAME_LEN) {
+                snprintf(err, err_size, "argument 'valid_models' names must be 1 to %d bytes long",
+                         WIRE_MAX_NAME_LEN);
+                return -1;
+            }
+        }
+    }
+    if (invalid) {
+        const msgpack_object_array *arr = &invalid->via.array;
+        for (uint32_t i = 0; i < arr->size; i++) {
+            if (arr->ptr[i].via.str.size == 0 || arr->ptr[i].via.str.size > WIRE_MAX_NAME_LEN) {
+                snprintf(err, err_size,
+                         "argument 'invalid_models' names must be 1 to %d bytes long",
+                         WIRE_MAX_NAME_LEN);
+                return -1;
+            }
+        }
+    }
+
+    memset(spec, 0, sizeof *spec);
+    spec->key = pm_str_dup(key);
+    spec->name = pm_str_dup(name);
+    spec->base_api_url = pm_str_dup(url);
+    if (!spec->key || !spec->name || !spec->base_api_url)
+        goto nomem;
+    if (has_key > 0) {
+        spec->has_api_key = true;
+        if (has_key == 1 && !(spec->api_key = pm_str_dup(api_key)))
+            goto nomem;
+    }
+    if (models) {
+        const msgpack_object_map *map = &models->via.map;
+        spec->has_valid_models = true;
+        spec->model_long = calloc(map->size + 1, sizeof(char *));
+        spec->model_short = calloc(map->size + 1, sizeof(char *));
+        if (!spec->model_long || !spec->model_short)
+            goto nomem;
+        for (uint32_t i = 0; i < map->size; i++) {
+            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+            spec->model_long[i] = pm_str_dup((pm_str_t){k->via.str.ptr, k->via.str.size});
+            if (!spec->model_long[i])
+                goto nomem;
+            spec->model_count = i + 1;
+            spec->model_short[i] = pm_str_dup((pm_str_t){v->via.str.ptr, v->via.str.size});
+            if (!spec->model_short[i])
+                goto nomem;
+        }
+    }
+    if (invalid) {
+        const msgpack_object_array *arr = &invalid->via.array;
+        spec->has_invalid_models = true;
+        spec->invalid_models = calloc(arr->size + 1, sizeof(char *));
+        if (!spec->invalid_models)
+            goto nomem;
+        for (uint32_t i = 0; i < arr->size; i++) {
+            const msgpack_object *s = &arr->ptr[i];
+            spec->invalid_models[i] = pm_str_dup((pm_str_t){s->via.str.ptr, s->via.str.size});
+            if (!spec->invalid_models[i])
+                goto nomem;
+            spec->invalid_count = i + 1;
+        }
+    }
+    return 0;
+
+bad_key:
+    snprintf(err, err_size,
+             "argument 'provider' must be 1 to %d characters of a-z, 0-9, '.', '_', '-'",
+             REGISTRY_MAX_KEY_LEN);
+    return -1;
+nomem:
+    provider_spec_clear(spec);
+    snprintf(err, err_size, "out of memory");
+    return -2;
+}
+
+static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
+{
+    char err[256];
+    provider_spec_t spec;
+    int rc = s_spec_from_request(&item->request, &spec, err, sizeof err);
+    if (rc < 0) {
+        pm_reply_error(pk, item->id, rc == -1 ? PM_ERR_BAD_REQUEST : PM_ERR_INTERNAL, err);
+        return;
+    }
+    const registry_t *view = s_view(self, batch);
+    const provider_t *old = registry_get(view, spec.key, strlen(spec.key));
+    size_t old_models = old ? provider_model_count(old) : 0;
+    size_t new_models = spec.has_valid_models ? spec.model_count : old_models;
+    if (!old && registry_count(view) >= REGISTRY_MAX_PROVIDERS) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, "too many providers");
+        goto done;
+    }
+    if (registry_model_count(view) - old_models + new_models > REGISTRY_MAX_MODELS) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, "too many models in the registry");
+        goto done;
+    }
+    registry_t *next = s_next(self, batch);
+    if (!next || registry_apply_spec(next, &spec, REGISTRY_REPLACE_MODELS, false) < 0) {
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    provider_t *edited = registry_edit(next, spec.key);
+    if (!edited) {
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    /* The environment wins, as at start-up (also for a provider created now). */
+    if (!old && config_apply_env_key(edited, self->getenv_fn) < 0) {
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
+    pm_reply_ok_begin(pk, item->id);
+    wire_pack_provider(pk, edited);
+    item->deferred = true;
+    item->changed_key = spec.key;
+    spec.key = NULL;
+    batch->change_count++;
+    char masked[32];
+    log_info("set_provider %s (%zu models, key %s)", item->changed_key,
+             provider_model_count(edited),
+             log_mask_key(provider_api_key(edited), masked, sizeof masked));
+done:
+    provider_spec_clear(&spec);
+}
+
+static void s_op_remove_provider(writer_t *self, batch_t *batch, pending_t *item,
+                                 msgpack_packer *pk)
+{
+    char err[256];
+    pm_str_t key;
+    if (wire_required_str(&item->request, "provider", WIRE_MAX_NAME_LEN, &key, err, sizeof err) <
+        0) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    const provider_t *old = registry_get(s_view(self, batch), key.ptr, key.len);
+    if (!old) {
+        pm_reply_ok_begin(pk, item->id);
+        msgpack_pack_false(pk);
+        return;
+    }
+    if (provider_pinned(old)) {
+        wire_pack_error_spans(pk, item->id, PM_ERR_CONFLICT,
+                              "Provider '%s' is defined by the built-in baseline or the config "
+                              "file and cannot be removed",
+                              key, (pm_str_t){0});
+        return;
+    }
+    char *changed = pm_str_dup(key);
+    registry_t *next = s_next(self, batch);
+    if (!changed || !next || registry_remove(next, changed) != 1) {
+        free(changed);
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    pm_reply_ok_begin(pk, item->id);
+    msgpack_pack_true(pk);
+    item->deferred = true;
+    item->changed_key = changed;
+    batch->change_count++;
+    log_info("remove_provider %s", changed);
+}
+
+static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
+{
+    char err[256];
+    pm_str_t key, long_name, short_name;
+    if (wire_required_str(&item->request, "provider", WIRE_MAX_NAME_LEN, &key, err, sizeof err) <
+            0 ||
+        wire_required_str(&item->request, "long_name", WIRE_MAX_NAME_LEN, &long_name, err,
+                          sizeof err) < 0 ||
+        wire_required_str(&item->request, "short_name", WIRE_MAX_NAME_LEN, &short_name, err,
+                          sizeof err) < 0) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    const provider_t *old = registry_get(s_view(self, batch), key.ptr, key.len);
+    if (!old) {
+        wire_pack_error_spans(pk, item->id, PM_ERR_NOT_FOUND, "Provider '%s' not found", key,
+                              (pm_str_t){0});
+        return;
+    }
+    if (provider_model_index(old, long_name.ptr, long_name.len) < 0) {
+        wire_pack_error_spans(pk, item->id, PM_ERR_INVALID_MODEL,
+                              "Invalid model for provider %s: %s", key, long_name);
+        return;
+    }
+    char *changed = pm_str_dup(key);
+    char *long_copy = pm_str_dup(long_name);
+    char *short_copy = pm_str_dup(short_name);
+    registry_t *next = s_next(self, batch);
+    provider_t *edited = next && changed ? registry_edit(next, changed) : NULL;
+    if (!edited || !long_copy || !short_copy ||
+        provider_put_model(edited, long_copy, short_copy) < 0) {
+        free(changed);
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+    } else {
+        pm_reply_ok_begin(pk, item->id);
+        wire_pack_provider(pk, edited);
+        item->deferred = true;
+        item->changed_key = changed;
+        batch->change_count++;
+    }
+    free(long_copy);
+    free(short_copy);
+}
+
+static void s_op_discover(writer_t *self, pending_t *item, msgpack_packer *pk)
+{
+    char err[256];
+    bool force = false, persist = true;
+    pm_str_t provider = {NULL, 0};
+    if (pm_arg_bool(&item->request, "force_refresh", &force, err, sizeof err) < 0 ||
+        pm_arg_bool(&item->request, "persist_on_success", &persist, err, sizeof err) < 0 ||
+        pm_arg_str_or_nil(&item->request, "provider", &provider, err, sizeof err) < 0) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    char *key = NULL;
+    if (provider.ptr && !(key = pm_str_dup(provider))) {
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        return;
+    }
+    char job[DISCOVERY_JOB_ID_SIZE];
+    int code = PM_ERR_INTERNAL;
+    if (discovery_start(self->discovery, self->current, key, force, persist, s_now(), job, &code,
+                        err, sizeof err) < 0) {
+        pm_reply_error(pk, item->id, (pm_error_t)code, err);
+    } else {
+        pm_reply_ok_begin(pk, item->id);
+        msgpack_pack_map(pk, 1);
+        pm_pack_str(pk, "job");
+        pm_pack_str(pk, job);
+        log_info("discover_models job %s (provider %s, force %d, persist %d)", job, key ? key : "*",
+                 force, persist);
+    }
+    free(key);
+}
+
+static void s_op_job_status(writer_t *self, pending_t *item, msgpack_packer *pk)
+{
+    char err[256];
+    pm_str_t job;
+    int rc = pm_arg_str(&item->request, "job", &job, err, sizeof err);
+    if (rc == 0)
+        pm_arg_require("job", err, sizeof err);
+    if (rc != 1) {
+        pm_reply_error(pk, item->id, PM_ERR_BAD_REQUEST, err);
+        return;
+    }
+    /* Pack the status into a side buffer so that an unknown job leaves pk untouched. */
+    msgpack_sbuffer status;
+    msgpack_sbuffer_init(&status);
+    msgpack_packer status_pk;
+    msgpack_packer_init(&status_pk, &status, msgpack_sbuffer_write);
+    if (discovery_pack_status(self->discovery, job.ptr, job.len, &status_pk) < 0) {
+        wire_pack_error_spans(pk, item->id, PM_ERR_NOT_FOUND, "Job '%s' not found", job,
+                              (pm_str_t){0});
+    } else {
+        pm_reply_ok_begin(pk, item->id);
+        msgpack_sbuffer_write(&item->reply, status.data, status.size);
+    }
+    msgpack_sbuffer_destroy(&status);
+}
+
+/* Decodes one request of the batch and applies it to the batch's next registry. */
+static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zmq_msg_t *body)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+    char err[256];
+    pm_error_t code =
+        pm_request_decode(&item->request, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err);
+    item->id = item->request.id;
+    if (code != PM_OK) {
+        pm_reply_error(&pk, item->id, code, err);
+        return;
+    }
+    switch (item->request.op) {
+    case PM_OP_SET_PROVIDER:
+        s_op_set_provider(self, batch, item, &pk);
+        break;
+    case PM_OP_REMOVE_PROVIDER:
+        s_op_remove_provider(self, batch, item, &pk);
+        break;
+    case PM_OP_SET_SHORT_NAME:
+        s_op_set_short_name(self, batch, item, &pk);
+        break;
+    case PM_OP_PERSIST_PROVIDER_CONFIGS:
+        item->deferred = true;
+        item->is_persist = true;
+        batch->need_persist = true;
+        break;
+    case PM_OP_DISCOVER_MODELS:
+        s_op_discover(self, item, &pk);
+        break;
+    case PM_OP_JOB_STATUS:
+        s_op_job_status(self, item, &pk);
+        break;
+    default:
+        /* The front end answers reads itself; reaching here is a bug of ours. */
+        pm_reply_error(&pk, item->id, PM_ERR_INTERNAL, "read operation sent to the writer");
+        break;
+    }
+}
+
+/* Makes next current: state_version, snapshot, one event per change (keys in order). */
+static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count)
+{
+    registry_destroy(&self->current);
+    self->current = *next_p;
+    *next_p = NULL;
+    uint64_t first = self->state_version + 1;
+    self->state_version += key_count;
+    s_send_snapshot(self);
+    for (size_t i = 0; i < key_count; i++)
+        s_publish_event(self, first + i, keys[i]);
+}
+
+/* Seals and persists next (or persists current when next is NULL). 0, or -1 with err. */
+static int s_seal_and_persist(writer_t *self, registry_t *next, bool persist, char *err,
+                              size_t err_size)
+{
+    if (next && registry_seal(next) < 0) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    if (!persist)
+        return 0;
+    char detail[512];
+    if (store_persist(next ? next : self->current, self->store_path, detail, sizeof detail) < 0) {
+        snprintf(err, err_size, "could not persist providers: %s", detail);
+        log_error("%s", err);
+        return -1;
+    }
+    return 0;
+}
+
+static void s_commit_batch(writer_t *self, batch_t *batch)
+{
+    char err[600] = "";
+    bool ok = true;
+    if (batch->change_count > 0 || batch->need_persist)
+        ok = s_seal_and_persist(self, batch->next, true, err, sizeof err) == 0;
+
+    char *keys[WRITER_MAX_BATCH];
+    size_t key_count = 0;
+    for (size_t i = 0; i < batch->count; i++) {
+        pending_t *item = &batch->items[i];
+        if (!item->deferred)
+            continue;
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+        if (!ok) {
+            item->reply.size = 0; /* the prepared reply is replaced by the failure */
+            pm_reply_error(&pk, item->id, PM_ERR_INTERNAL, err);
+        } else if (item->is_persist) {
+            pm_reply_ok_begin(&pk, item->id);
+            msgpack_pack_map(&pk, 2);
+            pm_pack_str(&pk, "path");
+            pm_pack_str(&pk, self->store_path);
+            pm_pack_str(&pk, "providers");
+            msgpack_pack_uint64(&pk, registry_count(s_view(self, batch)));
+        } else {
+            keys[key_count++] = item->changed_key; /* its reply was packed when applied */
+        }
+    }
+    if (ok && batch->next && key_count > 0)
+        s_make_current(self, &batch->next, keys, key_count);
+}
+
+static void s_clear_batch(batch_t *batch)
+{
+    for (size_t i = 0; i < batch->count; i++) {
+        pending_t *item = &batch->items[i];
+        for (size_t f = 0; f < item->frame_count; f++)
+            zmq_msg_close(&item->frames[f]);
+        msgpack_sbuffer_destroy(&item->reply);
+        pm_request_clear(&item->request);
+        if (item->has_body)
+            zmq_msg_close(&item->body);
+        free(item->changed_key);
+    }
+    registry_destroy(&batch->next);
+    batch->count = 0;
+    batch->change_count = 0;
+    batch->need_persist = false;
+}
+
+/* Receives one whole message into frames (at most max). Returns the frame count, 0 when
+ * nothing was waiting (flags had ZMQ_DONTWAIT), or -1 on error. An oversized message is
+ * drained and dropped (returns -2). */
+static int s_recv_message(void *socket, int flags, zmq_msg_t *frames, size_t max)
+{
+    size_t count = 0;
+    bool more = true;
+    bool overflow = false;
+    while (more) {
+        zmq_msg_t part;
+        zmq_msg_init(&part);
+        if (zmq_msg_recv(&part, socket, count == 0 ? flags : 0) < 0) {
+            int saved = errno;
+            zmq_msg_close(&part);
+            for (size_t i = 0; i < count; i++)
+                zmq_msg_close(&frames[i]);
+            if (saved == EAGAIN && count == 0)
+                return 0;
+            errno = saved;
+            return -1;
+        }
+        more = zmq_msg_more(&part);
+        if (count < max)
+            frames[count++] = part;
+        else {
+            overflow = true;
+            zmq_msg_close(&part);
+        }
+    }
+    if (overflow) {
+        for (size_t i = 0; i < count; i++)
+            zmq_msg_close(&frames[i]);
+        return -2;
+    }
+    return (int)count;
+}
+
+static void s_handle_batch(writer_t *self)
+{
+    batch_t *batch = calloc(1, sizeof *batch);
+    if (!batch) {
+        log_error("writer: out of memory");
+        return;
+    }
+    while (batch->count < WRITER_MAX_BATCH && !self->stopping) {
+        zmq_msg_t frames[WRITER_MAX_FRAMES];
+        int n = s_recv_message(self->pipe, batch->count == 0 ? 0 : ZMQ_DONTWAIT, frames,
+                               WRITER_MAX_FRAMES);
+        if (n == 0)
+            break;
+        if (n < 0) {
+            if (n == -1 && errno != EAGAIN)
+                log_error("writer: receive failed: %s", zmq_strerror(errno));
+            if (n == -1)
+                break;
+            continue;
+        }
+        const char *type = zmq_msg_size(&frames[0]) == 1 ? zmq_msg_data(&frames[0]) : "?";
+        if (*type == WRITER_MSG_STOP) {
+            self->stopping = true;
+        } else if (*type == WRITER_MSG_REQUEST && n >= 3) {
+            pending_t *item = &batch->items[batch->count++];
+            msgpack_sbuffer_init(&item->reply);
+            /* frames: type, routing..., delimiter, body */
+            for (int i = 1; i < n - 1; i++)
+                item->frames[item->frame_count++] = frames[i];
+            item->body = frames[n - 1];
+            item->has_body = true;
+            zmq_msg_close(&frames[0]);
+            s_handle_request(self, batch, item, &item->body);
+            continue;
+        } else {
+            log_error("writer: unexpected message from the front end");
+        }
+        for (int i = 0; i < n; i++)
+            zmq_msg_close(&frames[i]);
+    }
+    s_commit_batch(self, batch);
+    for (size_t i = 0; i < batch->count; i++)
+        s_send_reply(self, &batch->items[i]);
+    s_clear_batch(batch);
+    free(batch);
+}
+
+static void s_handle_discovery(writer_t *self)
+{
+    discovery_outcome_t outcome = {0};
+    if (discovery_handle(self->discovery, self->current, s_now(), &outcome) < 0)
+        log_error("writer: discovery socket error: %s", zmq_strerror(errno));
+
+    registry_t *next = NULL;
+    char **keys = outcome.update_count ? calloc(outcome.update_count, sizeof(char *)) : NULL;
+    size_t key_count = 0;
+    if (outcome.update_count && keys && (next = registry_clone(self->current))) {
+        for (size_t i = 0; i < outcome.update_count; i++) {
+            discovery_update_t *u = &outcome.updates[i];
+            provider_t *p = registry_edit(next, u->provider_key);
+            if (!p)
+                continue; /* removed while it was being discovered */
+            if (provider_set_cached_models(p, (const char *const *)u->cached, u->cached_count,
+                                           u->cached_at) < 0 ||
+                provider_set_invalid_models(p, (const char *const *)u->invalid, u->invalid_count) <
+                    0 ||
+                provider_merge_valid_models(p, (const char *const *)u->valid, u->valid_count) < 0) {
+                log_error("writer: out of memory applying discovery for %s", u->provider_key);
+                continue;
+            }
+            keys[key_count++] = u->provider_key;
+        }
+    } else if (outcome.update_count) {
+        log_error("writer: out of memory applying discovery results");
+    }
+
+    char err[600] = "";
+    bool persist = outcome.persist_count > 0;
+    bool ok = true;
+    if (next || persist)
+        ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
+    if (next && key_count && registry_sealed(next))
+        s_make_current(self, &next, keys, key_count);
+    registry_destroy(&next);
+    for (size_t i = 0; i < outcome.persist_count; i++)
+        discovery_job_persisted(self->discovery, outcome.persists[i].job_id, ok, ok ? NULL : err);
+    free(keys);
+    discovery_outcome_clear(&outcome);
+}
+
+static void *s_thread(void *arg)
+{
+    writer_t *self = arg;
+    while (!self->stopping) {
+        zmq_pollitem_t items[2] = {{self->pipe, 0, ZMQ_POLLIN, 0},
+                                   {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0}};
+        long timeout = discovery_next_timeout_ms(self->discovery, s_now());
+        if (zmq_poll(items, 2, timeout) < 0) {
+            if (errno == EINTR)
+                continue;
+            log_error("writer: poll failed: %s", zmq_strerror(errno));
+            break;
+        }
+        if (items[0].revents & ZMQ_POLLIN)
+            s_handle_batch(self);
+        if (items[1].revents & ZMQ_POLLIN)
+            s_handle_discovery(self);
+        discovery_tick(self->discovery, self->current, s_now());
+        if (discovery_running(self->discovery) != self->jobs_running_published)
+            s_send_snapshot(self);
+    }
+    char type = WRITER_MSG_STOP;
+    if (zmq_send(self->pipe, &type, 1, 0) < 0)
+        log_error("writer: cannot confirm the stop: %s", zmq_strerror(errno));
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------ life cycle */
+
+writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
+                     config_getenv_fn *getenv_fn, registry_t **registry_p, bool *bind_failed,
+                     char *err, size_t err_size)
+{
+    *bind_failed = false;
+    writer_t *self = calloc(1, sizeof *self);
+    if (!self) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    self->ctx = zmq_ctx;
+    self->getenv_fn = getenv_fn;
+    self->state_version = 0;
+    snprintf(self->endpoint, sizeof self->endpoint, "inproc://pm-writer-%p", (void *)self);
+    if (store_path(cfg->data_dir, self->store_path, sizeof self->store_path) < 0) {
+        snprintf(err, err_size, "data dir path too long");
+        goto fail;
+    }
+    int zero = 0;
+    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    /* No high-water mark on the pipe: the writer and the front must never block each other. */
+    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_bind(self->pipe, self->endpoint) < 0) {
+        snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
+    if (!self->pub || zmq_setsockopt(self->pub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        auth_apply(auth, self->pub) < 0) {
+        snprintf(err, err_size, "events socket: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    if (zmq_bind(self->pub, cfg->events_endpoint) < 0) {
+        *bind_failed = true;
+        snprintf(err, err_size, "cannot bind events endpoint %s: %s", cfg->events_endpoint,
+                 zmq_strerror(errno));
+        goto fail;
+    }
+    self->discovery = discovery_new(zmq_ctx, &cfg->discovery, cfg->workers);
+    if (!self->discovery) {
+        snprintf(err, err_size, "cannot start discovery workers");
+        goto fail;
+    }
+    self->current = *registry_p;
+    self->first = snapshot_new(self->current, 0, 0);
+    if (!self->first) {
+        self->current = NULL;
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
+    if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
+        self->current = NULL;
+        snprintf(err, err_size, "cannot start the writer thread");
+        goto fail;
+    }
+    *registry_p = NULL;
+    self->thread_started = true;
+    return self;
+fail:
+    writer_destroy(&self);
+    return NULL;
+}
+
+const char *writer_endpoint(const writer_t *self)
+{
+    return self->endpoint;
+}
+
+snapshot_t *writer_first_snapshot(writer_t *self)
+{
+    snapshot_t *first = self->first;
+    self->first = NULL;
+    return first;
+}
+
+void writer_destroy(writer_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    writer_t *self = *self_p;
+    if (self->thread_started)
+        pthread_join(self->thread, NULL);
+    discovery_destroy(&self->discovery);
+    if (self->pub)
+        zmq_close(self->pub);
+    if (self->pipe)
+        zmq_close(self->pipe);
+    registry_destroy(&self->current);
+    snapshot_destroy(&self->first);
+    free(self);
+    *self_p = NULL;
+}

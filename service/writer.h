@@ -1,0 +1,60 @@
+/*
+ * writer: the single writer thread. It alone owns the provider state, the YAML file, the
+ * events PUB socket and the discovery coordinator.
+ *
+ * The front end hands it every request that changes state (or reaches discovery) over an
+ * inproc PAIR socket. For each batch of queued requests the writer applies every change to a
+ * copy-on-write clone of the current registry, persists ONCE (group commit), seals the new
+ * registry, sends the front end the new snapshot, publishes one event per change, and only
+ * then lets the replies go out: a caller that got its reply finds its change in every read.
+ *
+ * Messages on the PAIR socket (first frame is one type byte):
+ *   front -> writer  'W' + routing frames + empty delimiter + request body   a request
+ *                    'Q'                                                     stop
+ *   writer -> front  'R' + routing frames + empty delimiter + reply body     a reply
+ *                    'S' + snapshot_t * (ownership passes to the front)      a new snapshot
+ *                    'Q'                                                     stopped
+ */
+#ifndef PM_WRITER_H
+#define PM_WRITER_H
+
+#include "auth.h"
+#include "config.h"
+#include "registry.h"
+#include <stdint.h>
+
+#define WRITER_MSG_REQUEST 'W'
+#define WRITER_MSG_REPLY 'R'
+#define WRITER_MSG_SNAPSHOT 'S'
+#define WRITER_MSG_STOP 'Q'
+
+/* An immutable view for readers: a sealed registry and the numbers health reports. */
+typedef struct {
+    registry_t *registry; /* sealed, one reference owned by the snapshot */
+    uint64_t state_version;
+    int jobs_running;
+} snapshot_t;
+
+/* A new snapshot holding a reference to registry (sealed). NULL on allocation failure. */
+snapshot_t *snapshot_new(registry_t *registry, uint64_t state_version, int jobs_running);
+void snapshot_destroy(snapshot_t **self_p);
+
+typedef struct writer_t writer_t;
+
+/* Takes ownership of *registry_p (sealed; set to NULL). Binds the events endpoint and the
+ * inproc endpoint, starts discovery and the thread. NULL with err on failure (*registry_p is
+ * then still the caller's); *bind_failed is set when the events endpoint could not be bound. */
+writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
+                     config_getenv_fn *getenv_fn, registry_t **registry_p, bool *bind_failed,
+                     char *err, size_t err_size);
+
+/* The inproc endpoint the front end connects its PAIR socket to. */
+const char *writer_endpoint(const writer_t *self);
+
+/* The first snapshot, for the front end (caller owns it). NULL on allocation failure. */
+snapshot_t *writer_first_snapshot(writer_t *self);
+
+/* Joins the thread (it ends after a stop message) and frees. Safe on NULL. */
+void writer_destroy(writer_t **self_p);
+
+#endif

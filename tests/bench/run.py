@@ -1,0 +1,924 @@
+#!/usr/bin/python3
+"""Benchmarks of provider-manager: the service against the transport's own limit, and how its
+costs grow with the registry.
+
+Tables (printed aligned to stdout, also written to <build>/bench/results.json):
+  A. Request path vs transport limit: bench_echo (a bare REP server sending a fixed reply of
+     the same bytes as the daemon's get_api_for_model_string reply) against the real daemon,
+     1 and 8 concurrent clients, tcp loopback and ipc: requests/s, p50/p99, server CPU per
+     request, service/echo ratios. Targets: throughput >= 0.9x echo, CPU/request <= 1.2x echo.
+  B. Growth with the registry: 100 / 10,000 / 100,000 models over 10 and 100 providers:
+     resolution p50 (unprefixed name only the LAST provider has; prefixed name), for
+     get_api_for_model_string (the contract's reply carries the whole ProviderConfig) and
+     validate_model (lookup only), merged_models / valid_scoped_models time and reply size,
+     start-up load time (exec -> health answering, minus the empty registry's), persist time,
+     RSS. Targets: resolution p50 at 100,000 within 1.1x of at 100; load and persist of
+     100,000 under 1 s; RSS < 64 MiB.
+  W. Write path: set_provider writes/s and p50, 1 and 8 writers, at 100 and 100,000 models.
+     Target: at 100,000 models 8 writers together >= 100 writes/s.
+  C. Discovery: tests/bench/bench_discovery when it was built (its own wall time vs ideal).
+
+The machine is small and shared, so every measurement is repeated in several rounds, the
+rounds interleave what is compared (echo and service alternate, registry sizes alternate),
+and medians are quoted. --quick uses tiny counts (a smoke run for ctest; numbers meaningless).
+
+Exit status: 0 when every table was produced (PASS or MISS alike), 1 when a benchmark could
+not run or a request failed, 2 on a usage error. Python 3 stdlib + python3-zmq only.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+try:
+    import zmq
+except ImportError:  # pragma: no cover - Debian's python3-zmq is a build dependency
+    sys.stderr.write("run.py needs python3-zmq (run it with /usr/bin/python3)\n")
+    sys.exit(2)
+
+SOURCE_DIR = os.path.dirname(os.path.abspath(__file__))
+PROVIDERS_FILE = "openaicompat-providers.yaml"
+BENCH_URL = "http://127.0.0.1:9/v1"
+BENCH_KEY = "sk-bench-0123456789abcdef0123456789abcdef"
+WRITERS = 8
+STARTUP_TIMEOUT_S = 60.0
+MIB = 1024 * 1024
+
+# The provider the request-path table resolves against (the daemon and the echo both hold it).
+REQUEST_PROVIDER = "bench"
+REQUEST_PROVIDER_NAME = "Bench Provider"
+REQUEST_MODELS = [
+    ("bench-chat-large-2025-01", "chat-large"),
+    ("bench-chat-small-2025-01", "chat-small"),
+    ("bench-embed-v3", "embed"),
+    ("bench-reasoner-r1-preview", "reasoner"),
+]
+REQUEST_MODEL_STRING = REQUEST_PROVIDER + "/" + REQUEST_MODELS[-1][0]
+
+FULL = {
+    "rounds_a": 5,
+    "requests_1": 10000,  # per client thread
+    "requests_8": 3000,
+    "warmup": 50,
+    "rounds_b": 3,
+    "sizes": [100, 10000, 100000],
+    "provider_counts": [10, 100],
+    "write_sizes": [100, 100000],
+    "resolve_requests": 2000,
+    "resolve_seconds": 2.0,
+    "bulk_requests": 5,
+    "bulk_seconds": 5.0,
+    "write_requests": 2000,
+    "write_seconds": 3.0,
+}
+QUICK = {
+    "rounds_a": 1,
+    "requests_1": 1000,
+    "requests_8": 200,
+    "warmup": 5,
+    "rounds_b": 1,
+    "sizes": [100, 10000],
+    "provider_counts": [10],
+    "write_sizes": [100, 10000],
+    "resolve_requests": 100,
+    "resolve_seconds": 0.5,
+    "bulk_requests": 2,
+    "bulk_seconds": 1.0,
+    "write_requests": 20,
+    "write_seconds": 0.5,
+}
+
+
+class BenchError(Exception):
+    """A benchmark that could not run (a daemon that does not start, a client that fails)."""
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def clean_env():
+    """The daemon runs with a minimal environment: no PM_* settings and no provider API keys
+    from the caller's shell can change what is measured."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"}
+    if "HOME" in os.environ:
+        env["HOME"] = os.environ["HOME"]
+    return env
+
+
+def proc_cpu(pid):
+    """(schedstat_ns, stat_ns) CPU time of a process. schedstat sums the per-thread run time in
+    nanoseconds; /proc/<pid>/stat utime+stime has clock-tick (10 ms) resolution."""
+    sched = 0
+    try:
+        for tid in os.listdir("/proc/%d/task" % pid):
+            try:
+                with open("/proc/%d/task/%s/schedstat" % (pid, tid)) as f:
+                    sched += int(f.read().split()[0])
+            except (OSError, ValueError, IndexError):
+                pass
+    except OSError:
+        sched = None
+    stat = None
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # fields[0] is state (field 3); utime and stime are fields 14 and 15.
+        ticks = int(fields[11]) + int(fields[12])
+        stat = ticks * 1e9 / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return sched, stat
+
+
+def proc_status_kib(pid, field):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def write_yaml(path, providers):
+    """providers: list of (key, name, url, api_key, [(long, short), ...]). The seed's format;
+    every name used here is plain [A-Za-z0-9 ._-] text, so no quoting is needed."""
+    with open(path, "w") as f:
+        f.write("providers:\n")
+        for key, name, url, api_key, models in providers:
+            f.write("  %s:\n    name: %s\n    base_api_url: %s\n" % (key, name, url))
+            f.write("    api_key: %s\n" % (api_key if api_key else "null"))
+            if models:
+                f.write("    valid_models:\n")
+                f.write("".join("      %s: %s\n" % m for m in models))
+            else:
+                f.write("    valid_models: {}\n")
+            f.write("    invalid_models: []\n")
+
+
+def writer_providers():
+    return [("bw-%d" % i, "Bench writer %d" % i, BENCH_URL, None, []) for i in range(WRITERS)]
+
+
+def growth_registry(models, providers):
+    """models (provider, model) pairs spread evenly over providers; the writers' own
+    providers come first so that the model-holding providers stay last in registry order."""
+    per = models // providers
+    out = writer_providers()
+    for p in range(providers):
+        key = "bp-%03d" % p
+        names = [("bench-p%03d-model-%06d-instruct" % (p, m), "p%dm%d" % (p, m))
+                 for m in range(per)]
+        out.append((key, "Bench provider %03d" % p, BENCH_URL, BENCH_KEY, names))
+    last_key, _, _, _, last_models = out[-1]
+    return out, last_key, last_models[-1][0]
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+class Daemon:
+    """The real provider-manager, in its own data dir, on free ports."""
+
+    def __init__(self, binary, data_dir, endpoint, log_path):
+        self.binary = binary
+        self.data_dir = data_dir
+        self.endpoint = endpoint
+        self.events = "tcp://127.0.0.1:%d" % free_port()
+        self.log_path = log_path
+        self.proc = None
+        self.startup_s = None
+
+    def start(self, zctx):
+        """Starts the daemon and returns the seconds from exec to the first health reply."""
+        req = zctx.socket(zmq.REQ)
+        req.setsockopt(zmq.LINGER, 0)
+        req.setsockopt(zmq.RECONNECT_IVL, 1)  # poll for the bind every millisecond
+        req.connect(self.endpoint)
+        health = _pack_request("health")
+        log = open(self.log_path, "ab")
+        try:
+            t0 = time.perf_counter()
+            self.proc = subprocess.Popen(
+                [self.binary, "--data-dir", self.data_dir, "--endpoint", self.endpoint,
+                 "--events-endpoint", self.events, "--log-level", "warn"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env())
+            req.send(health)
+            poller = zmq.Poller()
+            poller.register(req, zmq.POLLIN)
+            deadline = t0 + STARTUP_TIMEOUT_S
+            while True:
+                if poller.poll(50):
+                    reply = req.recv()
+                    self.startup_s = time.perf_counter() - t0
+                    break
+                if self.proc.poll() is not None:
+                    raise BenchError("daemon exited with status %d at start-up (log %s)"
+                                     % (self.proc.returncode, self.log_path))
+                if time.perf_counter() > deadline:
+                    raise BenchError("daemon did not answer health within %d s"
+                                     % STARTUP_TIMEOUT_S)
+        finally:
+            log.close()
+            req.close()
+        self.health = _unpack_health(reply)
+        return self.startup_s
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if not self.proc or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Echo:
+    def __init__(self, binary, endpoints, log_path):
+        args = [binary]
+        for ep in endpoints:
+            args += ["--endpoint", ep]
+        args += ["--provider", REQUEST_PROVIDER, "--name", REQUEST_PROVIDER_NAME,
+                 "--url", BENCH_URL, "--api-key", BENCH_KEY,
+                 "--result", REQUEST_MODELS[-1][0]]
+        for long_name, short in REQUEST_MODELS:
+            args += ["--model", "%s=%s" % (long_name, short)]
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=self.log)
+        line = self.proc.stdout.readline()
+        try:
+            self.reply_bytes = json.loads(line)["reply_bytes"]
+        except (ValueError, KeyError):
+            self.stop()
+            raise BenchError("bench_echo did not start (log %s)" % log_path)
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+def _pack_request(op, args=None):
+    """A tiny msgpack encoder for {"op": op, "args": {str: str}} (no python3-msgpack needed)."""
+    def s(text):
+        b = text.encode()
+        if len(b) < 32:
+            return bytes([0xa0 | len(b)]) + b
+        if len(b) < 256:
+            return bytes([0xd9, len(b)]) + b
+        return bytes([0xda]) + len(b).to_bytes(2, "big") + b
+    args = args or {}
+    body = bytes([0x82]) + s("op") + s(op) + s("args") + bytes([0x80 | len(args)])
+    for k, v in args.items():
+        body += s(k) + s(v)
+    return body
+
+
+def _unpack_health(reply):
+    try:
+        import msgpack  # optional: only for the sanity check of the model count
+    except ImportError:
+        return None
+    try:
+        msg = msgpack.unpackb(reply, raw=False)
+        return msg.get("result") if msg.get("ok") else None
+    except Exception:  # noqa: BLE001 - a bad health reply only skips the sanity check
+        return None
+
+
+class Client:
+    def __init__(self, binary, errors):
+        self.binary = binary
+        self.errors = errors  # list: every failed run is recorded there
+
+    def run(self, endpoint, threads, requests, warmup, op=None, args=None, write_prefix=None,
+            max_seconds=None, label=""):
+        cmd = [self.binary, "--endpoint", endpoint, "--threads", str(threads),
+               "--requests", str(requests), "--warmup", str(warmup)]
+        if op:
+            cmd += ["--op", op]
+        for k, v in (args or {}).items():
+            cmd += ["--arg", "%s=%s" % (k, v)]
+        if write_prefix:
+            cmd += ["--write", write_prefix]
+        if max_seconds:
+            cmd += ["--max-seconds", "%g" % max_seconds]
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=600)
+        if proc.returncode != 0:
+            raise BenchError("bench_client failed (%s): %s" % (label or op,
+                                                               proc.stderr.decode().strip()))
+        result = json.loads(proc.stdout)
+        if result["errors"] or result["timeouts"] or not result["requests"]:
+            self.errors.append("%s: %d errors, %d timeouts, %d requests"
+                               % (label or result["op"], result["errors"], result["timeouts"],
+                                  result["requests"]))
+        return result
+
+
+# ----------------------------------------------------------------------------- table A
+
+
+def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    providers = [(REQUEST_PROVIDER, REQUEST_PROVIDER_NAME, BENCH_URL, BENCH_KEY, REQUEST_MODELS)]
+    transports = {
+        "tcp": ("tcp://127.0.0.1:%d" % free_port(), "tcp://127.0.0.1:%d" % free_port()),
+        "ipc": ("ipc://%s/pm.sock" % tmp, "ipc://%s/echo.sock" % tmp),
+    }
+    daemons, echo = {}, None
+    samples = {}  # (transport, clients, server) -> list of per-round dicts
+    try:
+        for name, (service_ep, _) in transports.items():
+            data_dir = os.path.join(tmp, "a-" + name)
+            os.makedirs(data_dir, mode=0o700)
+            write_yaml(os.path.join(data_dir, PROVIDERS_FILE), providers)
+            d = Daemon(daemon_bin, data_dir, service_ep, os.path.join(tmp, "daemon-a.log"))
+            daemons[name] = d  # before start(): a daemon that fails half-way is still stopped
+            d.start(zctx)
+        echo = Echo(os.path.join(tools, "bench_echo"), [ep for _, ep in transports.values()],
+                    os.path.join(tmp, "echo.log"))
+        servers = {"service": (lambda t: daemons[t].pid, 0), "echo": (lambda t: echo.pid, 1)}
+        for r in range(cfg["rounds_a"]):
+            for name, (service_ep, echo_ep) in transports.items():
+                for clients in (1, 8):
+                    # alternate which server goes first, so that drift favours neither
+                    order = ["echo", "service"] if r % 2 == 0 else ["service", "echo"]
+                    for server in order:
+                        ep = service_ep if server == "service" else echo_ep
+                        pid = servers[server][0](name)
+                        reqs = cfg["requests_1"] if clients == 1 else cfg["requests_8"]
+                        c0 = proc_cpu(pid)
+                        res = client.run(ep, clients, reqs, cfg["warmup"],
+                                         op="get_api_for_model_string",
+                                         args={"model_string": REQUEST_MODEL_STRING},
+                                         label="A %s %s %d clients" % (server, name, clients))
+                        c1 = proc_cpu(pid)
+                        served = res["requests"] + clients * cfg["warmup"]
+                        res["cpu_us_per_req"] = (
+                            (c1[0] - c0[0]) / 1000.0 / served if c0[0] is not None else None)
+                        res["cpu_stat_us_per_req"] = (
+                            (c1[1] - c0[1]) / 1000.0 / served if c0[1] is not None else None)
+                        samples.setdefault((name, clients, server), []).append(res)
+                        log(".")
+    finally:
+        for d in daemons.values():
+            d.stop()
+        if echo:
+            echo.stop()
+    log("\n")
+
+    rows, out = [], []
+    for name in transports:
+        for clients in (1, 8):
+            svc = samples[(name, clients, "service")]
+            ech = samples[(name, clients, "echo")]
+            # paired ratios: round r of the service against round r of the echo
+            tput = median([s["rps"] / e["rps"] for s, e in zip(svc, ech) if e["rps"]])
+            cpu = median([s["cpu_us_per_req"] / e["cpu_us_per_req"] for s, e in zip(svc, ech)
+                          if s["cpu_us_per_req"] and e["cpu_us_per_req"]])
+            entry = {"transport": name, "clients": clients,
+                     "throughput_ratio": tput, "cpu_ratio": cpu,
+                     "throughput_target": 0.9, "cpu_target": 1.2,
+                     "throughput_pass": tput is not None and tput >= 0.9,
+                     "cpu_pass": cpu is not None and cpu <= 1.2}
+            for server, runs in (("echo", ech), ("service", svc)):
+                entry[server] = {
+                    "rps": median([x["rps"] for x in runs]),
+                    "p50_us": median([x["p50_us"] for x in runs]),
+                    "p99_us": median([x["p99_us"] for x in runs]),
+                    "cpu_us_per_req": median([x["cpu_us_per_req"] for x in runs]),
+                    "cpu_stat_us_per_req": median([x["cpu_stat_us_per_req"] for x in runs]),
+                    "reply_bytes": median([x["reply_bytes"] for x in runs]),
+                    "rounds": runs,
+                }
+                rows.append([name, str(clients), server, fmt_int(entry[server]["rps"]),
+                             fmt_us(entry[server]["p50_us"]), fmt_us(entry[server]["p99_us"]),
+                             fmt_us(entry[server]["cpu_us_per_req"]),
+                             fmt_int(entry[server]["reply_bytes"]),
+                             "" if server == "echo" else fmt_ratio(tput) + " " + verdict(
+                                 entry["throughput_pass"]),
+                             "" if server == "echo" else fmt_ratio(cpu) + " " + verdict(
+                                 entry["cpu_pass"])])
+            out.append(entry)
+    print_table("A. Request path vs transport limit: get_api_for_model_string (%d rounds, "
+                "medians; ratios are medians of paired rounds)" % cfg["rounds_a"],
+                ["transport", "clients", "server", "req/s", "p50 us", "p99 us", "cpu us/req",
+                 "reply B", "tput svc/echo (>=0.9)", "cpu svc/echo (<=1.2)"], rows)
+    sizes = {int(e[s]["reply_bytes"] or 0) for e in out for s in ("echo", "service")}
+    if len(sizes) != 1:
+        print("  note: echo and service reply sizes differ: %s" % sorted(sizes))
+    print("  server CPU: sum of the server's per-thread run time (/proc/<pid>/task/*/schedstat) "
+          "over the round,\n  divided by the requests served (warm-up included); "
+          "/proc/<pid>/stat utime+stime is in results.json.")
+    return out
+
+
+# ----------------------------------------------------------------------------- tables B, W
+
+
+def bench_growth(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    configs = [(m, p) for m in cfg["sizes"] for p in cfg["provider_counts"]]
+    templates = {}
+    for models, providers in configs:
+        path = os.path.join(tmp, "registry-%d-%d.yaml" % (models, providers))
+        regs, last_key, last_model = growth_registry(models, providers)
+        write_yaml(path, regs)
+        templates[(models, providers)] = (path, last_key, last_model, os.path.getsize(path))
+    empty_yaml = os.path.join(tmp, "registry-empty.yaml")
+    write_yaml(empty_yaml, writer_providers())
+
+    samples = {c: [] for c in configs}
+    empty_startups = []
+    writes = {}
+    for r in range(cfg["rounds_b"]):
+        # the empty registry's start-up, measured in every round beside the others
+        empty_startups.append(_start_once(daemon_bin, tmp, zctx, empty_yaml, "empty-%d" % r))
+        order = configs if r % 2 == 0 else list(reversed(configs))
+        for models, providers in order:
+            path, last_key, last_model, _ = templates[(models, providers)]
+            data_dir = os.path.join(tmp, "b-%d-%d-%d" % (models, providers, r))
+            os.makedirs(data_dir, mode=0o700)
+            shutil.copyfile(path, os.path.join(data_dir, PROVIDERS_FILE))
+            ep = "ipc://%s/b.sock" % tmp
+            d = Daemon(daemon_bin, data_dir, ep, os.path.join(tmp, "daemon-b.log"))
+            try:
+                s = {"startup_s": d.start(zctx)}
+                if d.health is not None and d.health.get("models") != models:
+                    raise BenchError("daemon loaded %s models, expected %d"
+                                     % (d.health.get("models"), models))
+                s["rss_load_kib"] = proc_status_kib(d.pid, "VmRSS")
+                tag = "B %d/%d" % (models, providers)
+
+                def one(op, args, requests, seconds, label):
+                    return client.run(ep, 1, requests, min(cfg["warmup"], 10), op=op,
+                                      args=args, max_seconds=seconds, label=tag + " " + label)
+
+                rq, rs = cfg["resolve_requests"], cfg["resolve_seconds"]
+                for op, key in (("get_api_for_model_string", "api"),
+                                ("validate_model", "validate")):
+                    s[key + "_bare"] = one(op, {"model_string": last_model}, rq, rs,
+                                           op + " bare")
+                    s[key + "_prefixed"] = one(op, {"model_string": last_key + "/" + last_model},
+                                               rq, rs, op + " prefixed")
+                bq, bs = cfg["bulk_requests"], cfg["bulk_seconds"]
+                s["merged"] = one("merged_models", {}, bq, bs, "merged_models")
+                s["scoped"] = one("valid_scoped_models", {}, bq, bs, "valid_scoped_models")
+                s["persist"] = one("persist_provider_configs", {}, bq, bs, "persist")
+                if models in cfg["write_sizes"]:
+                    for writers in (1, WRITERS):
+                        res = client.run(ep, writers, cfg["write_requests"], 2,
+                                         write_prefix="bw-", max_seconds=cfg["write_seconds"],
+                                         label="%s set_provider x%d" % (tag, writers))
+                        writes.setdefault((models, providers, writers), []).append(res)
+                s["rss_end_kib"] = proc_status_kib(d.pid, "VmRSS")
+                s["rss_peak_kib"] = proc_status_kib(d.pid, "VmHWM")
+                samples[(models, providers)].append(s)
+                log(".")
+            finally:
+                d.stop()
+                shutil.rmtree(data_dir, ignore_errors=True)
+    log("\n")
+
+    empty = median(empty_startups)
+    growth = []
+    for models, providers in configs:
+        runs = samples[(models, providers)]
+        path, last_key, last_model, yaml_bytes = templates[(models, providers)]
+
+        def m(key, field="p50_us"):
+            return median([x[key][field] for x in runs])
+        startup = median([x["startup_s"] for x in runs])
+        growth.append({
+            "models": models, "providers": providers, "yaml_bytes": yaml_bytes,
+            "last_provider": last_key, "last_model": last_model,
+            "api_bare_p50_us": m("api_bare"), "api_prefixed_p50_us": m("api_prefixed"),
+            "api_reply_bytes": m("api_bare", "reply_bytes"),
+            "validate_bare_p50_us": m("validate_bare"),
+            "validate_prefixed_p50_us": m("validate_prefixed"),
+            "merged_p50_us": m("merged"), "merged_reply_bytes": m("merged", "reply_bytes"),
+            "scoped_p50_us": m("scoped"), "scoped_reply_bytes": m("scoped", "reply_bytes"),
+            "persist_p50_us": m("persist"),
+            "startup_s": startup, "empty_startup_s": empty,
+            "load_s": (startup - empty) if startup is not None and empty is not None else None,
+            "rss_load_kib": median([x["rss_load_kib"] for x in runs]),
+            "rss_end_kib": median([x["rss_end_kib"] for x in runs]),
+            "rss_peak_kib": median([x["rss_peak_kib"] for x in runs]),
+            "rounds": runs,
+        })
+
+    rows = []
+    for g in growth:
+        rows.append([fmt_int(g["models"]), str(g["providers"]),
+                     fmt_us(g["api_bare_p50_us"]), fmt_us(g["api_prefixed_p50_us"]),
+                     fmt_bytes(g["api_reply_bytes"]),
+                     fmt_us(g["validate_bare_p50_us"]), fmt_us(g["validate_prefixed_p50_us"]),
+                     fmt_ms(g["merged_p50_us"]), fmt_bytes(g["merged_reply_bytes"]),
+                     fmt_ms(g["scoped_p50_us"]), fmt_bytes(g["scoped_reply_bytes"]),
+                     fmt_ms(g["load_s"] * 1e6 if g["load_s"] is not None else None),
+                     fmt_ms(g["persist_p50_us"]), fmt_bytes(g["yaml_bytes"]),
+                     fmt_mib(g["rss_end_kib"])])
+    print_table("B. Growth with the registry (%d rounds, medians; resolution of the LAST "
+                "provider's last model)" % cfg["rounds_b"],
+                ["models", "provs", "api bare us", "api pfx us", "api reply",
+                 "valid bare us", "valid pfx us", "merged ms", "merged B", "scoped ms",
+                 "scoped B", "load ms", "persist ms", "yaml B", "RSS MiB"], rows)
+    print("  api = get_api_for_model_string (reply = [ProviderConfig, long]: it carries ALL the "
+          "provider's models);\n  valid = validate_model (lookup only). load = start-up "
+          "(exec -> health answers) minus the empty registry's (%s ms).\n  RSS = VmRSS at the end "
+          "of the round (after reads, bulk replies, persists and writes)."
+          % fmt_ms(empty * 1e6 if empty is not None else None))
+
+    # targets of table B
+    targets = []
+    smallest, largest = min(cfg["sizes"]), max(cfg["sizes"])
+    for providers in cfg["provider_counts"]:
+        lo = next(g for g in growth if g["models"] == smallest and g["providers"] == providers)
+        hi = next(g for g in growth if g["models"] == largest and g["providers"] == providers)
+        for field, what in (("api_bare_p50_us", "get_api bare"),
+                            ("api_prefixed_p50_us", "get_api prefixed"),
+                            ("validate_bare_p50_us", "validate bare"),
+                            ("validate_prefixed_p50_us", "validate prefixed")):
+            ratio = (hi[field] / lo[field]) if hi[field] and lo[field] else None
+            targets.append({"name": "resolution p50 %s, %s/%s models, %d providers" % (
+                what, fmt_int(largest), fmt_int(smallest), providers),
+                "value": ratio, "unit": "x", "target": "<= 1.1",
+                "pass": ratio is not None and ratio <= 1.1})
+        targets.append({"name": "load of %s models, %d providers" % (fmt_int(largest), providers),
+                        "value": hi["load_s"], "unit": "s", "target": "< 1",
+                        "pass": hi["load_s"] is not None and hi["load_s"] < 1.0})
+        persist_s = hi["persist_p50_us"] / 1e6 if hi["persist_p50_us"] else None
+        targets.append({"name": "persist of %s models, %d providers" % (fmt_int(largest),
+                                                                         providers),
+                        "value": persist_s, "unit": "s", "target": "< 1",
+                        "pass": persist_s is not None and persist_s < 1.0})
+        rss = hi["rss_end_kib"] / 1024.0 if hi["rss_end_kib"] else None
+        targets.append({"name": "RSS at %s models, %d providers" % (fmt_int(largest), providers),
+                        "value": rss, "unit": "MiB", "target": "< 64",
+                        "pass": rss is not None and rss < 64})
+    print_targets("B targets", targets)
+
+    # table W
+    wrows, wout = [], []
+    for models in cfg["write_sizes"]:
+        for providers in cfg["provider_counts"]:
+            for writers in (1, WRITERS):
+                runs = writes.get((models, providers, writers), [])
+                e = {"models": models, "providers": providers, "writers": writers,
+                     "writes_per_s": median([x["rps"] for x in runs]),
+                     "p50_us": median([x["p50_us"] for x in runs]),
+                     "p99_us": median([x["p99_us"] for x in runs]),
+                     "rounds": runs}
+                wout.append(e)
+                wrows.append([fmt_int(models), str(providers), str(writers),
+                              fmt_int(e["writes_per_s"]), fmt_ms(e["p50_us"]),
+                              fmt_ms(e["p99_us"])])
+    print_table("W. Write path: set_provider, each writer changes its own provider "
+                "(%d rounds, medians)" % cfg["rounds_b"],
+                ["models", "provs", "writers", "writes/s", "p50 ms", "p99 ms"], wrows)
+    wtargets = []
+    for providers in cfg["provider_counts"]:
+        e = next(x for x in wout if x["models"] == max(cfg["write_sizes"])
+                 and x["providers"] == providers and x["writers"] == WRITERS)
+        wtargets.append({"name": "%d writers at %s models, %d providers" % (
+            WRITERS, fmt_int(e["models"]), providers),
+            "value": e["writes_per_s"], "unit": "writes/s", "target": ">= 100",
+            "pass": e["writes_per_s"] is not None and e["writes_per_s"] >= 100})
+    print_targets("W targets", wtargets)
+    return growth, targets, wout, wtargets
+
+
+def _start_once(daemon_bin, tmp, zctx, yaml_path, tag):
+    data_dir = os.path.join(tmp, "start-" + tag)
+    os.makedirs(data_dir, mode=0o700)
+    shutil.copyfile(yaml_path, os.path.join(data_dir, PROVIDERS_FILE))
+    d = Daemon(daemon_bin, data_dir, "ipc://%s/s.sock" % tmp, os.path.join(tmp, "daemon-s.log"))
+    try:
+        return d.start(zctx)
+    finally:
+        d.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- table C
+
+
+def bench_discovery(cfg, tools, daemon_bin, quick, log):
+    """Hook for tests/bench/bench_discovery (written separately, with tests/fake_upstream.py).
+    It is run when built; its stdout is kept as it is, and parsed when it is JSON."""
+    binary = os.path.join(tools, "bench_discovery")
+    if not os.access(binary, os.X_OK):
+        print("\nC. Discovery: bench_discovery not built (tests/bench/bench_discovery.c absent); "
+              "skipped.")
+        return {"skipped": True}
+    cmd = [binary] + (["--quick"] if quick else [])
+    env = dict(os.environ)
+    env.setdefault("PM_SOURCE_DIR", os.path.dirname(os.path.dirname(SOURCE_DIR)))
+    env.setdefault("PM_PYTHON", "/usr/bin/python3")
+    env.setdefault("PM_DAEMON", daemon_bin)
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=600, env=env)
+    text = proc.stdout.decode(errors="replace")
+    out = {"skipped": False, "exit_status": proc.returncode, "stdout": text}
+    try:
+        out["result"] = json.loads(text)
+    except ValueError:
+        pass
+    print("\nC. Discovery (bench_discovery, exit %d)" % proc.returncode)
+    print("\n".join("  " + line for line in text.rstrip().splitlines()))
+    if proc.returncode != 0:
+        raise BenchError("bench_discovery failed: %s" % proc.stderr.decode().strip()[-500:])
+    return out
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile_request_path(cfg, tools, daemon_bin, tmp, zctx, client, out_dir, log):
+    """perf record (software cpu-clock: hardware counters are often missing in VMs) of the
+    daemon while one client sends get_api_for_model_string over tcp, as in table A. Prints
+    where the daemon's CPU goes by thread, by shared object, and the project's own symbols;
+    keeps perf.data in out_dir."""
+    perf = shutil.which("perf")
+    if not perf:
+        print("\nprofile: perf not found; try valgrind --tool=callgrind on the daemon instead")
+        return {"skipped": "perf not found"}
+    data_dir = os.path.join(tmp, "profile")
+    os.makedirs(data_dir, mode=0o700)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE),
+               [(REQUEST_PROVIDER, REQUEST_PROVIDER_NAME, BENCH_URL, BENCH_KEY, REQUEST_MODELS)])
+    ep = "tcp://127.0.0.1:%d" % free_port()
+    d = Daemon(daemon_bin, data_dir, ep, os.path.join(tmp, "daemon-profile.log"))
+    os.makedirs(out_dir, exist_ok=True)
+    data = os.path.join(out_dir, "perf-request-path.data")
+    seconds = 2.0 if cfg is QUICK else 8.0
+    try:
+        d.start(zctx)
+        rec = subprocess.Popen([perf, "record", "-e", "cpu-clock", "-F", "4999", "-g",
+                                "-p", str(d.pid), "-o", data, "--", "sleep", "%g" % (seconds + 1)],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
+        time.sleep(0.3)
+        res = client.run(ep, 1, 1000000, cfg["warmup"], op="get_api_for_model_string",
+                         args={"model_string": REQUEST_MODEL_STRING}, max_seconds=seconds,
+                         label="profile")
+        _, err = rec.communicate(timeout=seconds + 30)
+        if rec.returncode != 0:
+            print("\nprofile: perf record failed: %s" % err.decode().strip()[-300:])
+            return {"skipped": "perf record failed"}
+    finally:
+        d.stop()
+    log("\n")
+
+    def report(*extra, limit="0.5"):
+        proc = subprocess.run([perf, "report", "-i", data, "--no-children", "--stdio",
+                               "-g", "none", "--percent-limit", limit] + list(extra),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, timeout=120)
+        return [line.rstrip() for line in proc.stdout.decode(errors="replace").splitlines()
+                if "%" in line and not line.startswith("#")]
+    by_thread = report("--sort", "comm")
+    by_dso = report("--sort", "dso")
+    own = report("--sort", "sym", "--dsos", os.path.basename(daemon_bin), limit="0.02")
+    print("\nP. Profile: perf record -e cpu-clock of the daemon, 1 client, get_api_for_model_string "
+          "over tcp (%s req/s, p50 %s us)" % (fmt_int(res["rps"]), fmt_us(res["p50_us"])))
+    for title, lines in (("by thread", by_thread), ("by shared object", by_dso),
+                         ("the daemon's own code (share of all its samples)", own[:15])):
+        print("  " + title + ":")
+        print("\n".join("    " + line.strip() for line in lines) or "    (none)")
+    print("  perf.data: %s" % data)
+    return {"perf_data": data, "by_thread": by_thread, "by_dso": by_dso, "own_symbols": own,
+            "load": res}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def fmt_int(v):
+    return "-" if v is None else "{:,}".format(int(round(v)))
+
+
+def fmt_us(v):
+    return "-" if v is None else ("%.1f" % v if v < 1000 else "{:,.0f}".format(v))
+
+
+def fmt_ms(us):
+    return "-" if us is None else ("%.2f" % (us / 1000.0) if us < 100000 else
+                                   "{:,.0f}".format(us / 1000.0))
+
+
+def fmt_bytes(v):
+    if v is None:
+        return "-"
+    if v < 10 * 1024:
+        return "%d" % v
+    if v < 10 * MIB:
+        return "%.0fK" % (v / 1024.0)
+    return "%.1fM" % (v / MIB)
+
+
+def fmt_mib(kib):
+    return "-" if kib is None else "%.1f" % (kib / 1024.0)
+
+
+def fmt_ratio(v):
+    return "-" if v is None else "%.2fx" % v
+
+
+def verdict(ok):
+    return "PASS" if ok else "MISS"
+
+
+def print_table(title, headers, rows):
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h)
+              for i, h in enumerate(headers)]
+    print("\n" + title)
+    print("  " + "  ".join(h.rjust(w) for h, w in zip(headers, widths)))
+    print("  " + "  ".join("-" * w for w in widths))
+    for r in rows:
+        print("  " + "  ".join(c.rjust(w) for c, w in zip(r, widths)))
+    sys.stdout.flush()
+
+
+def print_targets(title, targets):
+    rows = []
+    for t in targets:
+        v = t["value"]
+        if v is None:
+            shown = "-"
+        elif t["unit"] == "x":
+            shown = "%.2fx" % v
+        elif t["unit"] == "s":
+            shown = "%.3f s" % v
+        elif t["unit"] == "MiB":
+            shown = "%.1f MiB" % v
+        else:
+            shown = "%s %s" % (fmt_int(v), t["unit"])
+        rows.append([t["name"], shown, t["target"], verdict(t["pass"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    print("  %s:" % title)
+    for r in rows:
+        print("    " + r[0].ljust(widths[0]) + "  " + r[1].rjust(widths[1]) + "  " +
+              r[2].ljust(widths[2]) + "  " + r[3])
+    sys.stdout.flush()
+
+
+def machine_info():
+    info = {"nproc": os.cpu_count(), "kernel": platform.release(),
+            "loadavg_start": os.getloadavg()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return info
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
+    ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
+    ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
+    ap.add_argument("--only", choices=["a", "b", "c"], action="append",
+                    help="run only these tables (repeatable; W comes with B)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also perf-profile the daemon under the 1-client resolution load")
+    opts = ap.parse_args()
+    # ctest's timeout and Ctrl-C end us with a signal: unwind so that every daemon we started
+    # is stopped by its finally block.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+
+    build = os.path.abspath(opts.build)
+    tools = os.path.join(build, "tests", "bench")
+    daemon_bin = os.path.join(build, "service", "provider-manager")
+    for path in (daemon_bin, os.path.join(tools, "bench_echo"),
+                 os.path.join(tools, "bench_client")):
+        if not os.access(path, os.X_OK):
+            sys.stderr.write("run.py: %s is missing: run `cmake --build %s --target bench-tools`"
+                             "\n" % (path, opts.build))
+            return 2
+    out_path = opts.out or os.path.join(build, "bench", "results.json")
+    cfg = QUICK if opts.quick else FULL
+    only = set(opts.only or ["a", "b", "c"])
+
+    def log(text):
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    errors = []
+    client = Client(os.path.join(tools, "bench_client"), errors)
+    results = {"quick": opts.quick, "config": cfg, "machine": machine_info(),
+               "started": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = tempfile.mkdtemp(prefix="pm-bench-")
+    zctx = zmq.Context()
+    status = 0
+    started = time.perf_counter()
+    print("provider-manager benchmarks%s: %s, %d cores, load %.2f"
+          % (" (--quick: smoke counts, numbers not meaningful)" if opts.quick else "",
+             results["machine"].get("cpu", "?"), os.cpu_count() or 0, os.getloadavg()[0]))
+    try:
+        if "a" in only:
+            log("A: request path ")
+            results["request_path"] = bench_request_path(cfg, tools, daemon_bin, tmp, zctx,
+                                                         client, log)
+            a_targets = []
+            for e in results["request_path"]:
+                a_targets.append({"name": "throughput %s %d client(s)" % (e["transport"],
+                                                                          e["clients"]),
+                                  "value": e["throughput_ratio"], "unit": "x",
+                                  "target": ">= 0.9", "pass": e["throughput_pass"]})
+                a_targets.append({"name": "CPU/request %s %d client(s)" % (e["transport"],
+                                                                           e["clients"]),
+                                  "value": e["cpu_ratio"], "unit": "x", "target": "<= 1.2",
+                                  "pass": e["cpu_pass"]})
+            print_targets("A targets (service/echo)", a_targets)
+            results["request_path_targets"] = a_targets
+        if "b" in only:
+            log("B/W: registry growth and writes ")
+            growth, b_targets, writes, w_targets = bench_growth(cfg, tools, daemon_bin, tmp,
+                                                                zctx, client, log)
+            results["growth"] = growth
+            results["growth_targets"] = b_targets
+            results["writes"] = writes
+            results["write_targets"] = w_targets
+        if "c" in only:
+            results["discovery"] = bench_discovery(cfg, tools, daemon_bin, opts.quick, log)
+        if opts.profile:
+            log("P: profile ")
+            results["profile"] = profile_request_path(
+                cfg, tools, daemon_bin, tmp, zctx, client,
+                os.path.dirname(os.path.abspath(out_path)), log)
+    except (BenchError, subprocess.TimeoutExpired, OSError) as exc:
+        print("\nrun.py: benchmark failed: %s" % exc)
+        results["failure"] = str(exc)
+        status = 1
+    finally:
+        zctx.term()
+        shutil.rmtree(tmp, ignore_errors=True)
+    if errors:
+        print("\nrun.py: requests failed during the benchmark:")
+        for e in errors:
+            print("  " + e)
+        results["request_errors"] = errors
+        status = 1
+    all_targets = [t for k in ("request_path_targets", "growth_targets", "write_targets")
+                   for t in results.get(k, [])]
+    missed = [t["name"] for t in all_targets if not t["pass"]]
+    results["missed"] = missed
+    results["elapsed_s"] = time.perf_counter() - started
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(results, f, indent=1, sort_keys=False)
+        f.write("\n")
+    print("\n%d targets, %d PASS, %d MISS%s; %.0f s; results in %s"
+          % (len(all_targets), len(all_targets) - len(missed), len(missed),
+             " (--quick: not meaningful)" if opts.quick else "", results["elapsed_s"], out_path))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

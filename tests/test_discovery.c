@@ -1,0 +1,834 @@
+/*
+ * test_discovery: the discovery coordinator end to end, with real worker threads, a real
+ * registry and tests/fake_upstream.py. The test plays the writer: it polls
+ * discovery_socket(), calls discovery_handle(), applies each update to a new sealed registry
+ * and answers persist requests. Every wait has a bounded deadline; nothing asserts on time.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "discovery.h"
+#include "fake_upstream.h"
+#include "pm_proto.h"
+#include "registry.h"
+
+#include <msgpack.h>
+#include <stdint.h>
+#include <zmq.h>
+
+#define KEY "good-key"
+#define DRIVE_DEADLINE_MS 30000
+#define WORKERS 2
+#define MAX_UPDATES 64
+
+typedef struct {
+    fake_upstream_t fake;
+    void *ctx;
+    discovery_t *disc;
+    registry_t *reg;
+    config_discovery_t settings;
+    double now;
+    bool persist_ok;
+    int persist_calls;
+    int update_calls;
+    char updated[MAX_UPDATES][REGISTRY_MAX_KEY_LEN + 1]; /* keys, in the order applied */
+} env_t;
+
+static config_discovery_t s_settings(void)
+{
+    config_discovery_t settings = {
+        .cache_duration_s = 3600,
+        .max_tokens = 16,
+        .per_provider_limit = 4,
+        .connect_timeout_ms = 2000,
+        .request_timeout_ms = 5000,
+        .max_retries = 1,
+        .retry_budget_ms = 2000,
+        .interval_minutes = 0,
+        .on_start = false,
+        .list_max_bytes = 1024 * 1024,
+        .probe_max_bytes = 64 * 1024,
+    };
+    return settings;
+}
+
+static int group_setup(void **state)
+{
+    env_t *e = calloc(1, sizeof *e);
+    if (e == NULL)
+        return -1;
+    if (fake_upstream_start(&e->fake, "{}") != 0) {
+        free(e);
+        return -1;
+    }
+    e->ctx = zmq_ctx_new();
+    *state = e;
+    return e->ctx ? 0 : -1;
+}
+
+static int group_teardown(void **state)
+{
+    env_t *e = *state;
+    fake_upstream_stop(&e->fake);
+    zmq_ctx_term(e->ctx);
+    free(e);
+    return 0;
+}
+
+/* Per test: fresh coordinator and counters; the registry is built by each test. */
+static void s_begin(env_t *e, const config_discovery_t *settings, const char *fake_config)
+{
+    assert_int_equal(fake_upstream_configure(&e->fake, fake_config), 0);
+    e->settings = *settings;
+    e->disc = discovery_new(e->ctx, settings, WORKERS);
+    assert_non_null(e->disc);
+    e->reg = registry_new();
+    assert_non_null(e->reg);
+    e->now = 1000.0;
+    e->persist_ok = true;
+    e->persist_calls = 0;
+    e->update_calls = 0;
+}
+
+static void s_end(env_t *e)
+{
+    discovery_destroy(&e->disc);
+    assert_null(e->disc);
+    discovery_destroy(&e->disc); /* safe twice */
+    registry_destroy(&e->reg);
+}
+
+/* Adds a provider whose base_api_url points at the fake's scenario. key NULL = no key. */
+static void s_add_provider(env_t *e, const char *key, const char *scenario, const char *api_key,
+                           const char *const *invalid, size_t invalid_count)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/%s/v1", e->fake.origin, scenario);
+    provider_t *p = provider_new(key, key, url);
+    assert_non_null(p);
+    if (api_key != NULL)
+        assert_int_equal(provider_set_api_key(p, api_key), 0);
+    if (invalid_count > 0)
+        assert_int_equal(provider_set_invalid_models(p, invalid, invalid_count), 0);
+    assert_int_equal(registry_put(e->reg, &p), 0);
+}
+
+static void s_seal(env_t *e)
+{
+    assert_int_equal(registry_seal(e->reg), 0);
+}
+
+/* The writer's side of an update: one copy-on-write change. */
+static void s_apply(env_t *e, const discovery_update_t *u)
+{
+    registry_t *next = registry_clone(e->reg);
+    assert_non_null(next);
+    provider_t *p = registry_edit(next, u->provider_key);
+    assert_non_null(p);
+    assert_int_equal(provider_merge_valid_models(p, (const char *const *)u->valid, u->valid_count),
+                     0);
+    assert_int_equal(
+        provider_set_invalid_models(p, (const char *const *)u->invalid, u->invalid_count), 0);
+    assert_int_equal(provider_set_cached_models(p, (const char *const *)u->cached,
+                                                u->cached_count, u->cached_at),
+                     0);
+    assert_int_equal(registry_seal(next), 0);
+    registry_destroy(&e->reg);
+    e->reg = next;
+    if (e->update_calls < MAX_UPDATES)
+        snprintf(e->updated[e->update_calls], sizeof e->updated[0], "%s", u->provider_key);
+    e->update_calls++;
+}
+
+/* One round of the writer's loop: wait up to timeout_ms, handle, apply, persist. */
+static void s_round(env_t *e, long timeout_ms)
+{
+    zmq_pollitem_t item = {.socket = discovery_socket(e->disc), .events = ZMQ_POLLIN};
+    int ready = zmq_poll(&item, 1, timeout_ms);
+    assert_true(ready >= 0);
+    if (ready == 0)
+        return;
+    discovery_outcome_t outcome;
+    memset(&outcome, 0, sizeof outcome);
+    assert_int_equal(discovery_handle(e->disc, e->reg, e->now, &outcome), 0);
+    for (size_t i = 0; i < outcome.update_count; i++)
+        s_apply(e, &outcome.updates[i]);
+    for (size_t i = 0; i < outcome.persist_count; i++) {
+        e->persist_calls++;
+        discovery_job_persisted(e->disc, outcome.persists[i].job_id, e->persist_ok,
+                                e->persist_ok ? NULL : "could not persist providers: disk full");
+    }
+    discovery_outcome_clear(&outcome);
+}
+
+/* Runs the writer's loop until no job is running (bounded). */
+static void s_drive(env_t *e)
+{
+    for (int waited = 0; discovery_running(e->disc) > 0; waited += 20) {
+        if (waited > DRIVE_DEADLINE_MS)
+            fail_msg("discovery did not finish within %d ms", DRIVE_DEADLINE_MS);
+        s_round(e, 20);
+    }
+    /* Drain what is left (late results of failed tasks, wake-ups). */
+    s_round(e, 0);
+}
+
+static void s_start(env_t *e, const char *provider, bool force, bool persist, char *job_id)
+{
+    int code = -1;
+    char err[256] = "";
+    int rc = discovery_start(e->disc, e->reg, provider, force, persist, e->now, job_id, &code,
+                             err, sizeof err);
+    if (rc != 0)
+        fail_msg("discovery_start failed: %s", err);
+    assert_int_equal(code, PM_OK);
+    assert_true(job_id[0] != '\0');
+}
+
+/* ------------------------------------------------------------------- job_status decoding */
+
+typedef struct {
+    msgpack_sbuffer sbuf;
+    msgpack_unpacked unpacked;
+    const msgpack_object *root;
+} status_t;
+
+static const msgpack_object *s_get(const msgpack_object *map, const char *key)
+{
+    assert_non_null(map);
+    assert_int_equal(map->type, MSGPACK_OBJECT_MAP);
+    size_t len = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object_kv *kv = &map->via.map.ptr[i];
+        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == len &&
+            memcmp(kv->key.via.str.ptr, key, len) == 0)
+            return &kv->val;
+    }
+    return NULL;
+}
+
+static void s_assert_str(const msgpack_object *obj, const char *expected)
+{
+    assert_non_null(obj);
+    assert_int_equal(obj->type, MSGPACK_OBJECT_STR);
+    if (obj->via.str.size != strlen(expected) ||
+        memcmp(obj->via.str.ptr, expected, obj->via.str.size) != 0)
+        fail_msg("got '%.*s', expected '%s'", (int)obj->via.str.size, obj->via.str.ptr, expected);
+}
+
+static uint64_t s_uint(const msgpack_object *obj)
+{
+    assert_non_null(obj);
+    assert_int_equal(obj->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    return obj->via.u64;
+}
+
+static void s_status(env_t *e, const char *job_id, status_t *st)
+{
+    msgpack_sbuffer_init(&st->sbuf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &st->sbuf, msgpack_sbuffer_write);
+    assert_int_equal(discovery_pack_status(e->disc, job_id, strlen(job_id), &pk), 0);
+    msgpack_unpacked_init(&st->unpacked);
+    size_t off = 0;
+    assert_int_equal(msgpack_unpack_next(&st->unpacked, st->sbuf.data, st->sbuf.size, &off),
+                     MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(off, st->sbuf.size); /* exactly one object */
+    st->root = &st->unpacked.data;
+    assert_int_equal(st->root->type, MSGPACK_OBJECT_MAP);
+    assert_int_equal(st->root->via.map.size, 6);
+    s_assert_str(s_get(st->root, "job"), job_id);
+}
+
+static void s_status_clear(status_t *st)
+{
+    msgpack_unpacked_destroy(&st->unpacked);
+    msgpack_sbuffer_destroy(&st->sbuf);
+}
+
+static void s_assert_done(const status_t *st, bool success, bool persisted)
+{
+    s_assert_str(s_get(st->root, "state"), "done");
+    const msgpack_object *ok = s_get(st->root, "success");
+    assert_non_null(ok);
+    assert_int_equal(ok->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_int_equal(ok->via.boolean, success);
+    const msgpack_object *p = s_get(st->root, "persisted");
+    assert_non_null(p);
+    assert_int_equal(p->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_int_equal(p->via.boolean, persisted);
+}
+
+static void s_assert_messages(const status_t *st, const char *const *expected, size_t count)
+{
+    const msgpack_object *messages = s_get(st->root, "messages");
+    assert_non_null(messages);
+    assert_int_equal(messages->type, MSGPACK_OBJECT_ARRAY);
+    if (messages->via.array.size != count) {
+        for (uint32_t i = 0; i < messages->via.array.size; i++)
+            print_message("message %u: %.*s\n", i, (int)messages->via.array.ptr[i].via.str.size,
+                          messages->via.array.ptr[i].via.str.ptr);
+        fail_msg("%u messages, expected %zu", messages->via.array.size, count);
+    }
+    for (size_t i = 0; i < count; i++)
+        s_assert_str(&messages->via.array.ptr[i], expected[i]);
+}
+
+static void s_assert_provider(const status_t *st, const char *key, const char *state,
+                              uint64_t discovered, uint64_t validated, uint64_t valid,
+                              uint64_t invalid, const char *message)
+{
+    const msgpack_object *p = s_get(s_get(st->root, "providers"), key);
+    if (p == NULL)
+        fail_msg("provider %s missing from job_status", key);
+    assert_int_equal(p->via.map.size, 6);
+    s_assert_str(s_get(p, "state"), state);
+    assert_int_equal(s_uint(s_get(p, "discovered")), discovered);
+    assert_int_equal(s_uint(s_get(p, "validated")), validated);
+    assert_int_equal(s_uint(s_get(p, "valid")), valid);
+    assert_int_equal(s_uint(s_get(p, "invalid")), invalid);
+    s_assert_str(s_get(p, "message"), message);
+}
+
+static uint32_t s_provider_count(const status_t *st)
+{
+    const msgpack_object *providers = s_get(st->root, "providers");
+    assert_non_null(providers);
+    assert_int_equal(providers->type, MSGPACK_OBJECT_MAP);
+    return providers->via.map.size;
+}
+
+static const provider_t *s_provider(env_t *e, const char *key)
+{
+    const provider_t *p = registry_get(e->reg, key, strlen(key));
+    assert_non_null(p);
+    return p;
+}
+
+static void s_assert_models(const provider_t *p, const char *const *expected, size_t count)
+{
+    assert_int_equal(provider_model_count(p), count);
+    for (size_t i = 0; i < count; i++)
+        assert_string_equal(provider_model_long(p, i), expected[i]);
+}
+
+static void s_assert_invalid(const provider_t *p, const char *const *expected, size_t count)
+{
+    assert_int_equal(provider_invalid_count(p), count);
+    for (size_t i = 0; i < count; i++)
+        assert_string_equal(provider_invalid_at(p, i), expected[i]);
+}
+
+/* ================================================================================== tests */
+
+#define ALPHA_CONFIG                                                                           \
+    "{\"scenarios\":{\"alpha\":{\"models\":[\"m0\",\"m1\",\"m2\",\"m3\",\"m4\",\"m5\"],"       \
+    "\"rules\":[{\"kind\":\"probe\",\"model\":\"m2\",\"status\":404},"                          \
+    "{\"kind\":\"probe\",\"model\":\"m4\",\"status\":400,"                                      \
+    "\"json\":{\"error\":{\"message\":\"The model {model} does not exist\"}}}]}}}"
+
+static void test_success_path(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, ALPHA_CONFIG);
+    const char *known_invalid[] = {"m5"};
+    s_add_provider(e, "alpha", "alpha", KEY, known_invalid, 1);
+    s_seal(e);
+
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, job);
+    assert_int_equal(discovery_running(e->disc), 1);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_str(s_get(st.root, "state"), "running");
+    assert_int_equal(s_get(st.root, "success")->type, MSGPACK_OBJECT_NIL);
+    s_status_clear(&st);
+
+    s_drive(e);
+    assert_int_equal(e->update_calls, 1);
+    assert_int_equal(e->persist_calls, 1);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, true);
+    const char *messages[] = {"Successfully discovered 3 valid and 3 invalid models for alpha",
+                              "Provider configurations persisted to YAML"};
+    s_assert_messages(&st, messages, 2);
+    s_assert_provider(&st, "alpha", "ok", 6, 5, 3, 3, messages[0]);
+    s_status_clear(&st);
+
+    const provider_t *p = s_provider(e, "alpha");
+    const char *valid[] = {"m0", "m1", "m3"};
+    s_assert_models(p, valid, 3);
+    const char *invalid[] = {"m2", "m4", "m5"}; /* listed order, the known one included */
+    s_assert_invalid(p, invalid, 3);
+    assert_int_equal(provider_cached_count(p), 6);
+    assert_string_equal(provider_cached_at(p, 5), "m5");
+    assert_true(provider_cache_fresh(p, e->now));
+
+    json_t *stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m0"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m2"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m5"), 0); /* already invalid: never probed */
+    json_decref(stats);
+
+    /* Without persist_on_success the job is done as soon as its tasks are. */
+    s_start(e, NULL, true, false, job);
+    s_drive(e);
+    assert_int_equal(e->persist_calls, 1);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    const char *second[] = {"Successfully discovered 3 valid and 3 invalid models for alpha"};
+    s_assert_messages(&st, second, 1);
+    s_status_clear(&st);
+    s_end(e);
+}
+
+static void test_cache_and_invalid_models_not_reprobed(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, ALPHA_CONFIG);
+    s_add_provider(e, "alpha", "alpha", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+
+    /* Second job, cache fresh, no force: no list request; m2 and m4 (now invalid) are not
+     * probed again, the others are. */
+    e->now += 10;
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+    json_t *stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m2"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m4"), 1);
+    assert_int_equal(fake_stat_probes(stats, "m0"), 2);
+    assert_int_equal(fake_stat_probes(stats, "m5"), 2);
+    json_decref(stats);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_assert_provider(&st, "alpha", "ok", 6, 4, 4, 2,
+                      "Successfully discovered 4 valid and 2 invalid models for alpha");
+    s_status_clear(&st);
+    /* The cache keeps its first timestamp, so that it expires in time. */
+    assert_true(provider_cache_timestamp(s_provider(e, "alpha")) == 1000.0);
+
+    /* force_refresh bypasses the cache. */
+    s_start(e, "alpha", true, false, job);
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    assert_int_equal(fake_stat_probes(stats, "m2"), 1);
+    json_decref(stats);
+
+    /* An expired cache is listed again. */
+    e->now += 4000;
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 3);
+    json_decref(stats);
+    assert_true(provider_cache_timestamp(s_provider(e, "alpha")) == e->now);
+    s_end(e);
+}
+
+static void test_provider_filter_and_not_found(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"a\":{\"models\":[\"x\"]},\"b\":{\"models\":[\"y\",\"z\"]}}}");
+    s_add_provider(e, "pa", "a", KEY, NULL, 0);
+    s_add_provider(e, "pb", "b", KEY, NULL, 0);
+    s_seal(e);
+
+    char job[DISCOVERY_JOB_ID_SIZE] = "";
+    int code = 0;
+    char err[128] = "";
+    assert_int_equal(discovery_start(e->disc, e->reg, "nope", false, true, e->now, job, &code,
+                                     err, sizeof err),
+                     -1);
+    assert_int_equal(code, PM_ERR_NOT_FOUND);
+    assert_string_equal(err, "Provider 'nope' not found");
+    assert_int_equal(discovery_running(e->disc), 0);
+
+    s_start(e, "pb", false, true, job);
+    s_drive(e);
+    status_t st;
+    s_status(e, job, &st);
+    assert_int_equal(s_provider_count(&st), 1);
+    assert_null(s_get(s_get(st.root, "providers"), "pa"));
+    s_assert_provider(&st, "pb", "ok", 2, 2, 2, 0,
+                      "Successfully discovered 2 valid and 0 invalid models for pb");
+    s_status_clear(&st);
+    json_t *stats = fake_upstream_scenario(&e->fake, "a");
+    assert_int_equal(fake_stat_int(stats, "requests"), 0);
+    json_decref(stats);
+    assert_int_equal(provider_model_count(s_provider(e, "pa")), 0);
+    assert_int_equal(provider_model_count(s_provider(e, "pb")), 2);
+
+    /* Unknown job ids. */
+    msgpack_sbuffer sbuf;
+    msgpack_sbuffer_init(&sbuf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
+    assert_int_equal(discovery_pack_status(e->disc, "j-none", 6, &pk), -1);
+    assert_int_equal(sbuf.size, 0);
+    /* A prefix of a real id is not that id (lengths are compared). */
+    assert_int_equal(discovery_pack_status(e->disc, job, strlen(job) - 1, &pk), -1);
+    msgpack_sbuffer_destroy(&sbuf);
+    s_end(e);
+}
+
+static void test_failing_provider(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"good\":{\"models\":[\"g1\",\"g2\"]},"
+            "\"locked\":{\"models\":[\"l1\"]},"
+            "\"shaky\":{\"models\":[\"s0\",\"s1\",\"s2\"],"
+            "\"rules\":[{\"kind\":\"probe\",\"model\":\"s1\",\"status\":500}]}}}");
+    const char *old_invalid[] = {"old"};
+    s_add_provider(e, "good", "good", KEY, NULL, 0);
+    s_add_provider(e, "locked", "locked", "sk-wrong-secret", old_invalid, 1);
+    s_add_provider(e, "shaky", "shaky", KEY, old_invalid, 1);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, job);
+    s_drive(e);
+
+    assert_int_equal(e->persist_calls, 0); /* nothing persisted */
+    assert_int_equal(e->update_calls, 1);  /* only good's result was applied */
+    assert_string_equal(e->updated[0], "good");
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, false, false);
+    s_assert_provider(&st, "good", "ok", 2, 2, 2, 0,
+                      "Successfully discovered 2 valid and 0 invalid models for good");
+    s_assert_provider(&st, "locked", "error", 0, 0, 0, 0,
+                      "Error discovering models for locked: authentication failed (HTTP 401)");
+    /* How many of s0 and s2 ended before s1 failed depends on timing: not checked. */
+    const msgpack_object *shaky_status = s_get(s_get(st.root, "providers"), "shaky");
+    s_assert_str(s_get(shaky_status, "state"), "error");
+    assert_int_equal(s_uint(s_get(shaky_status, "discovered")), 3);
+    s_assert_str(s_get(shaky_status, "message"),
+                 "Error discovering models for shaky: HTTP 500 after 2 attempts (model s1)");
+    /* Every message is there once, in the order the tasks ended. */
+    const msgpack_object *messages = s_get(st.root, "messages");
+    assert_int_equal(messages->via.array.size, 3);
+    for (uint32_t i = 0; i < 3; i++) {
+        const msgpack_object *m = &messages->via.array.ptr[i];
+        char text[512];
+        snprintf(text, sizeof text, "%.*s", (int)m->via.str.size, m->via.str.ptr);
+        assert_null(strstr(text, "sk-wrong-secret"));
+    }
+    s_status_clear(&st);
+
+    /* The failed providers are exactly as they were. */
+    const provider_t *locked = s_provider(e, "locked");
+    s_assert_invalid(locked, old_invalid, 1);
+    assert_int_equal(provider_model_count(locked), 0);
+    assert_int_equal(provider_cached_count(locked), 0);
+    const provider_t *shaky = s_provider(e, "shaky");
+    s_assert_invalid(shaky, old_invalid, 1);
+    assert_int_equal(provider_model_count(shaky), 0);
+    assert_int_equal(provider_model_count(s_provider(e, "good")), 2);
+    s_end(e);
+}
+
+static void test_per_provider_limit_and_parallel_providers(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"c1\":{\"model_count\":20,\"latency_ms\":50},"
+            "\"c2\":{\"model_count\":20,\"latency_ms\":50}}}");
+    s_add_provider(e, "c1", "c1", KEY, NULL, 0);
+    s_add_provider(e, "c2", "c2", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job);
+    s_drive(e);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_assert_provider(&st, "c1", "ok", 20, 20, 20, 0,
+                      "Successfully discovered 20 valid and 0 invalid models for c1");
+    s_status_clear(&st);
+
+    json_t *c1 = fake_upstream_scenario(&e->fake, "c1");
+    json_t *c2 = fake_upstream_scenario(&e->fake, "c2");
+    /* Never more than per_provider_limit in flight for one provider, but more than one. */
+    assert_true(fake_stat_int(c1, "max_inflight") <= 4);
+    assert_true(fake_stat_int(c2, "max_inflight") <= 4);
+    assert_true(fake_stat_int(c1, "max_inflight") >= 2);
+    assert_true(fake_stat_int(c2, "max_inflight") >= 2);
+    assert_int_equal(fake_stat_int(c1, "requests"), 21);
+    /* The two providers overlapped: each one's first probe came before the other's last. */
+    double c1_first = fake_stat_arrival(c1, "probe:model-000", 0);
+    double c1_last = fake_stat_arrival(c1, "probe:model-019", 0);
+    double c2_first = fake_stat_arrival(c2, "probe:model-000", 0);
+    double c2_last = fake_stat_arrival(c2, "probe:model-019", 0);
+    assert_true(c1_first < c2_last);
+    assert_true(c2_first < c1_last);
+    json_decref(c1);
+    json_decref(c2);
+    s_end(e);
+}
+
+static void test_joining_running_task(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"slow\":{\"models\":[\"a\",\"b\"],\"latency_ms\":200},"
+            "\"other\":{\"models\":[\"o\"]}}}");
+    s_add_provider(e, "slow", "slow", KEY, NULL, 0);
+    s_add_provider(e, "other", "other", KEY, NULL, 0);
+    s_seal(e);
+    char first[DISCOVERY_JOB_ID_SIZE];
+    char second[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, first);
+    /* Even force_refresh joins the running task rather than restarting it. */
+    s_start(e, "slow", true, true, second);
+    assert_string_not_equal(first, second);
+    assert_int_equal(discovery_running(e->disc), 2);
+    s_drive(e);
+    assert_int_equal(e->update_calls, 2); /* slow once, other once */
+    assert_int_equal(e->persist_calls, 2);
+
+    json_t *stats = fake_upstream_scenario(&e->fake, "slow");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    assert_int_equal(fake_stat_probes(stats, "a"), 1);
+    json_decref(stats);
+    const char *line = "Successfully discovered 2 valid and 0 invalid models for slow";
+    status_t st;
+    s_status(e, second, &st);
+    s_assert_done(&st, true, true);
+    assert_int_equal(s_provider_count(&st), 1);
+    s_assert_provider(&st, "slow", "ok", 2, 2, 2, 0, line);
+    const char *second_messages[] = {line, "Provider configurations persisted to YAML"};
+    s_assert_messages(&st, second_messages, 2);
+    s_status_clear(&st);
+    s_status(e, first, &st);
+    s_assert_done(&st, true, true);
+    s_assert_provider(&st, "slow", "ok", 2, 2, 2, 0, line);
+    s_assert_provider(&st, "other", "ok", 1, 1, 1, 0,
+                      "Successfully discovered 1 valid and 0 invalid models for other");
+    s_status_clear(&st);
+    s_end(e);
+}
+
+static void test_skipped_providers(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, "{\"scenarios\":{\"any\":{\"models\":[\"m\"]}}}");
+    s_add_provider(e, "nokey", "any", NULL, NULL, 0);
+    s_add_provider(e, "blank", "any", " \t ", NULL, 0);
+    s_add_provider(e, "crlf", "any", "abc\r\nX-Evil: 1", NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, job);
+    /* Nothing to wait for on the network, but the persist request comes through the
+     * coordinator's socket like any other outcome. */
+    s_drive(e);
+    assert_int_equal(e->persist_calls, 1);
+    assert_int_equal(e->update_calls, 0);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, true, true);
+    const char *messages[] = {"Skipping nokey: No valid API key configured",
+                              "Skipping blank: No valid API key configured",
+                              "Skipping crlf: No valid API key configured",
+                              "Provider configurations persisted to YAML"};
+    s_assert_messages(&st, messages, 4);
+    s_assert_provider(&st, "nokey", "skipped", 0, 0, 0, 0, messages[0]);
+    s_assert_provider(&st, "blank", "skipped", 0, 0, 0, 0, messages[1]);
+    s_status_clear(&st);
+    json_t *stats = fake_upstream_scenario(&e->fake, "any");
+    assert_int_equal(fake_stat_int(stats, "requests"), 0);
+    json_decref(stats);
+
+    /* A failed persist makes the job unsuccessful, with the writer's message last. */
+    e->persist_ok = false;
+    s_start(e, "nokey", false, true, job);
+    s_drive(e);
+    s_status(e, job, &st);
+    s_assert_done(&st, false, false);
+    const char *failed[] = {"Skipping nokey: No valid API key configured",
+                            "could not persist providers: disk full"};
+    s_assert_messages(&st, failed, 2);
+    s_status_clear(&st);
+    s_end(e);
+}
+
+static void test_cached_provider_with_nothing_to_probe(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, "{\"scenarios\":{\"c\":{\"models\":[\"x\"]}}}");
+    const char *invalid[] = {"x", "y"};
+    s_add_provider(e, "c", "c", KEY, invalid, 2);
+    provider_t *p = registry_edit(e->reg, "c");
+    assert_non_null(p);
+    assert_int_equal(provider_set_cached_models(p, invalid, 2, e->now - 5), 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    /* Everything finishes inside discovery_start; the update still reaches the writer. */
+    s_start(e, NULL, false, true, job);
+    s_drive(e);
+    assert_int_equal(e->update_calls, 1);
+    assert_int_equal(e->persist_calls, 1);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, true, true);
+    s_assert_provider(&st, "c", "ok", 2, 0, 0, 2,
+                      "Successfully discovered 0 valid and 2 invalid models for c");
+    s_status_clear(&st);
+    json_t *stats = fake_upstream_scenario(&e->fake, "c");
+    assert_int_equal(fake_stat_int(stats, "requests"), 0);
+    json_decref(stats);
+    s_end(e);
+}
+
+static void test_removed_provider_update_dropped(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, "{\"scenarios\":{\"r\":{\"models\":[\"x\"],\"latency_ms\":100}}}");
+    s_add_provider(e, "gone", "r", KEY, NULL, 0);
+    s_add_provider(e, "kept", "r", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job);
+    /* The writer removes "gone" while its discovery runs. */
+    registry_t *next = registry_clone(e->reg);
+    assert_int_equal(registry_remove(next, "gone"), 1);
+    assert_int_equal(registry_seal(next), 0);
+    registry_destroy(&e->reg);
+    e->reg = next;
+    s_drive(e);
+    assert_int_equal(e->update_calls, 1);
+    assert_string_equal(e->updated[0], "kept");
+    s_end(e);
+}
+
+static void test_job_history_bounded(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, "{}");
+    s_add_provider(e, "nokey", "none", NULL, NULL, 0);
+    s_seal(e);
+    enum { JOBS = DISCOVERY_MAX_JOBS_KEPT + 6 };
+    char ids[JOBS][DISCOVERY_JOB_ID_SIZE];
+    for (int i = 0; i < JOBS; i++) {
+        s_start(e, NULL, false, false, ids[i]);
+        for (int j = 0; j < i; j++)
+            assert_string_not_equal(ids[i], ids[j]);
+    }
+    assert_int_equal(discovery_running(e->disc), 0);
+    msgpack_sbuffer sbuf;
+    msgpack_sbuffer_init(&sbuf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
+    for (int i = 0; i < JOBS; i++) {
+        int rc = discovery_pack_status(e->disc, ids[i], strlen(ids[i]), &pk);
+        assert_int_equal(rc, i < JOBS - DISCOVERY_MAX_JOBS_KEPT ? -1 : 0);
+    }
+    msgpack_sbuffer_destroy(&sbuf);
+    s_end(e);
+}
+
+static void test_periodic_and_on_start(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    settings.on_start = true;
+    settings.interval_minutes = 2;
+    s_begin(e, &settings, "{}");
+    s_add_provider(e, "nokey", "none", NULL, NULL, 0);
+    s_seal(e);
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), 0);
+    discovery_tick(e->disc, e->reg, e->now);
+    assert_int_equal(discovery_running(e->disc), 1); /* waits for its persist */
+    s_drive(e);
+    assert_int_equal(e->persist_calls, 1);
+    long ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 119000 && ms <= 120001);
+    /* Not yet due: nothing starts. */
+    discovery_tick(e->disc, e->reg, e->now + 60);
+    assert_int_equal(discovery_running(e->disc), 0);
+    e->now += 120;
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), 0);
+    discovery_tick(e->disc, e->reg, e->now);
+    assert_int_equal(discovery_running(e->disc), 1);
+    s_drive(e);
+    assert_int_equal(e->persist_calls, 2);
+    ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 119000 && ms <= 120001);
+
+    /* Without a schedule: -1. */
+    s_end(e);
+    settings = s_settings();
+    s_begin(e, &settings, "{}");
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), -1);
+    s_end(e);
+}
+
+/* Destroying the coordinator while requests hang in the workers. */
+static void test_destroy_while_running(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"h\":{\"model_count\":8,"
+            "\"rules\":[{\"kind\":\"probe\",\"hang\":true}]}}}");
+    s_add_provider(e, "h", "h", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, job);
+    for (int i = 0; i < 50; i++) {
+        s_round(e, 20);
+        status_t st;
+        s_status(e, job, &st);
+        const msgpack_object *p = s_get(s_get(st.root, "providers"), "h");
+        const msgpack_object *task_state = s_get(p, "state");
+        bool validating = task_state->via.str.size == strlen("validating") &&
+                          memcmp(task_state->via.str.ptr, "validating", 10) == 0;
+        s_status_clear(&st);
+        if (validating)
+            break;
+    }
+    assert_int_equal(discovery_running(e->disc), 1);
+    s_end(e);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_success_path),
+        cmocka_unit_test(test_cache_and_invalid_models_not_reprobed),
+        cmocka_unit_test(test_provider_filter_and_not_found),
+        cmocka_unit_test(test_failing_provider),
+        cmocka_unit_test(test_per_provider_limit_and_parallel_providers),
+        cmocka_unit_test(test_joining_running_task),
+        cmocka_unit_test(test_skipped_providers),
+        cmocka_unit_test(test_cached_provider_with_nothing_to_probe),
+        cmocka_unit_test(test_removed_provider_update_dropped),
+        cmocka_unit_test(test_job_history_bounded),
+        cmocka_unit_test(test_periodic_and_on_start),
+        cmocka_unit_test(test_destroy_while_running),
+    };
+    curl_global_init(CURL_GLOBAL_DEFAULT);
+    int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);
+    curl_global_cleanup();
+    return failed;
+}
