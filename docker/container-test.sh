@@ -38,6 +38,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 WORK=${PM_CT_WORKDIR:-$ROOT/build-container}
 CACHE=${PM_CT_CACHE:-/var/cache/provider-manager-ci}
 IMAGE=${PM_CT_IMAGE:-localhost/provider-manager:test}
+BUILDER_IMAGE=${IMAGE%:*}-builder:${IMAGE##*:}
 JOBS=${PM_CT_JOBS:-2}
 MAX_IMAGE_MB=${PM_CT_MAX_IMAGE_MB:-150}
 BASE_IMAGE=docker.io/library/debian:bookworm-slim
@@ -116,7 +117,7 @@ cleanup()
     [ -n "$KEYS" ] && rm -rf "$KEYS"
     [ -n "$ROOTFS" ] && rm -rf "$ROOTFS"
     if [ "${PM_CT_KEEP_IMAGE:-1}" = 0 ]; then
-        podman rmi -f "$IMAGE" >/dev/null 2>&1
+        podman rmi -f "$IMAGE" "$BUILDER_IMAGE" >/dev/null 2>&1
     fi
     return "$status"
 }
@@ -314,11 +315,17 @@ build_image()
     if [ -n "${PM_CT_UNIT_TESTS+set}" ]; then
         args+=(--build-arg PM_UNIT_TESTS="$PM_CT_UNIT_TESTS")
     fi
+    # The builder stage is tagged too, so that its layers stay the next run's cache when the
+    # untagged leftovers of earlier builds are pruned below; the second build reuses them.
     if ! podman build --format docker --pull=never --network=host "${args[@]}" \
-        -f "$ROOT/docker/Dockerfile" -t "$IMAGE" "$ROOT" >"$WORK/build.log" 2>&1; then
+        -f "$ROOT/docker/Dockerfile" --target builder -t "$BUILDER_IMAGE" "$ROOT" \
+        >"$WORK/build.log" 2>&1 ||
+        ! podman build --format docker --pull=never --network=host "${args[@]}" \
+            -f "$ROOT/docker/Dockerfile" -t "$IMAGE" "$ROOT" >>"$WORK/build.log" 2>&1; then
         tail -40 "$WORK/build.log" >&2
         die "image build failed (full log: $WORK/build.log)"
     fi
+    podman image prune -f >/dev/null 2>&1 || true
     grep -E 'tests passed|Test +#' "$WORK/build.log" || true
     say "image built in $((SECONDS - t)) s"
 }

@@ -622,12 +622,21 @@ static void s_task_begin_validation(discovery_t *self, task_t *task, const provi
     s_task_pump(self, task);
 }
 
+/* The seed's cache check (time since the list < cache duration), with the daemon's
+ * discovery.cache_duration setting as the duration: it is the operator's knob, and nothing
+ * else sets a provider's own runtime duration. A provider never listed has timestamp 0. */
+static bool s_cache_fresh(const discovery_t *self, const provider_t *provider, double now)
+{
+    double listed_at = provider_cache_timestamp(provider);
+    return listed_at > 0 && now - listed_at < self->settings.cache_duration_s;
+}
+
 /* Starts a new running task for provider (usable key in api_key, adopted). */
 static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider,
                          bool force_refresh, double now)
 {
     s_task_mark_running(self, task);
-    if (!force_refresh && provider_cache_fresh(provider, now)) {
+    if (!force_refresh && s_cache_fresh(self, provider, now)) {
         size_t count = provider_cached_count(provider);
         char **names = calloc(count ? count : 1, sizeof *names);
         if (names == NULL) {
@@ -679,7 +688,7 @@ static void s_on_result(discovery_t *self, const registry_t *current, discovery_
             return;
         }
         const provider_t *provider =
-            registry_get(current, task->provider_key, strlen(task->provider_key));
+            current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
         char **names = result->models;
         size_t count = result->model_count;
         result->models = NULL;
@@ -986,7 +995,7 @@ int discovery_handle(discovery_t *self, const registry_t *current, double now,
     size_t kept = 0;
     for (size_t i = 0; i < p->update_count; i++) {
         const char *key = p->updates[i].provider_key;
-        if (registry_get(current, key, strlen(key)) == NULL)
+        if (current != NULL && registry_get(current, key, strlen(key)) == NULL)
             s_update_clear(&p->updates[i]);
         else
             p->updates[kept++] = p->updates[i];

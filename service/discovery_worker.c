@@ -274,29 +274,22 @@ static int s_pack_cstr(msgpack_packer *pk, const char *s)
     return msgpack_pack_str_body(pk, s, len);
 }
 
-static void s_free_buffer(void *data, void *hint)
-{
-    (void)hint;
-    free(data);
-}
-
-/* Sends the packed buffer as one message, handing its memory to zmq (no copy). */
+/* Sends the packed buffer as one message and frees it. zmq copies the bytes: a zero-copy
+ * hand-over would be cheaper, but it moves heap memory between threads through libzmq's
+ * lock-free queues, which ThreadSanitizer cannot see, and the messages are small. */
 static int s_send_sbuffer(void *socket, msgpack_sbuffer *sbuf, int flags)
 {
-    zmq_msg_t msg;
-    size_t size = sbuf->size;
-    char *data = msgpack_sbuffer_release(sbuf);
-    if (zmq_msg_init_data(&msg, data, size, s_free_buffer, NULL) != 0) {
-        free(data);
-        return -1;
-    }
-    if (zmq_msg_send(&msg, socket, flags) < 0) {
-        int saved = errno;
-        zmq_msg_close(&msg);
-        errno = saved;
-        return -1;
-    }
-    return 0;
+    int rc;
+    while ((rc = zmq_send(socket, sbuf->data, sbuf->size, flags)) < 0 && errno == EINTR)
+        ;
+    int saved = errno;
+    /* A job holds an API key: leave no copy of it in freed memory. */
+    if (sbuf->data != NULL)
+        explicit_bzero(sbuf->data, sbuf->size);
+    msgpack_sbuffer_destroy(sbuf);
+    msgpack_sbuffer_init(sbuf);
+    errno = saved;
+    return rc < 0 ? -1 : 0;
 }
 
 int discovery_job_send(void *socket, const discovery_job_t *job)
@@ -781,13 +774,7 @@ static int s_send_result(worker_loop_t *loop, const transfer_t *t, long http_sta
             return -1;
         }
     }
-    while (s_send_sbuffer(loop->self->results, &sbuf, 0) != 0) {
-        if (errno != EINTR) {
-            msgpack_sbuffer_destroy(&sbuf);
-            return -1;
-        }
-    }
-    return 0;
+    return s_send_sbuffer(loop->self->results, &sbuf, 0);
 }
 
 /* Copies text into out, replacing control bytes by spaces and every occurrence of secret by
@@ -917,8 +904,9 @@ static bool s_schedule_retry(worker_loop_t *loop, transfer_t *t)
     curl_off_t retry_after = 0;
     if (curl_easy_getinfo(t->easy, CURLINFO_RETRY_AFTER, &retry_after) == CURLE_OK &&
         retry_after > 0) {
-        /* The server said when; never wait past our own budget for it. */
-        delay = retry_after > remaining / 1000 + 1 ? remaining : (long long)retry_after * 1000;
+        /* The server said when; never wait past our own budget for it (compared in seconds
+         * first, so that a huge header value cannot overflow). */
+        delay = retry_after > remaining / 1000 ? remaining : (long long)retry_after * 1000;
     } else {
         /* Full jitter: uniform in [0, base * 2^(failures - 1)]. */
         int shift = t->attempts - 1 < 20 ? t->attempts - 1 : 20;
@@ -992,8 +980,10 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
             else
                 snprintf(error, sizeof error, "HTTP %ld", http_status);
             if (t->attempts > 1) {
+                /* "HTTP 503 after 4 attempts"; curl's texts end in their own clause. */
                 size_t used = strlen(error);
-                snprintf(error + used, sizeof error - used, " after %d attempts", t->attempts);
+                snprintf(error + used, sizeof error - used, "%s after %d attempts",
+                         code != CURLE_OK ? "," : "", t->attempts);
             }
             break;
         }
@@ -1004,11 +994,12 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
     return rc;
 }
 
-/* Decodes one job message and starts its transfer. A malformed job is dropped (it cannot be
- * answered without its ids); one whose transfer cannot be set up is answered with an error. */
+/* Decodes one job message and starts its transfer. A job without readable ids is dropped (it
+ * cannot be answered); any other bad job, or one whose transfer cannot be set up, is answered
+ * with an error so that the coordinator never waits for it. */
 static int s_start_job(worker_loop_t *loop, const void *data, size_t size)
 {
-    if (size == 0 || size > WORKER_MAX_JOB_MESSAGE)
+    if (size == 0)
         return 0;
     msgpack_unpacked unpacked;
     msgpack_unpacked_init(&unpacked);
@@ -1032,19 +1023,22 @@ static int s_start_job(worker_loop_t *loop, const void *data, size_t size)
         t->kind = DISCOVERY_KIND_PROBE;
     else
         goto cleanup;
-    if (s_obj_strdup(s_map_get(root, "url"), &url) != 0 ||
-        s_obj_strdup(s_map_get(root, "key"), &t->api_key) != 0 ||
-        s_obj_strdup(s_map_get(root, "model"), &t->model) != 0 || url == NULL ||
-        t->api_key == NULL || (t->kind == DISCOVERY_KIND_PROBE && t->model == NULL))
-        goto cleanup;
     /* From here on the job can be answered, so it is linked into the loop. */
     t->next = loop->head;
     if (loop->head != NULL)
         loop->head->prev = t;
     loop->head = t;
     loop->count++;
-    if (s_transfer_setup(loop, t, url) != 0 || s_transfer_add(loop, t) != 0) {
-        outcome_t outcome = {DISCOVERY_RESULT_ERROR, "could not start the HTTP request", NULL};
+    const char *failure = NULL;
+    if (size > WORKER_MAX_JOB_MESSAGE || s_obj_strdup(s_map_get(root, "url"), &url) != 0 ||
+        s_obj_strdup(s_map_get(root, "key"), &t->api_key) != 0 ||
+        s_obj_strdup(s_map_get(root, "model"), &t->model) != 0 || url == NULL ||
+        t->api_key == NULL || (t->kind == DISCOVERY_KIND_PROBE && t->model == NULL))
+        failure = "invalid discovery job";
+    else if (s_transfer_setup(loop, t, url) != 0 || s_transfer_add(loop, t) != 0)
+        failure = "could not start the HTTP request";
+    if (failure != NULL) {
+        outcome_t outcome = {DISCOVERY_RESULT_ERROR, failure, NULL};
         rc = s_send_result(loop, t, 0, &outcome);
         s_transfer_free(loop, t);
     }
@@ -1088,9 +1082,9 @@ static int s_drain_jobs(worker_loop_t *loop)
         if (zmq_msg_recv(&msg, loop->self->jobs, ZMQ_DONTWAIT) < 0) {
             int saved = errno;
             zmq_msg_close(&msg);
-            if (saved == EAGAIN || saved == EINTR)
+            if (saved == EINTR)
                 continue;
-            return -1;
+            return saved == EAGAIN ? 0 : -1;
         }
         int rc = s_start_job(loop, zmq_msg_data(&msg), zmq_msg_size(&msg));
         explicit_bzero(zmq_msg_data(&msg), zmq_msg_size(&msg));

@@ -22,18 +22,104 @@
 #define FRONT_STOP_GRACE_MS 1500  /* how long the writer may take to finish at shutdown */
 #define FRONT_REPLY_LINGER_MS 500 /* replies still queued at close get this long to leave */
 
+/* A provider's ProviderConfig, packed once per provider version: providers are immutable
+ * once sealed, and packing a big one (10,000 models) is most of a read's cost otherwise. */
+typedef struct {
+    const provider_t *provider; /* held by the current snapshot; NULL: empty slot */
+    char *bytes;
+    size_t size;
+} packed_t;
+
 struct front_t {
     void *router;
     void *pipe;
     snapshot_t *snapshot;
+    packed_t *packed; /* open addressing by provider pointer; capacity a power of two */
+    size_t packed_capacity;
     msgpack_sbuffer reply;
     struct timespec started;
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
 
+/* ------------------------------------------------------------------------ packed cache */
+
+#define FRONT_REPLY_KEEP_BYTES (1024 * 1024) /* a larger reply buffer is freed after use */
+
+static size_t s_slot(const provider_t *provider, size_t capacity)
+{
+    uintptr_t bits = (uintptr_t)provider >> 4;
+    return (size_t)((bits * 0x9E3779B97F4A7C15ull) >> 17) & (capacity - 1);
+}
+
+static packed_t *s_find_slot(packed_t *table, size_t capacity, const provider_t *provider)
+{
+    size_t i = s_slot(provider, capacity);
+    while (table[i].provider && table[i].provider != provider)
+        i = (i + 1) & (capacity - 1);
+    return &table[i];
+}
+
+/* After a snapshot swap: keeps the packed bytes of the providers the new snapshot still holds
+ * (same pointer = same immutable version), frees the rest. On allocation failure the cache is
+ * simply dropped; it is only a cache. */
+static void s_rebuild_cache(front_t *self)
+{
+    const registry_t *reg = self->snapshot->registry;
+    size_t capacity = 16;
+    while (capacity < 2 * registry_count(reg))
+        capacity *= 2;
+    packed_t *table = calloc(capacity, sizeof *table);
+    for (size_t i = 0; i < self->packed_capacity; i++) {
+        packed_t *old = &self->packed[i];
+        if (!old->provider)
+            continue;
+        const char *key = provider_key(old->provider);
+        if (table && registry_get(reg, key, strlen(key)) == old->provider)
+            *s_find_slot(table, capacity, old->provider) = *old;
+        else
+            free(old->bytes);
+    }
+    free(self->packed);
+    self->packed = table;
+    self->packed_capacity = table ? capacity : 0;
+}
+
+static void s_free_cache(front_t *self)
+{
+    for (size_t i = 0; i < self->packed_capacity; i++)
+        free(self->packed[i].bytes);
+    free(self->packed);
+    self->packed = NULL;
+    self->packed_capacity = 0;
+}
+
+/* Packs provider's ProviderConfig into pk from the cache, packing it there first. */
+static void s_pack_provider(front_t *self, msgpack_packer *pk, const provider_t *provider)
+{
+    packed_t *slot =
+        self->packed ? s_find_slot(self->packed, self->packed_capacity, provider) : NULL;
+    if (slot && !slot->provider) {
+        msgpack_sbuffer buffer;
+        msgpack_sbuffer_init(&buffer);
+        msgpack_packer packer;
+        msgpack_packer_init(&packer, &buffer, msgpack_sbuffer_write);
+        wire_pack_provider(&packer, provider);
+        if (buffer.data) {
+            slot->size = buffer.size;
+            slot->bytes = msgpack_sbuffer_release(&buffer);
+            slot->provider = provider;
+        }
+    }
+    if (slot && slot->provider)
+        pk->callback(pk->data, slot->bytes, slot->size);
+    else
+        wire_pack_provider(pk, provider);
+}
+
 /* ------------------------------------------------------------------------ read operations */
 
 typedef struct {
+    front_t *front;
     const pm_request_t *req;
     const registry_t *reg;
     msgpack_packer *pk;
@@ -61,7 +147,7 @@ static void s_op_get(read_t *r)
     const provider_t *p = registry_get(r->reg, name.ptr, name.len);
     pm_reply_ok_begin(r->pk, r->req->id);
     if (p)
-        wire_pack_provider(r->pk, p);
+        s_pack_provider(r->front, r->pk, p);
     else
         msgpack_pack_nil(r->pk);
 }
@@ -78,7 +164,7 @@ static void s_op_getitem(read_t *r)
         return;
     }
     pm_reply_ok_begin(r->pk, r->req->id);
-    wire_pack_provider(r->pk, p);
+    s_pack_provider(r->front, r->pk, p);
 }
 
 static void s_op_contains(read_t *r)
@@ -113,7 +199,7 @@ static void s_op_values(read_t *r, bool items)
             msgpack_pack_array(r->pk, 2);
             pm_pack_str(r->pk, provider_key(p));
         }
-        wire_pack_provider(r->pk, p);
+        s_pack_provider(r->front, r->pk, p);
     }
 }
 
@@ -192,7 +278,7 @@ static void s_op_resolve(read_t *r, bool with_provider)
     pm_reply_ok_begin(r->pk, r->req->id);
     if (with_provider) {
         msgpack_pack_array(r->pk, 2);
-        wire_pack_provider(r->pk, res.provider);
+        s_pack_provider(r->front, r->pk, res.provider);
     }
     pm_pack_str(r->pk, res.long_name);
 }
@@ -261,7 +347,7 @@ static void s_op_find_model(read_t *r)
         if (!lng)
             continue;
         msgpack_pack_array(r->pk, 2);
-        wire_pack_provider(r->pk, p);
+        s_pack_provider(r->front, r->pk, p);
         pm_pack_str(r->pk, lng);
     }
 }
@@ -292,7 +378,7 @@ static void s_op_health(front_t *self, read_t *r)
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
 {
-    read_t r = {req, self->snapshot->registry, pk};
+    read_t r = {self, req, self->snapshot->registry, pk};
     switch (req->op) {
     case PM_OP_GET:
     case PM_OP_GET_PROVIDER_CONFIG:
@@ -375,8 +461,9 @@ static int s_forward_write(front_t *self, size_t count)
     return 0;
 }
 
-/* One message from a client: all frames are received before any reply is sent. */
-static void s_handle_client(front_t *self)
+/* One message from a client: all frames are received before any reply is sent. Returns false
+ * when none was waiting (the burst in front_run ends there). */
+static bool s_handle_client(front_t *self)
 {
     size_t count = 0;
     bool more = true, overflow = false;
@@ -386,7 +473,7 @@ static void s_handle_client(front_t *self)
         if (zmq_msg_recv(&part, self->router, count ? 0 : ZMQ_DONTWAIT) < 0) {
             zmq_msg_close(&part);
             s_close_frames(self->frames, count);
-            return;
+            return false;
         }
         more = zmq_msg_more(&part);
         if (count < FRONT_MAX_FRAMES)
@@ -403,7 +490,7 @@ static void s_handle_client(front_t *self)
         delimiter++;
     if (overflow || delimiter == 0 || delimiter >= count) {
         s_close_frames(self->frames, count);
-        return;
+        return true;
     }
     size_t envelope = delimiter + 1;
     size_t body_frames = count - envelope;
@@ -430,7 +517,7 @@ static void s_handle_client(front_t *self)
                 log_error("front: cannot hand a write to the writer: %s", zmq_strerror(errno));
                 s_close_frames(self->frames, count);
             }
-            return; /* the frames now belong to the writer's message */
+            return true; /* the frames now belong to the writer's message */
         } else {
             s_dispatch_read(self, &req, &pk);
         }
@@ -439,6 +526,12 @@ static void s_handle_client(front_t *self)
     if (s_send_reply(self, envelope, self->reply.data, self->reply.size) < 0)
         log_debug("front: reply dropped: %s", zmq_strerror(errno));
     s_close_frames(self->frames, count);
+    if (self->reply.alloc > FRONT_REPLY_KEEP_BYTES) {
+        /* One big reply (merged_models of a large registry) must not pin its memory. */
+        msgpack_sbuffer_destroy(&self->reply);
+        msgpack_sbuffer_init(&self->reply);
+    }
+    return true;
 }
 
 /* One message from the writer: a reply to route, a new snapshot, or the stop confirmation.
@@ -465,10 +558,13 @@ static int s_handle_writer(front_t *self)
         }
         more = zmq_msg_more(&part);
         if (kind == WRITER_MSG_SNAPSHOT && zmq_msg_size(&part) == sizeof(snapshot_t *)) {
-            snapshot_t *next;
+            snapshot_t *next, *old = self->snapshot;
             memcpy(&next, zmq_msg_data(&part), sizeof next);
-            snapshot_destroy(&self->snapshot);
             self->snapshot = next;
+            /* While the old snapshot still holds its providers: a freed provider's address
+             * could otherwise come back as a new version and match a stale entry. */
+            s_rebuild_cache(self);
+            snapshot_destroy(&old);
         } else if (kind == WRITER_MSG_REPLY) {
             if (zmq_msg_send(&part, self->router, more ? ZMQ_SNDMORE : 0) < 0)
                 log_debug("front: reply dropped: %s", zmq_strerror(errno));
@@ -503,12 +599,8 @@ int front_run(front_t *self, int stop_fd)
             break;
         /* Serve a bounded burst so that the writer's replies are never starved. */
         for (int i = 0; i < 64 && (items[2].revents & ZMQ_POLLIN); i++) {
-            int events = 0;
-            size_t size = sizeof events;
-            if (zmq_getsockopt(self->router, ZMQ_EVENTS, &events, &size) < 0 ||
-                !(events & ZMQ_POLLIN))
+            if (!s_handle_client(self))
                 break;
-            s_handle_client(self);
         }
     }
 
@@ -549,14 +641,6 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     clock_gettime(CLOCK_MONOTONIC, &self->started);
     int zero = 0, linger = FRONT_REPLY_LINGER_MS;
     int64_t max_size = PM_PROTO_MAX_MESSAGE_SIZE;
-    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_connect(self->pipe, writer_endpoint) < 0) {
-        snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
-        goto fail;
-    }
     self->router = zmq_socket(zmq_ctx, ZMQ_ROUTER);
     if (!self->router ||
         zmq_setsockopt(self->router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) < 0 ||
@@ -570,8 +654,20 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         snprintf(err, err_size, "cannot bind endpoint %s: %s", cfg->endpoint, zmq_strerror(errno));
         goto fail;
     }
+    /* Connected only once the bind succeeded: the writer's PAIR takes one peer, and a peer
+     * that connects and closes again races with the one that must then stop the writer
+     * (main.c, s_stop_writer), whose stop message would be lost and the daemon hang. */
+    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_connect(self->pipe, writer_endpoint) < 0) {
+        snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
     self->snapshot = *first_p;
     *first_p = NULL;
+    s_rebuild_cache(self);
     return self;
 fail:
     front_destroy(&self);
@@ -588,6 +684,7 @@ void front_destroy(front_t **self_p)
     if (self->pipe)
         zmq_close(self->pipe);
     /* Snapshots still in flight on the pipe are lost with it; the writer is gone by now. */
+    s_free_cache(self);
     snapshot_destroy(&self->snapshot);
     msgpack_sbuffer_destroy(&self->reply);
     free(self);

@@ -18,10 +18,12 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -65,6 +67,19 @@ static int s_install_signals(void)
     /* A peer that goes away must not kill us through a write. */
     signal(SIGPIPE, SIG_IGN);
     return 0;
+}
+
+/* A core file would hold every API key in memory, environment keys included, so none is
+ * written. Only the soft limit is lowered: an operator can raise it (prlimit) to debug. */
+static void s_no_core_dumps(void)
+{
+    struct rlimit limit;
+    if (getrlimit(RLIMIT_CORE, &limit) == 0) {
+        limit.rlim_cur = 0;
+        if (setrlimit(RLIMIT_CORE, &limit) == 0)
+            return;
+    }
+    log_warn("cannot turn core dumps off: %s", strerror(errno));
 }
 
 static void s_warn(void *arg, const char *message)
@@ -114,6 +129,10 @@ static void s_stop_writer(void *ctx, writer_t *writer)
 
 int main(int argc, char **argv)
 {
+    /* glibc gives every thread that allocates an arena of its own, and memory freed in one
+     * (the writer's old registries) is not reused by another: two arenas are plenty for a
+     * front end, a writer and a few workers, and keep the resident size down. */
+    mallopt(M_ARENA_MAX, 2);
     config_t cfg;
     char err[1024];
     int rc = config_load(&cfg, argc, argv, s_getenv, err, sizeof err);
@@ -125,6 +144,7 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
     log_set_level(cfg.log_level);
+    s_no_core_dumps();
 
     int status = EXIT_RUNTIME;
     registry_t *registry = NULL;

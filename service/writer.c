@@ -16,6 +16,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <malloc.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +26,12 @@
 
 #define WRITER_MAX_BATCH 256 /* requests committed together at most */
 #define WRITER_MAX_FRAMES 16 /* frames of one request message, type byte included */
+/* Group commit: when a commit is expensive (a big registry), the writer waits a little for
+ * more writes before committing, at most this share of the last commit's duration ... */
+#define WRITER_GATHER_SHARE 0.05
+/* ... and never longer than this (ms). Cheap commits (under 20 ms) never wait. */
+#define WRITER_GATHER_MAX_MS 3
+#define WRITER_TRIM_MODELS 50000 /* registries this big return freed memory after commits */
 
 struct writer_t {
     void *ctx;
@@ -39,7 +46,9 @@ struct writer_t {
     config_getenv_fn *getenv_fn;
     char endpoint[64];
     char store_path[PATH_MAX];
-    snapshot_t *first; /* for the front end, made before the thread starts */
+    snapshot_t *first;     /* for the front end, made before the thread starts */
+    struct batch *batch;   /* reused for every batch: it is large (WRITER_MAX_BATCH items) */
+    double last_commit_ms; /* how long the last seal + persist took */
     bool stopping;
 };
 
@@ -57,7 +66,7 @@ typedef struct {
     char *changed_key;    /* the key this request changed, for its event */
 } pending_t;
 
-typedef struct {
+typedef struct batch {
     pending_t items[WRITER_MAX_BATCH];
     size_t count;
     registry_t *next; /* clone of current, created by the first change */
@@ -70,6 +79,13 @@ static double s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static double s_monotonic_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
 }
 
 snapshot_t *snapshot_new(registry_t *registry, uint64_t state_version, int jobs_running)
@@ -526,6 +542,10 @@ static void s_make_current(writer_t *self, registry_t **next_p, char **keys, siz
     s_send_snapshot(self);
     for (size_t i = 0; i < key_count; i++)
         s_publish_event(self, first + i, keys[i]);
+    /* A commit of a big registry frees a whole global index; give such memory back to the
+     * system instead of keeping it as a free heap for good. */
+    if (registry_model_count(self->current) >= WRITER_TRIM_MODELS)
+        malloc_trim(0);
 }
 
 /* Seals and persists next (or persists current when next is NULL). 0, or -1 with err. */
@@ -551,8 +571,11 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
 {
     char err[600] = "";
     bool ok = true;
-    if (batch->change_count > 0 || batch->need_persist)
+    if (batch->change_count > 0 || batch->need_persist) {
+        double started = s_monotonic_ms();
         ok = s_seal_and_persist(self, batch->next, true, err, sizeof err) == 0;
+        self->last_commit_ms = s_monotonic_ms() - started;
+    }
 
     char *keys[WRITER_MAX_BATCH];
     size_t key_count = 0;
@@ -591,6 +614,7 @@ static void s_clear_batch(batch_t *batch)
         if (item->has_body)
             zmq_msg_close(&item->body);
         free(item->changed_key);
+        memset(item, 0, sizeof *item);
     }
     registry_destroy(&batch->next);
     batch->count = 0;
@@ -635,17 +659,27 @@ static int s_recv_message(void *socket, int flags, zmq_msg_t *frames, size_t max
     return (int)count;
 }
 
+/* True when another write arrived within the gathering window (see WRITER_GATHER_SHARE). */
+static bool s_gather_more(writer_t *self, const batch_t *batch, bool *waited)
+{
+    long wait_ms = (long)(self->last_commit_ms * WRITER_GATHER_SHARE);
+    if (*waited || batch->change_count == 0 || wait_ms < 1)
+        return false;
+    *waited = true;
+    zmq_pollitem_t item = {self->pipe, 0, ZMQ_POLLIN, 0};
+    return zmq_poll(&item, 1, wait_ms < WRITER_GATHER_MAX_MS ? wait_ms : WRITER_GATHER_MAX_MS) > 0;
+}
+
 static void s_handle_batch(writer_t *self)
 {
-    batch_t *batch = calloc(1, sizeof *batch);
-    if (!batch) {
-        log_error("writer: out of memory");
-        return;
-    }
+    batch_t *batch = self->batch;
+    bool waited = false;
     while (batch->count < WRITER_MAX_BATCH && !self->stopping) {
         zmq_msg_t frames[WRITER_MAX_FRAMES];
         int n = s_recv_message(self->pipe, batch->count == 0 ? 0 : ZMQ_DONTWAIT, frames,
                                WRITER_MAX_FRAMES);
+        if (n == 0 && s_gather_more(self, batch, &waited))
+            continue;
         if (n == 0)
             break;
         if (n < 0) {
@@ -679,7 +713,6 @@ static void s_handle_batch(writer_t *self)
     for (size_t i = 0; i < batch->count; i++)
         s_send_reply(self, &batch->items[i]);
     s_clear_batch(batch);
-    free(batch);
 }
 
 static void s_handle_discovery(writer_t *self)
@@ -799,6 +832,11 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         snprintf(err, err_size, "cannot start discovery workers");
         goto fail;
     }
+    self->batch = calloc(1, sizeof *self->batch);
+    if (!self->batch) {
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
     self->current = *registry_p;
     self->first = snapshot_new(self->current, 0, 0);
     if (!self->first) {
@@ -845,6 +883,7 @@ void writer_destroy(writer_t **self_p)
         zmq_close(self->pipe);
     registry_destroy(&self->current);
     snapshot_destroy(&self->first);
+    free(self->batch);
     free(self);
     *self_p = NULL;
 }

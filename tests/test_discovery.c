@@ -131,8 +131,8 @@ static void s_apply(env_t *e, const discovery_update_t *u)
                      0);
     assert_int_equal(
         provider_set_invalid_models(p, (const char *const *)u->invalid, u->invalid_count), 0);
-    assert_int_equal(provider_set_cached_models(p, (const char *const *)u->cached,
-                                                u->cached_count, u->cached_at),
+    assert_int_equal(provider_set_cached_models(p, (const char *const *)u->cached, u->cached_count,
+                                                u->cached_at),
                      0);
     assert_int_equal(registry_seal(next), 0);
     registry_destroy(&e->reg);
@@ -179,8 +179,8 @@ static void s_start(env_t *e, const char *provider, bool force, bool persist, ch
 {
     int code = -1;
     char err[256] = "";
-    int rc = discovery_start(e->disc, e->reg, provider, force, persist, e->now, job_id, &code,
-                             err, sizeof err);
+    int rc = discovery_start(e->disc, e->reg, provider, force, persist, e->now, job_id, &code, err,
+                             sizeof err);
     if (rc != 0)
         fail_msg("discovery_start failed: %s", err);
     assert_int_equal(code, PM_OK);
@@ -323,10 +323,10 @@ static void s_assert_invalid(const provider_t *p, const char *const *expected, s
 
 /* ================================================================================== tests */
 
-#define ALPHA_CONFIG                                                                           \
-    "{\"scenarios\":{\"alpha\":{\"models\":[\"m0\",\"m1\",\"m2\",\"m3\",\"m4\",\"m5\"],"       \
-    "\"rules\":[{\"kind\":\"probe\",\"model\":\"m2\",\"status\":404},"                          \
-    "{\"kind\":\"probe\",\"model\":\"m4\",\"status\":400,"                                      \
+#define ALPHA_CONFIG                                                                               \
+    "{\"scenarios\":{\"alpha\":{\"models\":[\"m0\",\"m1\",\"m2\",\"m3\",\"m4\",\"m5\"],"           \
+    "\"rules\":[{\"kind\":\"probe\",\"model\":\"m2\",\"status\":404},"                             \
+    "{\"kind\":\"probe\",\"model\":\"m4\",\"status\":400,"                                         \
     "\"json\":{\"error\":{\"message\":\"The model {model} does not exist\"}}}]}}}"
 
 static void test_success_path(void **state)
@@ -435,6 +435,28 @@ static void test_cache_and_invalid_models_not_reprobed(void **state)
     json_decref(stats);
     assert_true(provider_cache_timestamp(s_provider(e, "alpha")) == e->now);
     s_end(e);
+
+    /* The cache lasts discovery.cache_duration, not the provider's default hour. */
+    settings.cache_duration_s = 50;
+    s_begin(e, &settings, ALPHA_CONFIG);
+    s_add_provider(e, "alpha", "alpha", KEY, NULL, 0);
+    s_seal(e);
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+    e->now += 40;
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    json_decref(stats);
+    e->now += 20;
+    assert_true(provider_cache_fresh(s_provider(e, "alpha"), e->now));
+    s_start(e, "alpha", false, false, job);
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "alpha");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    json_decref(stats);
+    s_end(e);
 }
 
 static void test_provider_filter_and_not_found(void **state)
@@ -450,9 +472,9 @@ static void test_provider_filter_and_not_found(void **state)
     char job[DISCOVERY_JOB_ID_SIZE] = "";
     int code = 0;
     char err[128] = "";
-    assert_int_equal(discovery_start(e->disc, e->reg, "nope", false, true, e->now, job, &code,
-                                     err, sizeof err),
-                     -1);
+    assert_int_equal(
+        discovery_start(e->disc, e->reg, "nope", false, true, e->now, job, &code, err, sizeof err),
+        -1);
     assert_int_equal(code, PM_ERR_NOT_FOUND);
     assert_string_equal(err, "Provider 'nope' not found");
     assert_int_equal(discovery_running(e->disc), 0);

@@ -61,7 +61,7 @@ static void test_classify_bad_request_model_missing(void **state)
         "{\"error\":\"model x not found\"}",
         "{\"detail\":\"Unknown model x\"}",
         "{\"detail\":[{\"loc\":[\"body\",\"model\"],\"msg\":\"invalid model id\"}]}",
-        "model xyz does not exist", /* not JSON: the raw body */
+        "model xyz does not exist",                     /* not JSON: the raw body */
         "{\"unrelated\":\"the model does not exist\"}", /* JSON without error fields: raw */
     };
     for (size_t i = 0; i < sizeof missing / sizeof *missing; i++) {
@@ -109,19 +109,18 @@ static void test_classify_transient_status(void **state)
 static void test_classify_transport(void **state)
 {
     (void)state;
-    const int transient[] = {CURLE_OPERATION_TIMEDOUT, CURLE_COULDNT_CONNECT,
-                             CURLE_COULDNT_RESOLVE_HOST, CURLE_SEND_ERROR, CURLE_RECV_ERROR,
-                             CURLE_GOT_NOTHING, CURLE_PARTIAL_FILE, CURLE_SSL_CONNECT_ERROR};
+    const int transient[] = {CURLE_OPERATION_TIMEDOUT,   CURLE_COULDNT_CONNECT,
+                             CURLE_COULDNT_RESOLVE_HOST, CURLE_SEND_ERROR,
+                             CURLE_RECV_ERROR,           CURLE_GOT_NOTHING,
+                             CURLE_PARTIAL_FILE,         CURLE_SSL_CONNECT_ERROR};
     for (size_t i = 0; i < sizeof transient / sizeof *transient; i++) {
-        assert_int_equal(discovery_classify(0, transient[i], NULL, 0),
-                         DISCOVERY_VERDICT_TRANSIENT);
+        assert_int_equal(discovery_classify(0, transient[i], NULL, 0), DISCOVERY_VERDICT_TRANSIENT);
         /* A failed transfer is judged by its curl code, whatever status was seen. */
         assert_int_equal(discovery_classify(200, transient[i], NULL, 0),
                          DISCOVERY_VERDICT_TRANSIENT);
     }
     const int fatal[] = {CURLE_PEER_FAILED_VERIFICATION, CURLE_URL_MALFORMAT,
-                         CURLE_UNSUPPORTED_PROTOCOL, CURLE_WRITE_ERROR,
-                         CURLE_FILESIZE_EXCEEDED};
+                         CURLE_UNSUPPORTED_PROTOCOL, CURLE_WRITE_ERROR, CURLE_FILESIZE_EXCEEDED};
     for (size_t i = 0; i < sizeof fatal / sizeof *fatal; i++)
         assert_int_equal(discovery_classify(200, fatal[i], NULL, 0), DISCOVERY_VERDICT_ERROR);
 }
@@ -232,13 +231,17 @@ static void s_url(harness_t *h, char *out, size_t size, const char *scenario)
     snprintf(out, size, "%s/%s/v1", h->base, scenario);
 }
 
-static uint64_t s_send(harness_t *h, discovery_kind_t kind, const char *scenario,
-                       const char *model, const char *key)
+static uint64_t s_send(harness_t *h, discovery_kind_t kind, const char *scenario, const char *model,
+                       const char *key)
 {
     char url[256];
     s_url(h, url, sizeof url, scenario);
-    discovery_job_t job = {.task = 7, .req = ++h->next_req, .kind = kind,
-                           .base_api_url = url, .api_key = key, .model = model};
+    discovery_job_t job = {.task = 7,
+                           .req = ++h->next_req,
+                           .kind = kind,
+                           .base_api_url = url,
+                           .api_key = key,
+                           .model = model};
     assert_int_equal(discovery_job_send(h->jobs, &job), 0);
     return job.req;
 }
@@ -305,8 +308,12 @@ static void test_list_ok_dedup_and_filters(void **state)
     /* A trailing slash on base_api_url is not doubled. */
     char url[256];
     snprintf(url, sizeof url, "%s/list/v1/", h->base);
-    discovery_job_t job = {.task = 7, .req = 99, .kind = DISCOVERY_KIND_LIST,
-                           .base_api_url = url, .api_key = KEY, .model = NULL};
+    discovery_job_t job = {.task = 7,
+                           .req = 99,
+                           .kind = DISCOVERY_KIND_LIST,
+                           .base_api_url = url,
+                           .api_key = KEY,
+                           .model = NULL};
     assert_int_equal(discovery_job_send(h->jobs, &job), 0);
     s_recv(h, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_OK);
@@ -647,8 +654,11 @@ static void test_connection_refused(void **state)
     settings.max_retries = 1;
     s_start_worker(h, &settings);
     /* Port 1 on loopback: nobody listens there. */
-    discovery_job_t job = {.task = 7, .req = 1, .kind = DISCOVERY_KIND_LIST,
-                           .base_api_url = "http://127.0.0.1:1/v1", .api_key = "sk-abcdef"};
+    discovery_job_t job = {.task = 7,
+                           .req = 1,
+                           .kind = DISCOVERY_KIND_LIST,
+                           .base_api_url = "http://127.0.0.1:1/v1",
+                           .api_key = "sk-abcdef"};
     assert_int_equal(discovery_job_send(h->jobs, &job), 0);
     discovery_result_t r;
     s_recv(h, &r);

@@ -70,11 +70,14 @@ FULL = {
     "requests_8": 3000,
     "warmup": 50,
     "rounds_b": 3,
+    "rounds_res": 9,
+    "rounds_inproc": 7,
+    "inproc_iterations": 200000,
     "sizes": [100, 10000, 100000],
     "provider_counts": [10, 100],
     "write_sizes": [100, 100000],
-    "resolve_requests": 2000,
-    "resolve_seconds": 2.0,
+    "resolve_requests": 500,
+    "resolve_seconds": 1.0,
     "bulk_requests": 5,
     "bulk_seconds": 5.0,
     "write_requests": 2000,
@@ -86,6 +89,9 @@ QUICK = {
     "requests_8": 200,
     "warmup": 5,
     "rounds_b": 1,
+    "rounds_res": 1,
+    "rounds_inproc": 1,
+    "inproc_iterations": 2000,
     "sizes": [100, 10000],
     "provider_counts": [10],
     "write_sizes": [100, 10000],
@@ -455,6 +461,10 @@ def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
 
 
 def bench_growth(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    """Tables B and W. Start-up is measured on fresh daemons, round after round, sizes
+    alternating. Then one daemon per registry stays up and every other measurement is taken
+    in rounds that visit all registries back to back, so that the ratios between sizes are
+    taken from neighbouring runs (medians of per-round ratios)."""
     configs = [(m, p) for m in cfg["sizes"] for p in cfg["provider_counts"]]
     templates = {}
     for models, providers in configs:
@@ -465,119 +475,156 @@ def bench_growth(cfg, tools, daemon_bin, tmp, zctx, client, log):
     empty_yaml = os.path.join(tmp, "registry-empty.yaml")
     write_yaml(empty_yaml, writer_providers())
 
-    samples = {c: [] for c in configs}
+    # 1. start-up: exec -> first health answer, fresh daemon each time
+    startups = {c: [] for c in configs}
     empty_startups = []
-    writes = {}
     for r in range(cfg["rounds_b"]):
-        # the empty registry's start-up, measured in every round beside the others
-        empty_startups.append(_start_once(daemon_bin, tmp, zctx, empty_yaml, "empty-%d" % r))
-        order = configs if r % 2 == 0 else list(reversed(configs))
-        for models, providers in order:
-            path, last_key, last_model, _ = templates[(models, providers)]
-            data_dir = os.path.join(tmp, "b-%d-%d-%d" % (models, providers, r))
+        empty_startups.append(_start_once(daemon_bin, tmp, zctx, empty_yaml, "empty-%d" % r,
+                                          None))
+        for c in (configs if r % 2 == 0 else list(reversed(configs))):
+            startups[c].append(_start_once(daemon_bin, tmp, zctx, templates[c][0],
+                                           "%d-%d-%d" % (c[0], c[1], r), c[0]))
+        log(".")
+
+    # 2. everything else, one long-lived daemon per registry
+    daemons = {}
+    samples = {c: {} for c in configs}  # config -> key -> [per-round result]
+    writes = {}
+
+    def record(c, key, res):
+        samples[c].setdefault(key, []).append(res)
+
+    try:
+        for c in configs:
+            data_dir = os.path.join(tmp, "b-%d-%d" % c)
             os.makedirs(data_dir, mode=0o700)
-            shutil.copyfile(path, os.path.join(data_dir, PROVIDERS_FILE))
-            ep = "ipc://%s/b.sock" % tmp
-            d = Daemon(daemon_bin, data_dir, ep, os.path.join(tmp, "daemon-b.log"))
-            try:
-                s = {"startup_s": d.start(zctx)}
-                if d.health is not None and d.health.get("models") != models:
-                    raise BenchError("daemon loaded %s models, expected %d"
-                                     % (d.health.get("models"), models))
-                s["rss_load_kib"] = proc_status_kib(d.pid, "VmRSS")
-                tag = "B %d/%d" % (models, providers)
+            shutil.copyfile(templates[c][0], os.path.join(data_dir, PROVIDERS_FILE))
+            d = Daemon(daemon_bin, data_dir, "ipc://%s/b-%d-%d.sock" % (tmp, c[0], c[1]),
+                       os.path.join(tmp, "daemon-b.log"))
+            daemons[c] = d
+            d.start(zctx)
+            if d.health is not None and d.health.get("models") != c[0]:
+                raise BenchError("daemon loaded %s models, expected %d"
+                                 % (d.health.get("models"), c[0]))
+            samples[c]["rss_load_kib"] = [proc_status_kib(d.pid, "VmRSS")]
 
-                def one(op, args, requests, seconds, label):
-                    return client.run(ep, 1, requests, min(cfg["warmup"], 10), op=op,
-                                      args=args, max_seconds=seconds, label=tag + " " + label)
+        def one(c, op, args, requests, seconds, label, key):
+            d = daemons[c]
+            c0 = proc_cpu(d.pid)[0]
+            res = client.run(d.endpoint, 1, requests, min(cfg["warmup"], 10), op=op, args=args,
+                             max_seconds=seconds, label="B %d/%d %s" % (c[0], c[1], label))
+            c1 = proc_cpu(d.pid)[0]
+            served = res["requests"] + min(cfg["warmup"], 10)
+            res["cpu_us_per_req"] = (c1 - c0) / 1000.0 / served if c0 is not None else None
+            record(c, key, res)
 
-                rq, rs = cfg["resolve_requests"], cfg["resolve_seconds"]
-                for op, key in (("get_api_for_model_string", "api"),
-                                ("validate_model", "validate")):
-                    s[key + "_bare"] = one(op, {"model_string": last_model}, rq, rs,
-                                           op + " bare")
-                    s[key + "_prefixed"] = one(op, {"model_string": last_key + "/" + last_model},
-                                               rq, rs, op + " prefixed")
+        resolve_ops = [("get_api_for_model_string", "api"), ("validate_model", "validate")]
+        for r in range(cfg["rounds_res"]):
+            for c in (configs if r % 2 == 0 else list(reversed(configs))):
+                _, last_key, last_model, _ = templates[c]
+                for op, key in resolve_ops:
+                    one(c, op, {"model_string": last_model}, cfg["resolve_requests"],
+                        cfg["resolve_seconds"], op + " bare", key + "_bare")
+                    one(c, op, {"model_string": last_key + "/" + last_model},
+                        cfg["resolve_requests"], cfg["resolve_seconds"], op + " prefixed",
+                        key + "_prefixed")
+            log(".")
+        for r in range(cfg["rounds_b"]):
+            for c in (configs if r % 2 == 0 else list(reversed(configs))):
                 bq, bs = cfg["bulk_requests"], cfg["bulk_seconds"]
-                s["merged"] = one("merged_models", {}, bq, bs, "merged_models")
-                s["scoped"] = one("valid_scoped_models", {}, bq, bs, "valid_scoped_models")
-                s["persist"] = one("persist_provider_configs", {}, bq, bs, "persist")
-                if models in cfg["write_sizes"]:
-                    for writers in (1, WRITERS):
-                        res = client.run(ep, writers, cfg["write_requests"], 2,
-                                         write_prefix="bw-", max_seconds=cfg["write_seconds"],
-                                         label="%s set_provider x%d" % (tag, writers))
-                        writes.setdefault((models, providers, writers), []).append(res)
-                s["rss_end_kib"] = proc_status_kib(d.pid, "VmRSS")
-                s["rss_peak_kib"] = proc_status_kib(d.pid, "VmHWM")
-                samples[(models, providers)].append(s)
-                log(".")
-            finally:
-                d.stop()
-                shutil.rmtree(data_dir, ignore_errors=True)
+                one(c, "merged_models", {}, bq, bs, "merged_models", "merged")
+                one(c, "valid_scoped_models", {}, bq, bs, "valid_scoped_models", "scoped")
+                one(c, "persist_provider_configs", {}, bq, bs, "persist", "persist")
+            log(".")
+        write_configs = [c for c in configs if c[0] in cfg["write_sizes"]]
+        for r in range(cfg["rounds_b"]):
+            for c in (write_configs if r % 2 == 0 else list(reversed(write_configs))):
+                for writers in (1, WRITERS):
+                    res = client.run(daemons[c].endpoint, writers, cfg["write_requests"], 2,
+                                     write_prefix="bw-", max_seconds=cfg["write_seconds"],
+                                     label="B %d/%d set_provider x%d" % (c[0], c[1], writers))
+                    writes.setdefault((c[0], c[1], writers), []).append(res)
+            log(".")
+        for c in configs:
+            samples[c]["rss_end_kib"] = [proc_status_kib(daemons[c].pid, "VmRSS")]
+            samples[c]["rss_peak_kib"] = [proc_status_kib(daemons[c].pid, "VmHWM")]
+    finally:
+        for d in daemons.values():
+            d.stop()
     log("\n")
 
     empty = median(empty_startups)
     growth = []
-    for models, providers in configs:
-        runs = samples[(models, providers)]
-        path, last_key, last_model, yaml_bytes = templates[(models, providers)]
+    for c in configs:
+        models, providers = c
+        runs = samples[c]
+        _, last_key, last_model, yaml_bytes = templates[c]
 
         def m(key, field="p50_us"):
-            return median([x[key][field] for x in runs])
-        startup = median([x["startup_s"] for x in runs])
+            return median([x[field] for x in runs[key]])
+        startup = median(startups[c])
         growth.append({
             "models": models, "providers": providers, "yaml_bytes": yaml_bytes,
             "last_provider": last_key, "last_model": last_model,
             "api_bare_p50_us": m("api_bare"), "api_prefixed_p50_us": m("api_prefixed"),
+            "api_bare_cpu_us": m("api_bare", "cpu_us_per_req"),
             "api_reply_bytes": m("api_bare", "reply_bytes"),
             "validate_bare_p50_us": m("validate_bare"),
             "validate_prefixed_p50_us": m("validate_prefixed"),
+            "validate_bare_cpu_us": m("validate_bare", "cpu_us_per_req"),
             "merged_p50_us": m("merged"), "merged_reply_bytes": m("merged", "reply_bytes"),
             "scoped_p50_us": m("scoped"), "scoped_reply_bytes": m("scoped", "reply_bytes"),
             "persist_p50_us": m("persist"),
-            "startup_s": startup, "empty_startup_s": empty,
+            "startup_s": startup, "startups_s": startups[c], "empty_startup_s": empty,
             "load_s": (startup - empty) if startup is not None and empty is not None else None,
-            "rss_load_kib": median([x["rss_load_kib"] for x in runs]),
-            "rss_end_kib": median([x["rss_end_kib"] for x in runs]),
-            "rss_peak_kib": median([x["rss_peak_kib"] for x in runs]),
-            "rounds": runs,
+            "rss_load_kib": runs["rss_load_kib"][0], "rss_end_kib": runs["rss_end_kib"][0],
+            "rss_peak_kib": runs["rss_peak_kib"][0],
+            "rounds": {k: v for k, v in runs.items() if not k.startswith("rss")},
         })
 
-    rows = []
-    for g in growth:
-        rows.append([fmt_int(g["models"]), str(g["providers"]),
-                     fmt_us(g["api_bare_p50_us"]), fmt_us(g["api_prefixed_p50_us"]),
-                     fmt_bytes(g["api_reply_bytes"]),
-                     fmt_us(g["validate_bare_p50_us"]), fmt_us(g["validate_prefixed_p50_us"]),
-                     fmt_ms(g["merged_p50_us"]), fmt_bytes(g["merged_reply_bytes"]),
-                     fmt_ms(g["scoped_p50_us"]), fmt_bytes(g["scoped_reply_bytes"]),
-                     fmt_ms(g["load_s"] * 1e6 if g["load_s"] is not None else None),
-                     fmt_ms(g["persist_p50_us"]), fmt_bytes(g["yaml_bytes"]),
-                     fmt_mib(g["rss_end_kib"])])
-    print_table("B. Growth with the registry (%d rounds, medians; resolution of the LAST "
-                "provider's last model)" % cfg["rounds_b"],
-                ["models", "provs", "api bare us", "api pfx us", "api reply",
-                 "valid bare us", "valid pfx us", "merged ms", "merged B", "scoped ms",
-                 "scoped B", "load ms", "persist ms", "yaml B", "RSS MiB"], rows)
-    print("  api = get_api_for_model_string (reply = [ProviderConfig, long]: it carries ALL the "
-          "provider's models);\n  valid = validate_model (lookup only). load = start-up "
-          "(exec -> health answers) minus the empty registry's (%s ms).\n  RSS = VmRSS at the end "
-          "of the round (after reads, bulk replies, persists and writes)."
+    rows = [[fmt_int(g["models"]), str(g["providers"]),
+             fmt_us(g["api_bare_p50_us"]), fmt_us(g["api_prefixed_p50_us"]),
+             fmt_us(g["api_bare_cpu_us"]), fmt_bytes(g["api_reply_bytes"]),
+             fmt_us(g["validate_bare_p50_us"]), fmt_us(g["validate_prefixed_p50_us"]),
+             fmt_us(g["validate_bare_cpu_us"])] for g in growth]
+    print_table("B1. Resolution vs registry size (%d interleaved rounds, medians): the LAST "
+                "provider's last model" % cfg["rounds_res"],
+                ["models", "provs", "api bare us", "api pfx us", "api cpu us", "api reply",
+                 "valid bare us", "valid pfx us", "valid cpu us"], rows)
+    print("  api = get_api_for_model_string: its reply is [ProviderConfig, long] and carries ALL "
+          "of that provider's models,\n  so it grows with models per provider; valid = "
+          "validate_model (same lookup, reply = the long name).\n  cpu = the daemon's CPU "
+          "time per request (all threads), bare name.")
+    rows = [[fmt_int(g["models"]), str(g["providers"]),
+             fmt_ms(g["merged_p50_us"]), fmt_bytes(g["merged_reply_bytes"]),
+             fmt_ms(g["scoped_p50_us"]), fmt_bytes(g["scoped_reply_bytes"]),
+             fmt_ms(g["startup_s"] * 1e6 if g["startup_s"] is not None else None),
+             fmt_ms(g["load_s"] * 1e6 if g["load_s"] is not None else None),
+             fmt_ms(g["persist_p50_us"]), fmt_bytes(g["yaml_bytes"]),
+             fmt_mib(g["rss_load_kib"]), fmt_mib(g["rss_end_kib"]), fmt_mib(g["rss_peak_kib"])]
+            for g in growth]
+    print_table("B2. Bulk reads, start-up, persist, memory vs registry size (%d rounds, medians)"
+                % cfg["rounds_b"],
+                ["models", "provs", "merged ms", "merged B", "scoped ms", "scoped B",
+                 "start ms", "load ms", "persist ms", "yaml B", "RSS load", "RSS end",
+                 "RSS peak"], rows)
+    print("  start = exec -> first health answer; load = start minus the empty registry's "
+          "(%s ms). RSS in MiB: after load,\n  at the end (after all reads, bulk replies, "
+          "persists and writes: the target), and VmHWM."
           % fmt_ms(empty * 1e6 if empty is not None else None))
 
-    # targets of table B
+    # targets of table B: resolution ratios are medians of per-round ratios
     targets = []
     smallest, largest = min(cfg["sizes"]), max(cfg["sizes"])
     for providers in cfg["provider_counts"]:
         lo = next(g for g in growth if g["models"] == smallest and g["providers"] == providers)
         hi = next(g for g in growth if g["models"] == largest and g["providers"] == providers)
-        for field, what in (("api_bare_p50_us", "get_api bare"),
-                            ("api_prefixed_p50_us", "get_api prefixed"),
-                            ("validate_bare_p50_us", "validate bare"),
-                            ("validate_prefixed_p50_us", "validate prefixed")):
-            ratio = (hi[field] / lo[field]) if hi[field] and lo[field] else None
-            targets.append({"name": "resolution p50 %s, %s/%s models, %d providers" % (
+        for key, what in (("api_bare", "get_api bare"), ("api_prefixed", "get_api prefixed"),
+                          ("validate_bare", "validate bare"),
+                          ("validate_prefixed", "validate prefixed")):
+            ratio = median([h["p50_us"] / l["p50_us"] for h, l in
+                            zip(hi["rounds"][key], lo["rounds"][key]) if l["p50_us"]])
+            targets.append({"name": "resolution p50 %s, %s vs %s models, %d providers" % (
                 what, fmt_int(largest), fmt_int(smallest), providers),
                 "value": ratio, "unit": "x", "target": "<= 1.1",
                 "pass": ratio is not None and ratio <= 1.1})
@@ -625,16 +672,61 @@ def bench_growth(cfg, tools, daemon_bin, tmp, zctx, client, log):
     return growth, targets, wout, wtargets
 
 
-def _start_once(daemon_bin, tmp, zctx, yaml_path, tag):
+def _start_once(daemon_bin, tmp, zctx, yaml_path, tag, models):
+    """Seconds from exec to the first health answer of a fresh daemon on yaml_path."""
     data_dir = os.path.join(tmp, "start-" + tag)
     os.makedirs(data_dir, mode=0o700)
     shutil.copyfile(yaml_path, os.path.join(data_dir, PROVIDERS_FILE))
     d = Daemon(daemon_bin, data_dir, "ipc://%s/s.sock" % tmp, os.path.join(tmp, "daemon-s.log"))
     try:
-        return d.start(zctx)
+        seconds = d.start(zctx)
+        if models is not None and d.health is not None and d.health.get("models") != models:
+            raise BenchError("daemon loaded %s models, expected %d"
+                             % (d.health.get("models"), models))
+        return seconds
     finally:
         d.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def bench_in_process(cfg, tools, log):
+    """Table B0: bench_registry, the registry-size-dependent costs without the transport."""
+    configs = ["%dx%d" % (m, p) for m in cfg["sizes"] for p in cfg["provider_counts"]]
+    cmd = [os.path.join(tools, "bench_registry"), "--rounds", str(cfg["rounds_inproc"]),
+           "--iterations", str(cfg["inproc_iterations"])] + configs
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=600)
+    if proc.returncode != 0:
+        raise BenchError("bench_registry failed: %s" % proc.stderr.decode().strip()[-500:])
+    res = json.loads(proc.stdout)
+    regs = res["registries"]
+    log(".\n")
+    rows = [[fmt_int(g["models"]), str(g["providers"]), "%.0f" % g["resolve_bare_ns"],
+             "%.0f" % g["resolve_prefixed_ns"], fmt_us(g["pack_api_ns"] / 1000.0),
+             fmt_bytes(g["api_reply_bytes"]), "%.2f" % g["commit_ms"], "%.2f" % g["seal_ms"],
+             "%.2f" % g["persist_ms"], "%.2f" % g["load_ms"]] for g in regs]
+    print_table("B0. In process, no transport (bench_registry, %d interleaved rounds, medians)"
+                % res["rounds"],
+                ["models", "provs", "resolve bare ns", "resolve pfx ns", "pack api us",
+                 "api reply", "commit ms", "seal ms", "persist ms", "yaml load ms"], rows)
+    print("  resolve = registry_resolve() of the LAST provider's last model; pack api = "
+          "packing the get_api_for_model_string\n  reply; commit = clone + edit one provider "
+          "+ seal (a write minus its persist); seal = rebuilding the global\n  index of a clone "
+          "(first touch of fresh memory included); persist = store_persist (emit + fsync +\n"
+          "  rename); yaml load = store_load (parse only, no layering).")
+    targets = []
+    smallest, largest = min(cfg["sizes"]), max(cfg["sizes"])
+    for providers in cfg["provider_counts"]:
+        lo = next(g for g in regs if g["models"] == smallest and g["providers"] == providers)
+        hi = next(g for g in regs if g["models"] == largest and g["providers"] == providers)
+        for key, what in (("resolve_bare_ns", "bare"), ("resolve_prefixed_ns", "prefixed")):
+            ratio = hi[key] / lo[key] if lo[key] else None
+            targets.append({"name": "in-process resolution %s, %s vs %s models, %d providers"
+                                    % (what, fmt_int(largest), fmt_int(smallest), providers),
+                            "value": ratio, "unit": "x", "target": "<= 1.1",
+                            "pass": ratio is not None and ratio <= 1.1})
+    print_targets("B0 targets", targets)
+    return res, targets
 
 
 # ----------------------------------------------------------------------------- table C
@@ -661,8 +753,29 @@ def bench_discovery(cfg, tools, daemon_bin, quick, log):
         out["result"] = json.loads(text)
     except ValueError:
         pass
-    print("\nC. Discovery (bench_discovery, exit %d)" % proc.returncode)
-    print("\n".join("  " + line for line in text.rstrip().splitlines()))
+    res = out.get("result")
+    if isinstance(res, dict) and "wall_s" in res:
+        target = res.get("target_ratio", 1.3)
+        out["target"] = {"name": "discovery wall / ideal", "value": res.get("ratio"),
+                         "unit": "x", "target": "<= %g" % target,
+                         "pass": res.get("ratio") is not None and res["ratio"] <= target}
+        print_table("C. Discovery: one job over %s providers x %s models, every upstream answer "
+                    "after %s ms, per_provider_limit %s, %s workers (%d rounds, median)"
+                    % (res.get("providers"), res.get("models_per_provider"),
+                       res.get("latency_ms"), res.get("per_provider_limit"),
+                       res.get("workers"), len(res.get("rounds", []))),
+                    ["wall s", "ideal s", "ratio", "target", "verdict", "rounds s",
+                     "requests", "max inflight/provider", "jobs ok"],
+                    [["%.3f" % res["wall_s"], "%.3f" % res.get("ideal_s", 0),
+                      fmt_ratio(res.get("ratio")), "<= %g" % target,
+                      verdict(out["target"]["pass"]),
+                      " ".join("%.3f" % w for w in res.get("rounds", [])),
+                      str(res.get("requests", "-")),
+                      str(res.get("max_inflight_per_provider", "-")),
+                      str(res.get("jobs_succeeded", "-"))]])
+    else:
+        print("\nC. Discovery (bench_discovery, exit %d)" % proc.returncode)
+        print("\n".join("  " + line for line in text.rstrip().splitlines()))
     if proc.returncode != 0:
         raise BenchError("bench_discovery failed: %s" % proc.stderr.decode().strip()[-500:])
     return out
@@ -835,7 +948,7 @@ def main():
     tools = os.path.join(build, "tests", "bench")
     daemon_bin = os.path.join(build, "service", "provider-manager")
     for path in (daemon_bin, os.path.join(tools, "bench_echo"),
-                 os.path.join(tools, "bench_client")):
+                 os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry")):
         if not os.access(path, os.X_OK):
             sys.stderr.write("run.py: %s is missing: run `cmake --build %s --target bench-tools`"
                              "\n" % (path, opts.build))
@@ -877,6 +990,9 @@ def main():
             print_targets("A targets (service/echo)", a_targets)
             results["request_path_targets"] = a_targets
         if "b" in only:
+            log("B0: in process ")
+            results["in_process"], results["in_process_targets"] = bench_in_process(cfg, tools,
+                                                                                   log)
             log("B/W: registry growth and writes ")
             growth, b_targets, writes, w_targets = bench_growth(cfg, tools, daemon_bin, tmp,
                                                                 zctx, client, log)
@@ -904,8 +1020,11 @@ def main():
             print("  " + e)
         results["request_errors"] = errors
         status = 1
-    all_targets = [t for k in ("request_path_targets", "growth_targets", "write_targets")
+    all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
+                               "write_targets")
                    for t in results.get(k, [])]
+    if results.get("discovery", {}).get("target"):
+        all_targets.append(results["discovery"]["target"])
     missed = [t["name"] for t in all_targets if not t["pass"]]
     results["missed"] = missed
     results["elapsed_s"] = time.perf_counter() - started
