@@ -57,8 +57,21 @@ bool auth_endpoint_is_local(const char *endpoint)
     if (strncmp(endpoint, "tcp://", 6) != 0)
         return false;
     const char *host = endpoint + 6;
-    return strncmp(host, "127.", 4) == 0 || strncmp(host, "localhost:", 10) == 0 ||
-           strncmp(host, "[::1]:", 6) == 0;
+    const char *colon = strrchr(host, ':');
+    if (!colon)
+        return false;
+    size_t len = (size_t)(colon - host);
+    if ((len == 9 && strncmp(host, "localhost", 9) == 0) ||
+        (len == 5 && strncmp(host, "[::1]", 5) == 0))
+        return true;
+    /* 127.0.0.0/8 written as a dotted quad; "127.example.com" is a name, not loopback. */
+    if (len < 4 || strncmp(host, "127.", 4) != 0)
+        return false;
+    for (size_t i = 4; i < len; i++) {
+        if (!(host[i] == '.' || (host[i] >= '0' && host[i] <= '9')))
+            return false;
+    }
+    return true;
 }
 
 int auth_check_config(const config_t *cfg, char *err, size_t err_size)

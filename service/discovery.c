@@ -19,6 +19,7 @@
 #include "discovery.h"
 
 #include "discovery_worker.h"
+#include "log.h"
 #include "pm_proto.h"
 
 #include <ctype.h>
@@ -403,6 +404,9 @@ static void s_job_add_message(job_t *job, const char *message)
     char *copy = s_strdup(message);
     if (copy != NULL)
         job->messages[job->message_count++] = copy;
+    /* The seed printed these lines; an operator reads them in the log (no secrets: worker
+     * errors have the key masked before they get here). */
+    log_info("discovery %s: %s", job->id, message);
 }
 
 static void s_job_free(job_t *job)

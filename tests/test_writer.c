@@ -1,0 +1,328 @@
+/*
+ * test_writer: the front end and the writer thread in process, over inproc endpoints, with a
+ * real data directory: group commit of pipelined writes, one state_version and one event per
+ * change in order, read-your-writes, a failed persist that changes nothing, and a clean stop.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include "config.h"
+#include "front.h"
+#include "pm_proto.h"
+#include "store.h"
+#include "writer.h"
+
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <zmq.h>
+
+#define REQUEST_ENDPOINT "inproc://test-writer-requests"
+#define EVENTS_ENDPOINT "inproc://test-writer-events"
+#define PIPELINED 40
+#define RECV_TIMEOUT_MS 5000
+
+typedef struct {
+    char dir[PATH_MAX];
+    config_t cfg;
+    void *ctx;
+    writer_t *writer;
+    front_t *front;
+    auth_t *auth;
+    int stop_pipe[2];
+    pthread_t thread;
+    int front_rc;
+    void *events; /* SUB, connected before any change */
+} fixture_t;
+
+static const char *s_no_env(const char *name)
+{
+    (void)name;
+    return NULL;
+}
+
+static void *s_front_thread(void *arg)
+{
+    fixture_t *f = arg;
+    f->front_rc = front_run(f->front, f->stop_pipe[0]);
+    return NULL;
+}
+
+static int s_setup(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/pm-test-writer-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    char data_dir[PATH_MAX + 8];
+    snprintf(data_dir, sizeof data_dir, "%s/data", f->dir);
+    char *argv[] = {"provider-manager",
+                    "--endpoint",
+                    REQUEST_ENDPOINT,
+                    "--events-endpoint",
+                    EVENTS_ENDPOINT,
+                    "--data-dir",
+                    data_dir,
+                    "--workers",
+                    "1",
+                    "--log-level",
+                    "error",
+                    NULL};
+    char err[512];
+    assert_int_equal(config_load(&f->cfg, 11, argv, s_no_env, err, sizeof err), 0);
+    assert_int_equal(store_prepare_dir(f->cfg.data_dir, err, sizeof err), 0);
+    registry_t *reg = NULL;
+    assert_int_equal(config_build_registry(&f->cfg, s_no_env, &reg, NULL, NULL, err, sizeof err),
+                     0);
+    f->ctx = zmq_ctx_new();
+    assert_non_null(f->ctx);
+    f->auth = auth_new(f->ctx, &f->cfg, err, sizeof err);
+    assert_non_null(f->auth);
+    bool bind_failed = false;
+    f->writer = writer_new(f->ctx, &f->cfg, f->auth, s_no_env, &reg, &bind_failed, err, sizeof err);
+    assert_non_null(f->writer);
+    f->events = zmq_socket(f->ctx, ZMQ_SUB);
+    assert_int_equal(zmq_connect(f->events, EVENTS_ENDPOINT), 0);
+    assert_int_equal(zmq_setsockopt(f->events, ZMQ_SUBSCRIBE, "providers", 9), 0);
+    snapshot_t *first = writer_first_snapshot(f->writer);
+    f->front = front_new(f->ctx, &f->cfg, f->auth, writer_endpoint(f->writer), &first, &bind_failed,
+                         err, sizeof err);
+    assert_non_null(f->front);
+    assert_int_equal(pipe(f->stop_pipe), 0);
+    assert_int_equal(pthread_create(&f->thread, NULL, s_front_thread, f), 0);
+    *state = f;
+    return 0;
+}
+
+static int s_teardown(void **state)
+{
+    fixture_t *f = *state;
+    char byte = 1;
+    assert_int_equal(write(f->stop_pipe[1], &byte, 1), 1);
+    pthread_join(f->thread, NULL);
+    assert_int_equal(f->front_rc, 0);
+    zmq_close(f->events);
+    front_destroy(&f->front);
+    writer_destroy(&f->writer);
+    auth_destroy(&f->auth);
+    assert_int_equal(zmq_ctx_term(f->ctx), 0);
+    close(f->stop_pipe[0]);
+    close(f->stop_pipe[1]);
+    config_clear(&f->cfg);
+    char command[PATH_MAX + 16];
+    snprintf(command, sizeof command, "rm -rf '%s'", f->dir);
+    assert_int_equal(system(command), 0);
+    free(f);
+    return 0;
+}
+
+/* Packs {"op": op, "id": id, "args": {provider, name, base_api_url}}. */
+static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *key)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_provider", true, id);
+    msgpack_pack_map(&pk, 4);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, key);
+    pm_pack_str(&pk, "name");
+    pm_pack_str(&pk, key);
+    pm_pack_str(&pk, "base_api_url");
+    pm_pack_str(&pk, "http://127.0.0.1:9/v1");
+    pm_pack_str(&pk, "valid_models");
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "model");
+    pm_pack_str(&pk, key);
+}
+
+static void s_pack_op(msgpack_sbuffer *buf, const char *op, long long id)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, op, true, id);
+    msgpack_pack_map(&pk, 0);
+}
+
+/* Receives one reply on a DEALER (empty delimiter, then the body) and decodes it. */
+static void s_recv_reply(void *dealer, pm_reply_t *rep, zmq_msg_t *body)
+{
+    char delimiter[8];
+    assert_int_equal(zmq_recv(dealer, delimiter, sizeof delimiter, 0), 0);
+    zmq_msg_init(body);
+    assert_true(zmq_msg_recv(body, dealer, 0) > 0);
+    char err[256];
+    assert_int_equal(pm_reply_decode(rep, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err),
+                     0);
+}
+
+static void *s_dealer(fixture_t *f)
+{
+    void *dealer = zmq_socket(f->ctx, ZMQ_DEALER);
+    int timeout = RECV_TIMEOUT_MS, zero = 0;
+    assert_int_equal(zmq_setsockopt(dealer, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
+    assert_int_equal(zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_connect(dealer, REQUEST_ENDPOINT), 0);
+    return dealer;
+}
+
+static void s_send(void *dealer, const msgpack_sbuffer *buf)
+{
+    assert_int_equal(zmq_send(dealer, "", 0, ZMQ_SNDMORE), 0);
+    assert_int_equal(zmq_send(dealer, buf->data, buf->size, 0), (int)buf->size);
+}
+
+static int64_t s_health_state_version(void *dealer)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_op(&buf, "health", 999);
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    const msgpack_object *v = pm_map_get(rep.result, "state_version");
+    assert_non_null(v);
+    int64_t version = (int64_t)v->via.u64;
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    return version;
+}
+
+/* Many writes sent without waiting: every one is answered ok, each is one change (versions
+ * 1..N, events in order), each is readable once answered, and all are in the file. */
+static void test_pipelined_writes_commit_in_order(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    for (int i = 0; i < PIPELINED; i++) {
+        char key[32];
+        snprintf(key, sizeof key, "p%02d", i);
+        msgpack_sbuffer buf;
+        msgpack_sbuffer_init(&buf);
+        s_pack_set_provider(&buf, i, key);
+        s_send(dealer, &buf);
+        msgpack_sbuffer_destroy(&buf);
+    }
+    bool seen[PIPELINED] = {false};
+    for (int i = 0; i < PIPELINED; i++) {
+        pm_reply_t rep;
+        zmq_msg_t body;
+        s_recv_reply(dealer, &rep, &body);
+        assert_true(rep.ok);
+        assert_non_null(rep.id);
+        int64_t id = rep.id->via.i64;
+        assert_true(id >= 0 && id < PIPELINED);
+        assert_false(seen[id]);
+        seen[id] = true;
+        char key[32];
+        snprintf(key, sizeof key, "p%02d", (int)id);
+        const msgpack_object *provider = pm_map_get(rep.result, "provider");
+        assert_non_null(provider);
+        assert_int_equal(provider->via.str.size, strlen(key));
+        assert_memory_equal(provider->via.str.ptr, key, strlen(key));
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+    }
+    assert_int_equal(s_health_state_version(dealer), PIPELINED);
+
+    /* One event per change, versions 1..N in order, each naming the provider it changed. */
+    int timeout = RECV_TIMEOUT_MS;
+    assert_int_equal(zmq_setsockopt(f->events, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
+    for (int i = 0; i < PIPELINED; i++) {
+        char topic[16];
+        assert_int_equal(zmq_recv(f->events, topic, sizeof topic, 0), 9);
+        zmq_msg_t event;
+        zmq_msg_init(&event);
+        assert_true(zmq_msg_recv(&event, f->events, 0) > 0);
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        assert_int_equal(msgpack_unpack_next(&up, zmq_msg_data(&event), zmq_msg_size(&event), NULL),
+                         MSGPACK_UNPACK_SUCCESS);
+        const msgpack_object *version = pm_map_get(&up.data, "state_version");
+        const msgpack_object *keys = pm_map_get(&up.data, "providers");
+        assert_non_null(version);
+        assert_non_null(keys);
+        assert_int_equal(version->via.u64, (uint64_t)i + 1);
+        assert_int_equal(keys->via.array.size, 1);
+        msgpack_unpacked_destroy(&up);
+        zmq_msg_close(&event);
+    }
+
+    /* Persisted: the file lists every provider written. */
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    store_layer_t layer = {0};
+    char err[512];
+    assert_int_equal(store_load(path, &layer, NULL, NULL, err, sizeof err), 0);
+    int found = 0;
+    for (size_t i = 0; i < layer.count; i++)
+        found += strncmp(layer.specs[i].key, "p", 1) == 0 && strlen(layer.specs[i].key) == 3;
+    assert_int_equal(found, PIPELINED);
+    store_layer_clear(&layer);
+    zmq_close(dealer);
+}
+
+/* A persist that fails (the file's path is a directory, so rename fails) answers internal,
+ * bumps nothing and changes nothing in memory. */
+static void test_failed_persist_changes_nothing(void **state)
+{
+    fixture_t *f = *state;
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    assert_int_equal(mkdir(path, 0700), 0);
+    void *dealer = s_dealer(f);
+    int64_t before = s_health_state_version(dealer);
+
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "doomed");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INTERNAL);
+    assert_true(rep.message.len > 27);
+    assert_memory_equal(rep.message.ptr, "could not persist providers", 27);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    assert_int_equal(s_health_state_version(dealer), before);
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "contains", true, 2);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "provider_name");
+    pm_pack_str(&pk, "doomed");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->type, MSGPACK_OBJECT_BOOLEAN);
+    assert_false(rep.result->via.boolean);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    assert_int_equal(rmdir(path), 0);
+    zmq_close(dealer);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_pipelined_writes_commit_in_order, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_persist_changes_nothing, s_setup, s_teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
