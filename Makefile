@@ -1,7 +1,17 @@
 # provider-manager: the two commands of the README, and a few more.
 #   make run    install missing Debian packages, build, start the daemon on embedded defaults
-#   make test   install, build, run the whole suite through ctest
-# Everything is built by CMake in ./build; this file only drives it.
+#   make test   install, build, run the whole suite through ctest, then check that no test
+#               API key shows up in any of its output (tests/python/check_secrets.py)
+# Hardening (README.md, Security), each also run by .ci/run:
+#   make fuzz       libFuzzer (clang, ASan+UBSan) on the request and YAML targets, FUZZ_SECONDS each
+#   make sanitize   the whole suite built with ASan+UBSan (preset asan-ubsan, build-asan/)
+#   make tsan       the concurrency suites built with ThreadSanitizer (preset tsan, build-tsan/)
+#   make valgrind   the integration suites with the daemon under valgrind memcheck
+#   make soak       the soak test for SOAK_SECONDS (60; `make test` runs it for 20)
+# Everything is built by CMake in ./build (and the build-* dirs above); this file only drives it.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 
 BUILD ?= build
 PYTHON ?= /usr/bin/python3
@@ -13,11 +23,55 @@ DEB_PACKAGES = build-essential cmake pkg-config libzmq3-dev libmsgpack-dev libya
 	libcurl4-openssl-dev libjansson-dev libcmocka-dev python3 python3-zmq python3-msgpack python3-yaml \
 	ca-certificates
 
-.PHONY: all deps build run test bench clean format format-check container-test
+# Tools of the test suite (strace: test_secrets' system-call check) and of the hardening runs.
+TEST_PACKAGES = strace
+FUZZ_PACKAGES = clang libclang-rt-14-dev
+VALGRIND_PACKAGES = valgrind
+
+FUZZ_SECONDS ?= 60
+SOAK_SECONDS ?= 60
+ASAN_BUILD = build-asan
+TSAN_BUILD = build-tsan
+FUZZ_BUILD = build-fuzz
+# The suites that exercise threads: the writer, the discovery workers, readers in the front
+# end during writes and discoveries, the in-process front end + writer of the fuzz replay.
+TSAN_TESTS = ^(test_discovery_worker|test_discovery|test_writer|test_service|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security)$$
+SANITIZER_LOGS = sanitizer-logs
+# ASan/LSan/TSan reports go to files (log_path), so a report from a daemon that a test stops
+# with SIGKILL is not lost either; UBSan's go to stderr (gcc), kept by ctest and PM_KEEP_LOGS.
+# tests/sanitize/check_reports.sh fails the target on any of them; selfcheck.sh first proves
+# that these options do report each kind of error.
+ASAN_ENV = ASAN_OPTIONS=log_path=$(abspath $(ASAN_BUILD))/$(SANITIZER_LOGS)/asan:detect_leaks=1:detect_stack_use_after_return=1 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+TSAN_ENV = TSAN_OPTIONS=log_path=$(abspath $(TSAN_BUILD))/$(SANITIZER_LOGS)/tsan:suppressions=$(CURDIR)/tests/tsan.supp:second_deadlock_stack=1:halt_on_error=0:ignore_noninstrumented_modules=1
+
+.PHONY: all deps build run test bench clean format format-check container-test test-deps \
+	fuzz fuzz-deps sanitize tsan valgrind valgrind-deps soak check-secrets
 
 all: build
 
 # Installs only what is missing, so a machine that has everything makes no apt call.
+# $(call install-missing,PACKAGES)
+define install-missing
+	@missing=$$(for p in $(1); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
+	done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing:" $$missing; \
+		if [ "$$(id -u)" -ne 0 ]; then echo "need root to install: $$missing" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+endef
+
+test-deps:
+	$(call install-missing,$(TEST_PACKAGES))
+
+fuzz-deps:
+	$(call install-missing,$(FUZZ_PACKAGES))
+
+valgrind-deps:
+	$(call install-missing,$(VALGRIND_PACKAGES))
+
 deps:
 	@missing=$$(for p in $(DEB_PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; \
@@ -37,8 +91,53 @@ build: deps $(BUILD)/CMakeCache.txt
 run: build
 	./$(BUILD)/service/provider-manager --data-dir ./data
 
-test: build
-	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
+# The whole output of the run is kept (build/test-output.log, and every test's output in
+# ctest's LastTest.log), and so is every daemon's log (PM_KEEP_LOGS): check-secrets greps them
+# all for the test API keys.
+test: build test-deps
+	rm -rf $(abspath $(BUILD))/pm-logs
+	cd $(BUILD) && PM_KEEP_LOGS=$(abspath $(BUILD))/pm-logs ctest --output-on-failure -j$(JOBS) 2>&1 | tee test-output.log
+	$(MAKE) --no-print-directory check-secrets
+
+check-secrets:
+	$(PYTHON) tests/python/check_secrets.py $(BUILD)/test-output.log \
+		$(BUILD)/Testing/Temporary/LastTest.log $(BUILD)/pm-logs
+
+fuzz: deps fuzz-deps
+	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPM_WERROR=OFF -DPM_FUZZ=ON \
+		"-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_request fuzz_yaml
+	bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
+
+sanitize: deps test-deps
+	cmake --preset asan-ubsan
+	cmake --build $(ASAN_BUILD) -j$(JOBS)
+	rm -rf $(ASAN_BUILD)/$(SANITIZER_LOGS) $(abspath $(ASAN_BUILD))/pm-logs
+	mkdir -p $(ASAN_BUILD)/$(SANITIZER_LOGS)
+	$(ASAN_ENV) bash tests/sanitize/selfcheck.sh asan $(ASAN_BUILD)
+	cd $(ASAN_BUILD) && $(ASAN_ENV) PM_KEEP_LOGS=$(abspath $(ASAN_BUILD))/pm-logs \
+		ctest --output-on-failure -j$(JOBS) 2>&1 | tee test-output.log
+	bash tests/sanitize/check_reports.sh $(ASAN_BUILD)/$(SANITIZER_LOGS) \
+		$(ASAN_BUILD)/Testing/Temporary/LastTest.log $(ASAN_BUILD)/pm-logs
+	$(MAKE) --no-print-directory check-secrets BUILD=$(ASAN_BUILD)
+
+tsan: deps
+	cmake --preset tsan
+	cmake --build $(TSAN_BUILD) -j$(JOBS)
+	rm -rf $(TSAN_BUILD)/$(SANITIZER_LOGS) $(abspath $(TSAN_BUILD))/pm-logs
+	mkdir -p $(TSAN_BUILD)/$(SANITIZER_LOGS)
+	$(TSAN_ENV) bash tests/sanitize/selfcheck.sh tsan $(TSAN_BUILD)
+	cd $(TSAN_BUILD) && $(TSAN_ENV) PM_SOAK_SECONDS=10 PM_KEEP_LOGS=$(abspath $(TSAN_BUILD))/pm-logs \
+		ctest --output-on-failure -j$(JOBS) -R '$(TSAN_TESTS)' 2>&1 | tee test-output.log
+	bash tests/sanitize/check_reports.sh $(TSAN_BUILD)/$(SANITIZER_LOGS) \
+		$(TSAN_BUILD)/Testing/Temporary/LastTest.log $(TSAN_BUILD)/pm-logs
+
+valgrind: build valgrind-deps
+	bash tests/valgrind/run.sh $(BUILD)
+
+soak: build
+	cd tests/python && PM_DAEMON=$(abspath $(BUILD))/service/provider-manager \
+		PM_SOAK_SECONDS=$(SOAK_SECONDS) $(PYTHON) -m unittest -v test_soak
 
 bench: build
 	cmake --build $(BUILD) -j$(JOBS) --target bench-tools

@@ -560,6 +560,7 @@ static int s_handle_writer(front_t *self)
         if (kind == WRITER_MSG_SNAPSHOT && zmq_msg_size(&part) == sizeof(snapshot_t *)) {
             snapshot_t *next, *old = self->snapshot;
             memcpy(&next, zmq_msg_data(&part), sizeof next);
+            WRITER_TSAN_ACQUIRE(next);
             self->snapshot = next;
             /* While the old snapshot still holds its providers: a freed provider's address
              * could otherwise come back as a new version and match a stale entry. */

@@ -118,6 +118,7 @@ static int s_send_snapshot(writer_t *self)
         log_error("writer: out of memory publishing a snapshot");
         return -1;
     }
+    WRITER_TSAN_RELEASE(snap);
     char type = WRITER_MSG_SNAPSHOT;
     if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0 ||
         zmq_send(self->pipe, &snap, sizeof snap, 0) < 0) {

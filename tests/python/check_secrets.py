@@ -29,9 +29,7 @@ def main(argv):
         1 for p in existing if os.path.isfile(p))
     leaks = pmsecrets.scan_paths(existing)
     for path, needle, line in leaks:
-        shown = line
-        for n in pmsecrets.needles(daemon_log=True):
-            shown = shown.replace(n, "<KEY>")
+        shown = pmsecrets.mask(line)
         print("check_secrets: LEAK of a test key (%s form) in %s: %s"
               % ("prefix" if needle.startswith("sk-") else "tail", path, shown))
     if leaks:

@@ -8,6 +8,7 @@ map per frame, REQ or DEALER + empty delimiter), and stops it with SIGTERM.
 Environment:
   PM_DAEMON     path to the provider-manager binary (set by ctest)
   PM_PMCTL      path to pmctl (set by ctest; unused by the black-box suite itself)
+  PM_TIMEOUT_SCALE  multiplies the start, stop and reply timeouts (valgrind runs)
   PM_KEEP_LOGS  a directory: every daemon's stderr/stdout is copied there at cleanup, so that
                 `make test` can check that no test API key was ever logged (check_secrets.py)
 """
@@ -31,9 +32,11 @@ import zmq
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCE_DIR = os.path.abspath(os.path.join(HERE, "..", ".."))
 
-START_TIMEOUT = 10.0  # bounded wait for "ready" / a health answer
-STOP_TIMEOUT = 2.0  # the contract: SIGTERM exits 0 within 2 s
-REPLY_TIMEOUT = 5.0  # default wait for one reply
+# PM_TIMEOUT_SCALE stretches the waits for a daemon run under valgrind (make valgrind).
+TIMEOUT_SCALE = float(os.environ.get("PM_TIMEOUT_SCALE", "1"))
+START_TIMEOUT = 10.0 * TIMEOUT_SCALE  # bounded wait for "ready" / a health answer
+STOP_TIMEOUT = 2.0 * TIMEOUT_SCALE  # the contract: SIGTERM exits 0 within 2 s
+REPLY_TIMEOUT = 5.0 * TIMEOUT_SCALE  # default wait for one reply
 STORE_FILE = "openaicompat-providers.yaml"
 
 # Environment variables passed through to the daemon (sanitizers, loader); everything else,

@@ -54,6 +54,13 @@ def scan_text(text, daemon_log=False):
     return found
 
 
+def mask(text):
+    """text with every test key form replaced by <KEY>: safe to print in a failure message."""
+    for needle in needles(daemon_log=True):
+        text = text.replace(needle, "<KEY>")
+    return text
+
+
 def _is_daemon_log(path):
     """Daemon stderr/stdout copies (pmharness PM_KEEP_LOGS) and sanitizer logs."""
     name = os.path.basename(path)
