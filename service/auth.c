@@ -3,6 +3,7 @@
  */
 #include "auth.h"
 
+#include "inproc.h"
 #include "log.h"
 #include "pmclient.h"
 
@@ -370,8 +371,7 @@ auth_t *auth_new(void *zmq_ctx, const config_t *cfg, char *err, size_t err_size)
                  cfg->curve_clients_dir);
 
     int zero = 0;
-    snprintf(self->control_endpoint, sizeof self->control_endpoint, "inproc://pm-auth-%p",
-             (void *)self);
+    inproc_endpoint(self->control_endpoint, sizeof self->control_endpoint, "auth");
     self->zap = zmq_socket(zmq_ctx, ZMQ_REP);
     self->control = zmq_socket(zmq_ctx, ZMQ_PAIR);
     self->control_peer = zmq_socket(zmq_ctx, ZMQ_PAIR);
@@ -407,7 +407,7 @@ int auth_apply(const auth_t *self, void *socket)
         return -1;
     /* The ZAP thread watches the socket's monitor and logs each refused handshake. */
     char endpoint[64];
-    snprintf(endpoint, sizeof endpoint, "inproc://pm-auth-monitor-%p", socket);
+    inproc_endpoint(endpoint, sizeof endpoint, "auth-monitor");
     if (zmq_socket_monitor(socket, endpoint, AUTH_MONITOR_EVENTS) < 0 ||
         zmq_send(self->control, endpoint, strlen(endpoint), 0) < 0)
         return -1;

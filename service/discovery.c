@@ -19,6 +19,7 @@
 #include "discovery.h"
 
 #include "discovery_worker.h"
+#include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
 
@@ -772,9 +773,8 @@ discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, in
         workers = CONFIG_MAX_WORKERS;
     char jobs_endpoint[DISCOVERY_ENDPOINT_SIZE];
     char results_endpoint[DISCOVERY_ENDPOINT_SIZE];
-    snprintf(jobs_endpoint, sizeof jobs_endpoint, "inproc://pm-discovery-jobs-%p", (void *)self);
-    snprintf(results_endpoint, sizeof results_endpoint, "inproc://pm-discovery-results-%p",
-             (void *)self);
+    inproc_endpoint(jobs_endpoint, sizeof jobs_endpoint, "discovery-jobs");
+    inproc_endpoint(results_endpoint, sizeof results_endpoint, "discovery-results");
     self->jobs = s_socket(zmq_ctx, ZMQ_PUSH);
     self->results = s_socket(zmq_ctx, ZMQ_PULL);
     self->wake = s_socket(zmq_ctx, ZMQ_PUSH);

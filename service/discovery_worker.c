@@ -10,6 +10,8 @@
  */
 #include "discovery_worker.h"
 
+#include "inproc.h"
+
 #include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
@@ -1240,8 +1242,7 @@ discovery_worker_t *discovery_worker_new(void *zmq_ctx, const config_discovery_t
         goto fail;
     self->settings = *settings;
     char control_endpoint[96];
-    snprintf(control_endpoint, sizeof control_endpoint, "inproc://pm-discovery-control-%p",
-             (void *)self);
+    inproc_endpoint(control_endpoint, sizeof control_endpoint, "discovery-control");
     /* Jobs and results pipes without a high-water mark: their length is bounded by the
      * requests the coordinator keeps in flight, and a full pipe must never block either end. */
     self->control = s_socket(zmq_ctx, ZMQ_PAIR, 0);

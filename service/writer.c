@@ -9,6 +9,7 @@
 #include "writer.h"
 
 #include "discovery.h"
+#include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
 #include "store.h"
@@ -801,7 +802,7 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     self->ctx = zmq_ctx;
     self->getenv_fn = getenv_fn;
     self->state_version = 0;
-    snprintf(self->endpoint, sizeof self->endpoint, "inproc://pm-writer-%p", (void *)self);
+    inproc_endpoint(self->endpoint, sizeof self->endpoint, "writer");
     if (store_path(cfg->data_dir, self->store_path, sizeof self->store_path) < 0) {
         snprintf(err, err_size, "data dir path too long");
         goto fail;
