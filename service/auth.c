@@ -3,6 +3,7 @@
  */
 #include "auth.h"
 
+#include "frames.h"
 #include "inproc.h"
 #include "log.h"
 #include "pmclient.h"
@@ -187,29 +188,18 @@ static bool s_may_log_refusal(auth_t *self)
 static void s_handle_zap(auth_t *self)
 {
     zmq_msg_t frames[AUTH_ZAP_FRAMES];
-    size_t count = 0;
-    bool more = true;
-    while (more) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, self->zap, 0) < 0) {
-            zmq_msg_close(&part);
-            break;
-        }
-        more = zmq_msg_more(&part);
-        if (count < AUTH_ZAP_FRAMES)
-            frames[count++] = part;
-        else
-            zmq_msg_close(&part);
-    }
+    bool overflow;
+    int received = frames_recv(self->zap, 0, frames, AUTH_ZAP_FRAMES, &overflow);
+    if (received < 0)
+        return;
+    size_t count = (size_t)received;
     if (count < 6) {
-        for (size_t i = 0; i < count; i++)
-            zmq_msg_close(&frames[i]);
+        frames_close(frames, count);
         return;
     }
     bool curve = zmq_msg_size(&frames[5]) == 5 && memcmp(zmq_msg_data(&frames[5]), "CURVE", 5) == 0;
-    bool ok =
-        curve && count == 7 && s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]));
+    bool ok = curve && count == 7 && !overflow &&
+              s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]));
     if (!ok && s_may_log_refusal(self)) {
         char address[64] = "?", key[PMCLIENT_Z85_KEY_LEN + 1] = "?";
         size_t alen = zmq_msg_size(&frames[3]);
@@ -230,8 +220,7 @@ static void s_handle_zap(auth_t *self)
         zmq_send(self->zap, text, strlen(text), ZMQ_SNDMORE) < 0 ||
         zmq_send(self->zap, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(self->zap, "", 0, 0) < 0)
         log_error("auth: cannot answer a ZAP request: %s", zmq_strerror(errno));
-    for (size_t i = 0; i < count; i++)
-        zmq_msg_close(&frames[i]);
+    frames_close(frames, count);
 }
 
 /* Logs one socket monitor event: a refused handshake (two frames: event and value, then the
@@ -239,21 +228,11 @@ static void s_handle_zap(auth_t *self)
 static void s_handle_monitor(auth_t *self, void *monitor)
 {
     zmq_msg_t frames[2];
-    size_t count = 0;
-    bool more = true;
-    while (more) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, monitor, 0) < 0) {
-            zmq_msg_close(&part);
-            break;
-        }
-        more = zmq_msg_more(&part);
-        if (count < 2)
-            frames[count++] = part;
-        else
-            zmq_msg_close(&part);
-    }
+    bool overflow;
+    int received = frames_recv(monitor, 0, frames, 2, &overflow);
+    if (received < 0)
+        return;
+    size_t count = (size_t)received;
     if (count == 2 && zmq_msg_size(&frames[0]) == 6 && s_may_log_refusal(self)) {
         uint16_t event;
         uint32_t value; /* a protocol error code, or an errno for "no detail" */
@@ -278,8 +257,7 @@ static void s_handle_monitor(auth_t *self, void *monitor)
             log_warn("auth: refused a client on %s: ZMTP protocol error 0x%x", endpoint,
                      (unsigned)value);
     }
-    for (size_t i = 0; i < count; i++)
-        zmq_msg_close(&frames[i]);
+    frames_close(frames, count);
 }
 
 /* A control message: empty = stop (returns 1); else the endpoint of a socket monitor to

@@ -4,6 +4,7 @@
  */
 #include "front.h"
 
+#include "frames.h"
 #include "log.h"
 #include "pm_proto.h"
 #include "registry.h"
@@ -432,12 +433,6 @@ static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_pack
 
 /* ------------------------------------------------------------------------ socket loop */
 
-static void s_close_frames(zmq_msg_t *frames, size_t count)
-{
-    for (size_t i = 0; i < count; i++)
-        zmq_msg_close(&frames[i]);
-}
-
 /* Sends the routing frames (up to and including the delimiter), then body. */
 static int s_send_reply(front_t *self, size_t envelope, const void *body, size_t size)
 {
@@ -465,31 +460,19 @@ static int s_forward_write(front_t *self, size_t count)
  * when none was waiting (the burst in front_run ends there). */
 static bool s_handle_client(front_t *self)
 {
-    size_t count = 0;
-    bool more = true, overflow = false;
-    while (more) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, self->router, count ? 0 : ZMQ_DONTWAIT) < 0) {
-            zmq_msg_close(&part);
-            s_close_frames(self->frames, count);
-            return false;
-        }
-        more = zmq_msg_more(&part);
-        if (count < FRONT_MAX_FRAMES)
-            self->frames[count++] = part;
-        else {
-            overflow = true;
-            zmq_msg_close(&part);
-        }
-    }
+    bool overflow;
+    int received =
+        frames_recv(self->router, ZMQ_DONTWAIT, self->frames, FRONT_MAX_FRAMES, &overflow);
+    if (received <= 0)
+        return false;
+    size_t count = (size_t)received;
     /* The envelope ends at the first empty frame; a message without one cannot be answered
      * (no REQ or well-behaved DEALER sends that), so it is dropped. */
     size_t delimiter = 0;
     while (delimiter < count && zmq_msg_size(&self->frames[delimiter]) != 0)
         delimiter++;
     if (overflow || delimiter == 0 || delimiter >= count) {
-        s_close_frames(self->frames, count);
+        frames_close(self->frames, count);
         return true;
     }
     size_t envelope = delimiter + 1;
@@ -515,7 +498,7 @@ static bool s_handle_client(front_t *self)
             pm_request_clear(&req);
             if (s_forward_write(self, count) < 0) {
                 log_error("front: cannot hand a write to the writer: %s", zmq_strerror(errno));
-                s_close_frames(self->frames, count);
+                frames_close(self->frames, count);
             }
             return true; /* the frames now belong to the writer's message */
         } else {
@@ -525,7 +508,7 @@ static bool s_handle_client(front_t *self)
     }
     if (s_send_reply(self, envelope, self->reply.data, self->reply.size) < 0)
         log_debug("front: reply dropped: %s", zmq_strerror(errno));
-    s_close_frames(self->frames, count);
+    frames_close(self->frames, count);
     if (self->reply.alloc > FRONT_REPLY_KEEP_BYTES) {
         /* One big reply (merged_models of a large registry) must not pin its memory. */
         msgpack_sbuffer_destroy(&self->reply);

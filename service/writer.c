@@ -9,6 +9,7 @@
 #include "writer.h"
 
 #include "discovery.h"
+#include "frames.h"
 #include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
@@ -624,43 +625,6 @@ static void s_clear_batch(batch_t *batch)
     batch->need_persist = false;
 }
 
-/* Receives one whole message into frames (at most max). Returns the frame count, 0 when
- * nothing was waiting (flags had ZMQ_DONTWAIT), or -1 on error. An oversized message is
- * drained and dropped (returns -2). */
-static int s_recv_message(void *socket, int flags, zmq_msg_t *frames, size_t max)
-{
-    size_t count = 0;
-    bool more = true;
-    bool overflow = false;
-    while (more) {
-        zmq_msg_t part;
-        zmq_msg_init(&part);
-        if (zmq_msg_recv(&part, socket, count == 0 ? flags : 0) < 0) {
-            int saved = errno;
-            zmq_msg_close(&part);
-            for (size_t i = 0; i < count; i++)
-                zmq_msg_close(&frames[i]);
-            if (saved == EAGAIN && count == 0)
-                return 0;
-            errno = saved;
-            return -1;
-        }
-        more = zmq_msg_more(&part);
-        if (count < max)
-            frames[count++] = part;
-        else {
-            overflow = true;
-            zmq_msg_close(&part);
-        }
-    }
-    if (overflow) {
-        for (size_t i = 0; i < count; i++)
-            zmq_msg_close(&frames[i]);
-        return -2;
-    }
-    return (int)count;
-}
-
 /* True when another write arrived within the gathering window (see WRITER_GATHER_SHARE). */
 static bool s_gather_more(writer_t *self, const batch_t *batch, bool *waited)
 {
@@ -678,17 +642,19 @@ static void s_handle_batch(writer_t *self)
     bool waited = false;
     while (batch->count < WRITER_MAX_BATCH && !self->stopping) {
         zmq_msg_t frames[WRITER_MAX_FRAMES];
-        int n = s_recv_message(self->pipe, batch->count == 0 ? 0 : ZMQ_DONTWAIT, frames,
-                               WRITER_MAX_FRAMES);
+        bool overflow;
+        int n = frames_recv(self->pipe, batch->count == 0 ? 0 : ZMQ_DONTWAIT, frames,
+                            WRITER_MAX_FRAMES, &overflow);
         if (n == 0 && s_gather_more(self, batch, &waited))
             continue;
         if (n == 0)
             break;
         if (n < 0) {
-            if (n == -1 && errno != EAGAIN)
-                log_error("writer: receive failed: %s", zmq_strerror(errno));
-            if (n == -1)
-                break;
+            log_error("writer: receive failed: %s", zmq_strerror(errno));
+            break;
+        }
+        if (overflow) { /* the front end never sends more frames than a request may have */
+            frames_close(frames, (size_t)n);
             continue;
         }
         const char *type = zmq_msg_size(&frames[0]) == 1 ? zmq_msg_data(&frames[0]) : "?";
