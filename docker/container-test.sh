@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # container-test: builds the provider-manager image with podman and proves, against the real
-# container, what docker/README-container.md promises:
+# container, what docs/container.md promises:
 #   - the daemon runs as a non-root user (uid 10001);
 #   - CURVE is on by default: `pmctl health` answers from the host with a client key, and is
 #     refused without one; a second container on the same network reaches it by name;

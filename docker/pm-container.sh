@@ -8,7 +8,7 @@
 #   /usr/local/bin/pm-healthcheck  the HEALTHCHECK / Kubernetes probe: `pmctl health` over the
 #                                  loopback. Exit 0 healthy, 1 not.
 #
-# Security (see docker/README-container.md):
+# Security (see docs/container.md):
 #   CURVE on (default): the server key file and the allowed clients directory come from the
 #     environment (PM_CURVE_SECRET_KEY_FILE, PM_CURVE_CLIENTS_DIR) or, when unset, from the
 #     curve_secret_key_file / curve_clients_dir lines of the config file. The health check
