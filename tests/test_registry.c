@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "provider_spec.h"
 #include "registry.h"
 
 #define LARGE_MODELS 100000
@@ -224,19 +225,19 @@ static void test_key_valid(void **state)
     char longest[REGISTRY_MAX_KEY_LEN + 2];
     memset(longest, 'k', sizeof(longest));
     longest[REGISTRY_MAX_KEY_LEN] = '\0';
-    assert_true(registry_key_valid("openai", 6));
-    assert_true(registry_key_valid("a", 1));
-    assert_true(registry_key_valid("x.y_z-9", 7));
-    assert_true(registry_key_valid(longest, REGISTRY_MAX_KEY_LEN));
-    assert_false(registry_key_valid(longest, REGISTRY_MAX_KEY_LEN + 1));
-    assert_false(registry_key_valid("", 0));
-    assert_false(registry_key_valid(NULL, 0));
-    assert_false(registry_key_valid("OpenAI", 6));
-    assert_false(registry_key_valid("a b", 3));
-    assert_false(registry_key_valid("a/b", 3));
-    assert_false(registry_key_valid("a\0b", 3));
+    assert_true(provider_key_valid("openai", 6));
+    assert_true(provider_key_valid("a", 1));
+    assert_true(provider_key_valid("x.y_z-9", 7));
+    assert_true(provider_key_valid(longest, REGISTRY_MAX_KEY_LEN));
+    assert_false(provider_key_valid(longest, REGISTRY_MAX_KEY_LEN + 1));
+    assert_false(provider_key_valid("", 0));
+    assert_false(provider_key_valid(NULL, 0));
+    assert_false(provider_key_valid("OpenAI", 6));
+    assert_false(provider_key_valid("a b", 3));
+    assert_false(provider_key_valid("a/b", 3));
+    assert_false(provider_key_valid("a\0b", 3));
     /* Only the span counts: "open" of "open AI". */
-    assert_true(registry_key_valid("open AI", 4));
+    assert_true(provider_key_valid("open AI", 4));
 
     assert_null(provider_new("Open AI", "x", "https://x"));
     assert_null(provider_new("", "x", "https://x"));
@@ -491,8 +492,8 @@ static void test_get_short_name(void **state)
 {
     (void)state;
     const char *name = "gpt-4o-2024-08-06";
-    assert_ptr_equal(registry_get_short_name(name), name);
-    assert_string_equal(registry_get_short_name("meta-llama/Llama-3-8B"), "meta-llama/Llama-3-8B");
+    assert_ptr_equal(provider_get_short_name(name), name);
+    assert_string_equal(provider_get_short_name("meta-llama/Llama-3-8B"), "meta-llama/Llama-3-8B");
 }
 
 /* ---------------------------------------------------------- invalid_models and cache */
@@ -998,7 +999,7 @@ static void test_apply_spec_new_and_merge(void **state)
 
     /* A new provider without name and URL: the key as name, "" as URL; appended. */
     spec_init(&spec, "mistral", NULL, NULL);
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, true), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, true), 0);
     provider_spec_clear(&spec);
     assert_null(spec.key);
     assert_int_equal(registry_count(reg), 5);
@@ -1018,7 +1019,7 @@ static void test_apply_spec_new_and_merge(void **state)
     spec_models(&spec, merge, COUNT_OF(merge));
     const char *invalid[] = {"davinci", "babbage", "davinci"};
     spec_invalid(&spec, invalid, COUNT_OF(invalid));
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     provider_spec_clear(&spec);
     const provider_t *openai = registry_get(reg, "openai", 6);
     assert_ptr_equal(openai, registry_at(reg, 0));
@@ -1041,7 +1042,7 @@ static void test_apply_spec_new_and_merge(void **state)
      * given are kept; the environment's key is not the stored one. */
     spec_init(&spec, "mistral", "Mistral AI", NULL);
     spec.has_api_key = true;
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     provider_spec_clear(&spec);
     assert_string_equal(provider_name(registry_get(reg, "mistral", 7)), "Mistral AI");
     assert_true(provider_pinned(registry_get(reg, "mistral", 7)));
@@ -1049,7 +1050,7 @@ static void test_apply_spec_new_and_merge(void **state)
     assert_int_equal(provider_set_env_api_key(editable, "sk-env-9999"), 0);
     spec_init(&spec, "openai", NULL, NULL);
     spec.has_api_key = true;
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     provider_spec_clear(&spec);
     openai = registry_get(reg, "openai", 6);
     assert_null(provider_stored_api_key(openai));
@@ -1062,7 +1063,7 @@ static void test_apply_spec_new_and_merge(void **state)
     spec_init(&spec, "multi", NULL, NULL);
     const model_pair_t shorts[] = {{"a", "x"}, {"b", "y"}};
     spec_models(&spec, shorts, 2);
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     provider_spec_clear(&spec);
     const provider_t *multi = registry_get(reg, "multi", 5);
     assert_string_equal(provider_find_model(multi, "s", 1), "c");
@@ -1084,7 +1085,7 @@ static void test_apply_spec_replace_models(void **state)
     spec_init(&spec, "groq", "Groq Cloud", "https://api.groq.com/openai/v1");
     const model_pair_t models[] = {{"llama-3.3-70b", "l70"}, {"mixtral-8x7b", NULL}};
     spec_models(&spec, models, COUNT_OF(models));
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_REPLACE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_REPLACE_MODELS, false), 0);
     provider_spec_clear(&spec);
     const provider_t *groq = registry_get(reg, "groq", 4);
     assert_ptr_equal(groq, registry_at(reg, 3));
@@ -1096,14 +1097,14 @@ static void test_apply_spec_replace_models(void **state)
 
     /* Replace mode without valid_models keeps the models. */
     spec_init(&spec, "groq", NULL, NULL);
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_REPLACE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_REPLACE_MODELS, false), 0);
     provider_spec_clear(&spec);
     expect_models(registry_get(reg, "groq", 4), models, COUNT_OF(models));
 
     /* An empty map replaces everything with nothing. */
     spec_init(&spec, "groq", NULL, NULL);
     spec_models(&spec, NULL, 0);
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_REPLACE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_REPLACE_MODELS, false), 0);
     provider_spec_clear(&spec);
     assert_int_equal(provider_model_count(registry_get(reg, "groq", 4)), 0);
     assert_int_equal(registry_model_count(reg), COUNT_OF(FIXTURE_MERGED) - 3);
@@ -1118,10 +1119,10 @@ static void test_apply_spec_failure_is_atomic(void **state)
     provider_spec_t spec;
 
     spec_init(&spec, "Bad Key", "Bad", "https://bad.test");
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, true), -1);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, true), -1);
     provider_spec_clear(&spec);
     spec_init(&spec, NULL, "Bad", "https://bad.test");
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, true), -1);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, true), -1);
     provider_spec_clear(&spec);
     assert_int_equal(registry_count(reg), 4);
     assert_false(registry_contains(reg, "Bad Key", 7));
@@ -1132,7 +1133,7 @@ static void test_apply_spec_failure_is_atomic(void **state)
     spec_models(&spec, models, 2);
     free(spec.model_long[1]);
     spec.model_long[1] = NULL;
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_REPLACE_MODELS, true), -1);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_REPLACE_MODELS, true), -1);
     provider_spec_clear(&spec);
     assert_ptr_equal(registry_get(reg, "openai", 6), openai);
     assert_string_equal(provider_name(openai), "OpenAI");
@@ -1143,7 +1144,7 @@ static void test_apply_spec_failure_is_atomic(void **state)
     spec_init(&spec, "openai", "Renamed", NULL);
     spec.has_invalid_models = true;
     spec.invalid_count = 2; /* but no array */
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), -1);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), -1);
     spec.has_invalid_models = false;
     spec.invalid_count = 0;
     provider_spec_clear(&spec);
@@ -1160,12 +1161,12 @@ static void test_max_providers(void **state)
         provider_spec_t spec = {0};
         snprintf(key, sizeof(key), "k%04d", i);
         spec.key = key; /* borrowed: not cleared */
-        assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), 0);
+        assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     }
     assert_int_equal(registry_count(reg), REGISTRY_MAX_PROVIDERS);
     provider_spec_t spec = {0};
     spec.key = "one-too-many";
-    assert_int_equal(registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, false), -1);
+    assert_int_equal(provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, false), -1);
     provider_t *extra = provider_new("one-too-many", "x", "https://x.test");
     assert_int_equal(registry_put(reg, &extra), -1);
     assert_non_null(extra); /* still ours */
@@ -1282,14 +1283,14 @@ static void test_large_many_providers(void **state)
     spec_init(&spec, "p030", NULL, NULL);
     const model_pair_t merge[] = {{"p030-m000", "zero"}, {"new-1", NULL}, {"new-2", NULL}};
     spec_models(&spec, merge, 3);
-    assert_int_equal(registry_apply_spec(next, &spec, REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, next, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     provider_spec_clear(&spec);
     expected += 2;
     assert_int_equal(registry_model_count(next), expected);
 
     spec_init(&spec, "p040", NULL, NULL);
     spec_models(&spec, merge, 3);
-    assert_int_equal(registry_apply_spec(next, &spec, REGISTRY_REPLACE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&spec, next, PROVIDER_SPEC_REPLACE_MODELS, false), 0);
     provider_spec_clear(&spec);
     expected = expected - MODELS_PER_PROVIDER + 3;
     assert_int_equal(registry_model_count(next), expected);
