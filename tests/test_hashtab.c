@@ -19,7 +19,7 @@
 #include "hashtab.h"
 
 #define MANY_KEYS 100000
-#define KEY_SIZE 16
+#define KEY_SIZE 32 /* room for any prefix used here and a size_t in decimal */
 
 /* The names a table indexes: value v is names[v - 1]. */
 typedef struct {
