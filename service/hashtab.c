@@ -10,29 +10,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* FNV-1a over the bytes, then MurmurHash3's 64-bit finaliser: FNV-1a alone leaves the low
- * bits (the ones a power-of-two mask keeps) poorly mixed for short, similar keys such as
- * "model-000123". The result is folded to the 32 bits a slot stores. */
-uint32_t hashtab_hash(const char *name, size_t len)
-{
-    uint64_t h = UINT64_C(0xcbf29ce484222325); /* FNV-1a 64-bit offset basis */
-    for (size_t i = 0; i < len; i++) {
-        h ^= (unsigned char)name[i];
-        h *= UINT64_C(0x100000001b3); /* FNV-1a 64-bit prime */
-    }
-    h ^= h >> 33;
-    h *= UINT64_C(0xff51afd7ed558ccd);
-    h ^= h >> 33;
-    h *= UINT64_C(0xc4ceb53a185ebe1a);
-    h ^= h >> 33;
-    return (uint32_t)(h ^ (h >> 32));
-}
-
-bool hashtab_name_equal(const char *a, size_t a_len, const char *b, size_t b_len)
-{
-    return a_len == b_len && (a_len == 0 || memcmp(a, b, a_len) == 0);
-}
-
 void hashtab_init(hashtab_t *self)
 {
     assert(self);
@@ -46,22 +23,6 @@ void hashtab_release(hashtab_t *self)
     assert(self);
     free(self->slots);
     hashtab_init(self);
-}
-
-hashtab_slot_t *hashtab_find(const hashtab_t *self, uint32_t hash, hashtab_match_fn *match,
-                             const void *ctx, const char *name, size_t len)
-{
-    if (self->capacity == 0)
-        return NULL;
-    size_t mask = self->capacity - 1;
-    /* Terminates: load <= 0.5 guarantees an empty slot. */
-    for (size_t i = hash & mask;; i = (i + 1) & mask) {
-        hashtab_slot_t *slot = &self->slots[i];
-        if (slot->value == 0)
-            return NULL;
-        if (slot->hash == hash && match(ctx, slot->value, name, len))
-            return slot;
-    }
 }
 
 int hashtab_reserve(hashtab_t *self, size_t entries)
@@ -89,19 +50,6 @@ int hashtab_reserve(hashtab_t *self, size_t entries)
     self->slots = slots;
     self->capacity = capacity;
     return 0;
-}
-
-void hashtab_insert(hashtab_t *self, uint32_t hash, uint32_t value)
-{
-    assert(value != 0);
-    assert(self->capacity > 0 && (self->used + 1) * 2 <= self->capacity);
-    size_t mask = self->capacity - 1;
-    size_t i = hash & mask;
-    while (self->slots[i].value != 0)
-        i = (i + 1) & mask;
-    self->slots[i].hash = hash;
-    self->slots[i].value = value;
-    self->used++;
 }
 
 /* Backward-shift deletion: a tombstone-free table keeps "an empty slot ends the probe" true. An

@@ -76,7 +76,6 @@ typedef struct {
 struct provider_t {
     atomic_size_t refs;
     char *key;
-    size_t key_len;
     char *name;
     char *base_api_url;
     char *api_key;     /* stored (persisted) key, NULL when none */
@@ -336,7 +335,7 @@ bool provider_key_valid(const char *key, size_t len)
     return true;
 }
 
-/* A NULL name or URL is taken as "" (the caller decides defaults, see apply_spec). */
+/* A NULL name or URL is taken as "" (the caller decides defaults, see provider_spec_apply). */
 provider_t *provider_new(const char *key, const char *name, const char *base_api_url)
 {
     if (!key || !provider_key_valid(key, strlen(key)))
@@ -346,8 +345,7 @@ provider_t *provider_new(const char *key, const char *name, const char *base_api
         return NULL;
     atomic_init(&self->refs, 1);
     self->cache_duration = PROVIDER_DEFAULT_CACHE_DURATION;
-    self->key_len = strlen(key);
-    self->key = s_dup(key, self->key_len);
+    self->key = s_dup(key, strlen(key));
     self->name = s_dup(name ? name : "", name ? strlen(name) : 0);
     self->base_api_url =
         s_dup(base_api_url ? base_api_url : "", base_api_url ? strlen(base_api_url) : 0);
@@ -358,8 +356,9 @@ provider_t *provider_new(const char *key, const char *name, const char *base_api
     return self;
 }
 
-/* Deep copy; with_models false leaves valid_models empty (apply_spec's replace mode would
- * throw the copy away at once). The copy has one reference, the caller's. */
+/* Deep copy; with_models false leaves valid_models empty (provider_clone_without_models:
+ * a caller that replaces the whole map would throw the copy away at once). The copy has one
+ * reference, the caller's. */
 static provider_t *s_provider_clone(const provider_t *self, bool with_models)
 {
     provider_t *copy = provider_new(self->key, self->name, self->base_api_url);
