@@ -2,7 +2,8 @@
  * test_provider: unit tests of one provider (service/provider.h), the seed's ProviderConfig:
  * key validity, fields and api keys (stored and environment), deep clones and references,
  * valid_models lookups (long, short, first hit), put / merge semantics, get_short_name,
- * invalid_models and the discovery cache.
+ * invalid_models and the discovery cache, and the calls the registry and the layering build
+ * on (batch puts, clones without models, shared, stored model entries).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -15,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hashtab.h"
 #include "registry_fixture.h"
 
 /* ---------------------------------------------------------------------- provider basics */
@@ -365,6 +367,99 @@ static void test_cache_freshness(void **state)
     provider_destroy(&p);
 }
 
+/* ------------------------------------------------ calls the registry and layering build on */
+
+static void test_put_models_batch(void **state)
+{
+    (void)state;
+    provider_t *p = make_provider("p", "P", "https://p.test", GROQ_MODELS, COUNT_OF(GROQ_MODELS));
+    /* "shared-model" (first holder of "shared") is renamed and a new model takes "shared":
+     * the short index is rebuilt once, and first hits follow the new order. */
+    const char *longs[] = {"shared-model", "new-model", "Llama-3-8B"};
+    const char *shorts[] = {"sm", "shared", NULL};
+    assert_int_equal(provider_put_models(p, longs, shorts, 3), 0);
+    const model_pair_t expected[] = {{"Llama-3-8B", NULL},
+                                     {"shared-model", "sm"},
+                                     {"mixtral-8x7b", "mixtral"},
+                                     {"new-model", "shared"}};
+    expect_models(p, expected, COUNT_OF(expected));
+    assert_string_equal(provider_find_model(p, "shared", 6), "new-model");
+    assert_string_equal(provider_find_model(p, "sm", 2), "shared-model");
+    assert_int_equal(provider_first_hit(p, "shared", 6), 3);
+
+    /* No short names at all: every model is its own short name. */
+    const char *plain[] = {"plain-a", "plain-b"};
+    assert_int_equal(provider_put_models(p, plain, NULL, 2), 0);
+    assert_string_equal(provider_model_short(p, 5), "plain-b");
+    assert_int_equal(provider_put_models(p, NULL, NULL, 0), 0);
+
+    /* A NULL long name fails; the models before it stay and the indexes agree with them. */
+    const char *broken[] = {"kept", NULL, "never"};
+    const char *broken_shorts[] = {"mixtral", NULL, NULL};
+    assert_int_equal(provider_put_models(p, broken, broken_shorts, 3), -1);
+    assert_int_equal(provider_model_count(p), 7);
+    assert_int_equal(provider_model_index(p, "kept", 4), 6);
+    assert_int_equal(provider_model_index(p, "never", 5), -1);
+    assert_string_equal(provider_find_model(p, "mixtral", 7), "mixtral-8x7b");
+    provider_destroy(&p);
+}
+
+static void test_clone_without_models_and_shared(void **state)
+{
+    (void)state;
+    provider_t *p =
+        make_provider("openai", "OpenAI", "https://api.openai.com/v1", OPENAI_MODELS, 3);
+    assert_int_equal(provider_set_api_key(p, "sk-stored-0001"), 0);
+    const char *invalid[] = {"gpt-3"};
+    assert_int_equal(provider_set_invalid_models(p, invalid, 1), 0);
+    provider_set_pinned(p, true);
+    assert_false(provider_shared(p));
+
+    provider_t *bare = provider_clone_without_models(p);
+    assert_non_null(bare);
+    assert_int_equal(provider_model_count(bare), 0);
+    assert_null(provider_find_model(bare, "4o", 2));
+    assert_string_equal(provider_key(bare), "openai");
+    assert_string_equal(provider_name(bare), "OpenAI");
+    assert_string_equal(provider_stored_api_key(bare), "sk-stored-0001");
+    assert_true(provider_is_invalid(bare, "gpt-3", 5));
+    assert_true(provider_pinned(bare));
+    assert_int_equal(provider_model_count(p), 3); /* the original keeps its models */
+
+    provider_t *ref = provider_ref(p);
+    assert_true(provider_shared(p));
+    provider_destroy(&ref);
+    assert_false(provider_shared(p));
+    provider_destroy(&bare);
+    provider_destroy(&p);
+}
+
+static void test_model_entry_and_explicit_shorts(void **state)
+{
+    (void)state;
+    provider_t *p =
+        make_provider("openai", "OpenAI", "https://api.openai.com/v1", OPENAI_MODELS, 3);
+    assert_int_equal(provider_explicit_short_count(p), 2);
+    provider_model_entry_t entry;
+    provider_model_entry(p, 0, &entry);
+    assert_string_equal(entry.long_name, "gpt-4o-2024-08-06");
+    assert_int_equal(entry.long_len, strlen("gpt-4o-2024-08-06"));
+    assert_int_equal(entry.long_hash, hashtab_hash("gpt-4o-2024-08-06", entry.long_len));
+    assert_string_equal(entry.short_name, "4o");
+    assert_int_equal(entry.short_len, 2);
+    assert_int_equal(entry.short_hash, hashtab_hash("4o", 2));
+    /* A short name equal to the long one is stored as none. */
+    provider_model_entry(p, 2, &entry);
+    assert_null(entry.short_name);
+    assert_int_equal(entry.short_len, entry.long_len);
+    assert_int_equal(entry.short_hash, entry.long_hash);
+    assert_int_equal(provider_put_model(p, "gpt-4o", "omni"), 0);
+    assert_int_equal(provider_explicit_short_count(p), 3);
+    assert_int_equal(provider_put_model(p, "gpt-4o-2024-08-06", NULL), 0);
+    assert_int_equal(provider_explicit_short_count(p), 2);
+    provider_destroy(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -379,6 +474,9 @@ int main(void)
         cmocka_unit_test(test_get_short_name),
         cmocka_unit_test(test_invalid_models_set_replace_dedupe),
         cmocka_unit_test(test_cache_freshness),
+        cmocka_unit_test(test_put_models_batch),
+        cmocka_unit_test(test_clone_without_models_and_shared),
+        cmocka_unit_test(test_model_entry_and_explicit_shorts),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
