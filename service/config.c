@@ -11,6 +11,7 @@
 #include "config.h"
 
 #include "builtin_providers.h"
+#include "provider_spec.h"
 
 #include <yaml.h>
 
@@ -111,12 +112,12 @@ static int s_parse_bool(const char *text, bool *out)
     return -1;
 }
 
-static int s_parse_log_level(const char *text, config_log_level_t *out)
+static int s_parse_log_level(const char *text, log_level_t *out)
 {
     static const char *const names[] = {"error", "warn", "info", "debug"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
         if (strcmp(text, names[i]) == 0) {
-            *out = (config_log_level_t)i;
+            *out = (log_level_t)i;
             return 0;
         }
     }
@@ -277,7 +278,7 @@ typedef struct {
     bool present[OPT_COUNT];
     const char *value[OPT_COUNT]; /* borrowed from argv */
     long workers;
-    config_log_level_t log_level;
+    log_level_t log_level;
 } s_flags_t;
 
 static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, size_t err_size)
@@ -924,7 +925,7 @@ static int s_apply_layer(registry_t *reg, const store_layer_t *layer, bool pinne
                          const char *origin, char *err, size_t err_size)
 {
     for (size_t i = 0; i < layer->count; i++) {
-        if (registry_apply_spec(reg, &layer->specs[i], REGISTRY_MERGE_MODELS, pinned) != 0) {
+        if (provider_spec_apply(&layer->specs[i], reg, PROVIDER_SPEC_MERGE_MODELS, pinned) != 0) {
             s_set_error(
                 err, err_size,
                 "cannot apply provider '%s' from %s: out of memory or over a registry limit",
@@ -959,11 +960,11 @@ int config_build_registry(const config_t *cfg, config_getenv_fn *getenv_fn, regi
     for (size_t i = 0; i < count; i++) {
         provider_spec_t spec;
         memset(&spec, 0, sizeof spec);
-        /* registry_apply_spec only reads the spec; the casts do not let anything write. */
+        /* provider_spec_apply only reads the spec; the casts do not let anything write. */
         spec.key = (char *)builtins[i].key;
         spec.name = (char *)builtins[i].name;
         spec.base_api_url = (char *)builtins[i].base_api_url;
-        if (registry_apply_spec(reg, &spec, REGISTRY_MERGE_MODELS, true) != 0) {
+        if (provider_spec_apply(&spec, reg, PROVIDER_SPEC_MERGE_MODELS, true) != 0) {
             s_set_error(err, err_size, "cannot apply the built-in provider '%s': out of memory",
                         builtins[i].key);
             goto cleanup;

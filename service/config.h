@@ -15,6 +15,7 @@
 #ifndef PM_CONFIG_H
 #define PM_CONFIG_H
 
+#include "log.h"
 #include "registry.h"
 #include "store.h"
 #include <stdbool.h>
@@ -24,8 +25,6 @@
 #define CONFIG_DEFAULT_DATA_DIR "./data"
 #define CONFIG_DEFAULT_WORKERS 4
 #define CONFIG_MAX_WORKERS 64
-
-typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } config_log_level_t;
 
 typedef struct {
     double cache_duration_s; /* discovery list cache, default 3600 */
@@ -47,7 +46,7 @@ typedef struct {
     char *events_endpoint;
     char *data_dir;
     int workers;
-    config_log_level_t log_level;
+    log_level_t log_level;
     config_discovery_t discovery;
     /* Security (CURVE): all NULL when off. */
     char *curve_secret_key_file; /* server secret key file (z85, see pmctl keygen) */

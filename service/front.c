@@ -321,7 +321,7 @@ static void s_op_short_name(read_t *r)
         pm_reply_error(r->pk, r->req->id, PM_ERR_BAD_REQUEST, err);
         return;
     }
-    /* registry_get_short_name is the identity today; the reply is built from the span. */
+    /* provider_get_short_name is the identity today; the reply is built from the span. */
     pm_reply_ok_begin(r->pk, r->req->id);
     pm_pack_strn(r->pk, name.ptr, name.len);
 }

@@ -9,21 +9,21 @@
 #include <time.h>
 
 /* Written once before any thread starts, read-only afterwards. */
-static config_log_level_t s_level = LOG_INFO;
+static log_level_t s_level = LOG_INFO;
 
 static const char *const s_level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
-void log_set_level(config_log_level_t level)
+void log_set_level(log_level_t level)
 {
     s_level = level;
 }
 
-config_log_level_t log_level(void)
+log_level_t log_level(void)
 {
     return s_level;
 }
 
-void log_msg(config_log_level_t level, const char *format, ...)
+void log_msg(log_level_t level, const char *format, ...)
 {
     if (level > s_level)
         return;

@@ -6,15 +6,16 @@
 #ifndef PM_LOG_H
 #define PM_LOG_H
 
-#include "config.h"
 #include <stddef.h>
 
-/* Lines above this level are dropped. Set once at start-up, before threads start. */
-void log_set_level(config_log_level_t level);
-config_log_level_t log_level(void);
+/* Severity of a line; a lower value is more severe. The config file's log_level names these. */
+typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } log_level_t;
 
-void log_msg(config_log_level_t level, const char *format, ...)
-    __attribute__((format(printf, 2, 3)));
+/* Lines above this level are dropped. Set once at start-up, before threads start. */
+void log_set_level(log_level_t level);
+log_level_t log_level(void);
+
+void log_msg(log_level_t level, const char *format, ...) __attribute__((format(printf, 2, 3)));
 
 #define log_error(...) log_msg(LOG_ERROR, __VA_ARGS__)
 #define log_warn(...) log_msg(LOG_WARN, __VA_ARGS__)

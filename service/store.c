@@ -720,7 +720,7 @@ static int s_parse_providers(s_walk_t *walk, const yaml_node_t *node, store_laye
             return -1;
         const char *text = s_text(key);
         size_t length = key->data.scalar.length;
-        if (!registry_key_valid(text, length)) {
+        if (!provider_key_valid(text, length)) {
             int shown = length > STORE_MAX_SHOWN_KEY ? STORE_MAX_SHOWN_KEY : (int)length;
             s_error_at(walk->err, walk->err_size, walk->path, key->start_mark,
                        "invalid provider key '%.*s' (1 to %d characters of a-z, 0-9, '.', "

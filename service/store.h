@@ -20,6 +20,7 @@
 #ifndef PM_STORE_H
 #define PM_STORE_H
 
+#include "provider_spec.h"
 #include "registry.h"
 #include <stddef.h>
 

@@ -13,6 +13,7 @@
 #include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
+#include "provider_spec.h"
 #include "store.h"
 #include "wire.h"
 
@@ -197,7 +198,7 @@ static int s_spec_from_request(const pm_request_t *req, provider_spec_t *spec, c
             goto bad_key; /* present but too long */
         return -1;
     }
-    if (!registry_key_valid(key.ptr, key.len))
+    if (!provider_key_valid(key.ptr, key.len))
         goto bad_key;
     if (wire_required_str(req, "name", WIRE_MAX_NAME_LEN, &name, err, err_size) < 0 ||
         wire_required_str(req, "base_api_url", WIRE_MAX_URL_LEN, &url, err, err_size) < 0)
@@ -325,7 +326,7 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
         goto done;
     }
     registry_t *next = s_next(self, batch);
-    if (!next || registry_apply_spec(next, &spec, REGISTRY_REPLACE_MODELS, false) < 0) {
+    if (!next || provider_spec_apply(&spec, next, PROVIDER_SPEC_REPLACE_MODELS, false) < 0) {
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }

@@ -63,7 +63,7 @@ static void test_every_entry_is_well_formed(void **state)
     for (size_t i = 0; i < count; i++) {
         const builtin_provider_t *entry = &table[i];
         assert_non_null(entry->key);
-        assert_true(registry_key_valid(entry->key, strlen(entry->key)));
+        assert_true(provider_key_valid(entry->key, strlen(entry->key)));
         assert_non_null(entry->name);
         assert_true(strlen(entry->name) > 0);
         assert_true(strlen(entry->name) <= REGISTRY_MAX_NAME_LEN);

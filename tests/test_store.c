@@ -12,6 +12,7 @@
 
 #include <cmocka.h>
 
+#include "provider_spec.h"
 #include "registry.h"
 #include "store.h"
 
@@ -150,8 +151,8 @@ static registry_t *s_registry_from(const store_layer_t *layer)
     registry_t *reg = registry_new();
     assert_non_null(reg);
     for (size_t i = 0; i < layer->count; i++)
-        assert_int_equal(registry_apply_spec(reg, &layer->specs[i], REGISTRY_MERGE_MODELS, false),
-                         0);
+        assert_int_equal(
+            provider_spec_apply(&layer->specs[i], reg, PROVIDER_SPEC_MERGE_MODELS, false), 0);
     return reg;
 }
 
@@ -343,7 +344,8 @@ static void test_backward_compatible_without_invalid_models(void **state)
     const char *bad[] = {"old-model"};
     assert_int_equal(provider_set_invalid_models(p, bad, 1), 0);
     s_put(reg, p);
-    assert_int_equal(registry_apply_spec(reg, &layer.specs[0], REGISTRY_MERGE_MODELS, false), 0);
+    assert_int_equal(provider_spec_apply(&layer.specs[0], reg, PROVIDER_SPEC_MERGE_MODELS, false),
+                     0);
     assert_int_equal(provider_invalid_count(registry_get(reg, "openai", 6)), 1);
     assert_int_equal(provider_model_count(registry_get(reg, "openai", 6)), 1);
     registry_destroy(&reg);
