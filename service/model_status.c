@@ -813,8 +813,7 @@ static int s_sync_provider(model_status_t *self, s_prov_t *pv, const provider_t 
             rc = -1;
             continue;
         }
-        r->pub.in_invalid_models = provider_model_index(p, m, strlen(m)) < 0;
-        r->pub.in_valid_models = !r->pub.in_invalid_models;
+        r->pub.in_invalid_models = true; /* not valid: every valid model has a record now */
     }
     if (s_rederive_all(self, pv) != 0)
         rc = -1;
@@ -853,7 +852,7 @@ int model_status_sync(model_status_t *self, const registry_t *reg, double now)
 int model_status_list_ok(model_status_t *self, const char *key, size_t n, const char *const *models,
                          const model_meta_t *metas, double now)
 {
-    if (!self || (n > 0 && !models))
+    if (!self || (n > 0 && !models) || n > REGISTRY_MAX_MODELS)
         return -1;
     s_prov_t *pv = s_prov_find(self, key);
     if (!pv)
@@ -933,7 +932,9 @@ int model_status_list_failed(model_status_t *self, const char *key,
         state = STATUS_PROVIDER_AUTH_FAILED;
         break;
     case STATUS_ERROR_TRANSIENT:
-        state = STATUS_PROVIDER_UNREACHABLE;
+        /* No HTTP answer at all (refused, timeout, DNS): unreachable. A transient HTTP answer
+         * (429, 5xx) means the provider is there but failing: error, class transient. */
+        state = http_status > 0 ? STATUS_PROVIDER_ERROR : STATUS_PROVIDER_UNREACHABLE;
         break;
     case STATUS_ERROR_MODEL:
     case STATUS_ERROR_ERROR:

@@ -23,6 +23,12 @@
  * without a transition. Every change of a record or provider status also marks it dirty, so
  * the journal (status_store) writes O(changed records) per batch (model_status_take_dirty).
  *
+ * The writer's sequence for one provider's part of a job (one batch): feed the facts
+ * (list_ok / list_failed / probe), apply model_status_prune_plan if it is not empty (one
+ * ProviderConfig change) and model_status_sync, then model_status_take_changes (one `models`
+ * event when not empty), model_status_take_dirty and status_store_append, all before the job
+ * reads `done`. After any other ProviderConfig change: model_status_sync, then the same.
+ *
  * Threads: owned by the writer thread only; no locking. No API key is ever stored here: the
  * key is only looked at (present or not) during model_status_sync.
  *
@@ -213,8 +219,9 @@ int model_status_list_ok(model_status_t *self, const char *key, size_t n, const 
                          const model_meta_t *metas, double now);
 
 /* A failed list: the provider's state becomes auth_failed (STATUS_ERROR_AUTH), unreachable
- * (STATUS_ERROR_TRANSIENT: no usable HTTP answer) or error (STATUS_ERROR_ERROR / _MODEL: a
- * malformed answer); last_list_at = now and last_error set; last_list_ok_at unchanged; no
+ * (STATUS_ERROR_TRANSIENT with http_status 0: no HTTP answer at all), or error (a transient
+ * HTTP answer such as 429 / 5xx, or STATUS_ERROR_ERROR / _MODEL: a malformed answer);
+ * last_list_at = now and last_error set (its class as given); last_list_ok_at unchanged; no
  * record changes (a failed list never counts toward gone). http_status 0 = nil. message is
  * copied (NULL: ""); it must hold no API key. 0, or -1 (unknown provider, bad class, OOM). */
 int model_status_list_failed(model_status_t *self, const char *key,
@@ -232,9 +239,9 @@ typedef enum {
 /* A finished probe of (key, model): last_checked_at = now always. OK: failures = 0,
  * last_ok_at = now, latency_ms set, last_error cleared. MODEL_FAIL: failures + 1, last_error
  * {model}. AUTH / TRANSIENT / ERROR never count and never reset failures: they set last_error
- * only (AUTH also makes the provider auth_failed and changes no model state). A probe of a
- * model without a record creates one only when it is in the provider's lists (it has one
- * after sync), else -1 and nothing changes. message copied, no API key. 0 / -1. */
+ * only (AUTH also makes the provider auth_failed and changes no model state). Every model
+ * of the provider's lists has a record after model_status_sync / _list_ok; a probe of a model
+ * without one is -1 and changes nothing. message copied, no API key. 0 / -1. */
 int model_status_probe(model_status_t *self, const char *key, const char *model,
                        status_probe_outcome_t outcome, int http_status, double latency_ms,
                        const char *message, double now);

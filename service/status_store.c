@@ -690,6 +690,11 @@ status_store_t *status_store_open(const char *data_dir, model_status_t *status, 
         s_set_error(err, err_size, "%s: %s", self->path, strerror(errno));
         goto fail;
     }
+    /* The journal may have just been created: make its directory entry durable too. */
+    if (s_fsync_dir(self->dir) != 0) {
+        s_set_error(err, err_size, "%s: %s", self->dir, strerror(errno));
+        goto fail;
+    }
     self->size = (uint64_t)st.st_size;
     if (s_replay(self, status, err, err_size) != 0)
         goto fail;
@@ -755,8 +760,8 @@ int status_store_append(status_store_t *self, const model_status_t *status,
     uint64_t limit = (uint64_t)STATUS_STORE_COMPACT_FACTOR * self->snapshot_size;
     if (limit < (uint64_t)STATUS_STORE_MIN_COMPACT_BYTES)
         limit = (uint64_t)STATUS_STORE_MIN_COMPACT_BYTES;
-    if (self->size > limit)
-        rc = status_store_compact(self, status, err, err_size);
+    if (self->size > limit && status_store_compact(self, status, err, err_size) != 0)
+        rc = 1;
 cleanup:
     msgpack_sbuffer_destroy(&buf);
     return rc;

@@ -66,9 +66,11 @@ void status_store_destroy(status_store_t **self_p);
 /* Appends one batch frame: status_version plus what `dirty` lists (taken with
  * model_status_take_dirty just before; its borrowed records must still be alive), in one
  * write and one fdatasync. Nothing is written when dirty is empty and the version has not
- * moved. Compacts afterwards when the journal is over its limit. 0, or -1 with a message
- * (the journal is then as it was before the call; the caller keeps running and may retry
- * with a compaction, which writes everything). */
+ * moved. Compacts afterwards when the journal is over its limit. Returns 0; 1 when the
+ * batch is durable but the compaction failed (message in err; it is retried at the next
+ * append, the journal stays valid); -1 with a message when the batch was not written (the
+ * journal is then as it was before the call; the caller may retry, or compact, which writes
+ * everything). */
 int status_store_append(status_store_t *self, const model_status_t *status,
                         const status_dirty_t *dirty, char *err, size_t err_size);
 

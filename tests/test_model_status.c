@@ -428,6 +428,14 @@ static void test_provider_status(void **state)
         model_status_list_failed(f->st, "p1", STATUS_ERROR_ERROR, 200, "malformed list", 201.0), 0);
     assert_int_equal(ps->state, STATUS_PROVIDER_ERROR);
     assert_int_equal(ps->last_error.http_status, 200);
+    /* A transient HTTP answer: the provider is there but failing. */
+    assert_int_equal(model_status_list_failed(f->st, "p1", STATUS_ERROR_TRANSIENT, 503,
+                                              "service unavailable", 201.5),
+                     0);
+    assert_int_equal(ps->state, STATUS_PROVIDER_ERROR);
+    assert_int_equal(ps->last_error.error_class, STATUS_ERROR_TRANSIENT);
+    assert_int_equal(ps->last_error.http_status, 503);
+    assert_true(ps->last_list_at == 201.5);
     assert_int_equal(
         model_status_list_failed(f->st, "p1", STATUS_ERROR_AUTH, 403, "forbidden", 202.0), 0);
     assert_int_equal(ps->state, STATUS_PROVIDER_AUTH_FAILED);
