@@ -384,6 +384,18 @@ static s_prov_t *s_prov_add(model_status_t *self, const char *key)
     if (self->providers_live + 1 > self->bucket_count &&
         s_prov_rehash(self, self->bucket_count ? self->bucket_count * 2 : 16) != 0)
         return NULL;
+    /* Compact the holes left by removed providers before growing (providers come and go). */
+    if (self->providers_len == self->providers_cap &&
+        self->providers_live < self->providers_len / 2) {
+        size_t j = 0;
+        for (size_t i = 0; i < self->providers_len; i++) {
+            if (self->providers[i]) {
+                self->providers[i]->order = j;
+                self->providers[j++] = self->providers[i];
+            }
+        }
+        self->providers_len = j;
+    }
     if (s_grow((void **)&self->providers, &self->providers_cap, self->providers_len + 1,
                sizeof *self->providers) != 0)
         return NULL;

@@ -828,6 +828,47 @@ static void test_include_invalid_override_moves_to_valid(void **state)
     expect_changes(f, "p1", want, 1);
 }
 
+static void test_other_transitions(void **state)
+{
+    fixture_t *f = *state;
+    /* failing -> gone: absence wins over failures. */
+    for (int i = 0; i < 3; i++)
+        probe(f, "a", STATUS_PROBE_MODEL_FAIL, 404, 200.0 + i);
+    const char *const bc[] = {"b", "c", "new"};
+    list(f, "p1", bc, 3, 210.0);
+    list(f, "p1", bc, 3, 211.0);
+    assert_int_equal(state_of(f, "p1", "a"), STATUS_GONE);
+    const char *const want1[] = {"a:valid>failing", "new:nil>unverified", "a:failing>gone"};
+    expect_changes(f, "p1", want1, 3);
+    /* gone -> failing: listed again, but its failures still stand. */
+    const char *const abc[] = {"a", "b", "c", "new"};
+    list(f, "p1", abc, 4, 212.0);
+    assert_int_equal(state_of(f, "p1", "a"), STATUS_FAILING);
+    const char *const want2[] = {"a:gone>failing"};
+    expect_changes(f, "p1", want2, 1);
+    /* unverified -> valid (discovery adds it), valid -> unverified (the operator removes a
+     * listed model from valid_models), unverified -> invalid, invalid -> nil is silent. */
+    const char *const v4[] = {"a", "b", "c", "new"};
+    set_p1(f, v4, NULL, 4, INVALID1, 1);
+    assert_int_equal(model_status_sync(f->st, f->reg, 213.0), 0);
+    const char *const v3[] = {"a", "b", "c"};
+    set_p1(f, v3, NULL, 3, INVALID1, 1);
+    assert_int_equal(model_status_sync(f->st, f->reg, 214.0), 0);
+    const char *const inv2[] = {"x", "new"};
+    set_p1(f, v3, NULL, 3, inv2, 2);
+    assert_int_equal(model_status_sync(f->st, f->reg, 215.0), 0);
+    const char *const want3[] = {"new:unverified>valid", "new:valid>unverified",
+                                 "new:unverified>invalid"};
+    expect_changes(f, "p1", want3, 3);
+    set_p1(f, v3, NULL, 3, NULL, 0); /* x (unlisted) leaves invalid_models */
+    assert_int_equal(model_status_sync(f->st, f->reg, 216.0), 0);
+    assert_null(model_status_record(f->st, "p1", "x"));
+    const char *const want4[] = {"new:invalid>unverified"};
+    expect_changes(f, "p1", want4, 1);
+    /* The failures count of a model survives its trip out of valid_models and back. */
+    assert_int_equal(model_status_record(f->st, "p1", "a")->failures, 3);
+}
+
 static void test_names_and_bad_settings(void **state)
 {
     (void)state;
@@ -926,6 +967,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dirty_tracking_and_removals, setup, teardown),
         cmocka_unit_test_setup_teardown(test_include_invalid_override_moves_to_valid, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(test_other_transitions, setup, teardown),
         cmocka_unit_test(test_names_and_bad_settings),
         cmocka_unit_test_setup_teardown(test_threshold_one_and_restore, setup, teardown),
     };
