@@ -796,10 +796,12 @@ static int s_sync_provider(model_status_t *self, s_prov_t *pv, const provider_t 
             r->pub.in_valid_models = in_valid;
             r->pub.in_invalid_models = in_invalid;
             r->pub.pruned = pruned;
-            if (!pruned) {
-                free(r->pub.short_name);
-                r->pub.short_name = NULL;
-            }
+            s_mark_rec(self, pv, r);
+        }
+        if (!pruned && r->pub.short_name) {
+            /* Kept only while pruned (a plan that was not applied leaves one behind too). */
+            free(r->pub.short_name);
+            r->pub.short_name = NULL;
             s_mark_rec(self, pv, r);
         }
     }
@@ -1017,7 +1019,9 @@ bool model_status_ignored(const model_status_t *self, const char *key, const cha
         return false;
     if (s_matches(self->settings.ignore, self->settings.ignore_count, model))
         return true;
-    size_t idx = key ? s_ignore_index(&self->settings, key) : SIZE_MAX;
+    /* The provider's entry caches its pattern list; a provider not synced yet is looked up. */
+    const s_prov_t *pv = s_prov_find(self, key);
+    size_t idx = pv ? pv->ignore_index : key ? s_ignore_index(&self->settings, key) : SIZE_MAX;
     if (idx == SIZE_MAX)
         return false;
     const s_ignore_t *pi = &self->settings.provider_ignore[idx];

@@ -639,6 +639,8 @@ static void test_prune_not_applied_is_forgotten(void **state)
     status_prune_plan_clear(&plan);
     assert_int_equal(model_status_sync(f->st, f->reg, 210.0), 0); /* the writer did not apply */
     assert_false(model_status_record(f->st, "p1", "c")->pruned);
+    assert_null(model_status_record(f->st, "p1", "c")->short_name);
+    assert_true(model_status_record(f->st, "p1", "c")->in_valid_models);
     /* An operator removal of a model (no plan) is not a prune: the record disappears. */
     const char *const ab[] = {"a", "b"};
     set_p1(f, ab, NULL, 2, INVALID1, 1);
