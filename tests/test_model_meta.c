@@ -1,11 +1,11 @@
 /*
- * test_model_meta: the metadata value type (clear, deep copy, failure leaves dst intact).
+ * test_model_meta: normalisation of /models metadata: each source field, precedence in
+ * either order of arrival, wrong types and bad values ignored, unknown fields dropped,
+ * copy / equal / clear.
  */
-#include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
-#include <stdint.h>
-
+#include <setjmp.h>
 #include <cmocka.h>
 
 #include "model_meta.h"
@@ -13,71 +13,145 @@
 #include <stdlib.h>
 #include <string.h>
 
-static void test_copy_is_deep(void **state)
+static void s_int(model_meta_t *m, const char *name, long long value)
 {
-    (void)state;
-    char owner[] = "openai";
-    model_meta_t src = {.has_context_length = true,
-                        .context_length = 128000,
-                        .has_max_output_tokens = true,
-                        .max_output_tokens = 4096,
-                        .owned_by = owner,
-                        .has_created = true,
-                        .created = 1700000000};
-    model_meta_t dst = {0};
-    assert_int_equal(model_meta_copy(&dst, &src), 0);
-    assert_true(dst.has_context_length);
-    assert_int_equal(dst.context_length, 128000);
-    assert_true(dst.has_max_output_tokens);
-    assert_int_equal(dst.max_output_tokens, 4096);
-    assert_true(dst.has_created);
-    assert_int_equal(dst.created, 1700000000);
-    assert_non_null(dst.owned_by);
-    assert_ptr_not_equal(dst.owned_by, owner);
-    assert_string_equal(dst.owned_by, "openai");
-    owner[0] = 'X'; /* the copy owns its own text */
-    assert_string_equal(dst.owned_by, "openai");
-    model_meta_clear(&dst);
-    assert_null(dst.owned_by);
-    assert_false(dst.has_context_length);
-    assert_false(dst.has_max_output_tokens);
-    assert_false(dst.has_created);
+    model_meta_field_t f = {
+        .name = name, .name_len = strlen(name), .type = MODEL_META_INT, .int_value = value};
+    assert_int_equal(model_meta_offer(m, &f), 0);
 }
 
-static void test_copy_replaces_previous_value(void **state)
+static void s_str(model_meta_t *m, const char *name, const char *value)
 {
-    (void)state;
-    model_meta_t first = {.has_context_length = true, .context_length = 8192};
-    first.owned_by = malloc(5);
-    assert_non_null(first.owned_by);
-    memcpy(first.owned_by, "acme", 5);
-    model_meta_t empty = {0};
-    /* Copying an empty value over a full one leaves every key absent and frees owned_by
-     * (valgrind / ASan would report the leak otherwise). */
-    assert_int_equal(model_meta_copy(&first, &empty), 0);
-    assert_false(first.has_context_length);
-    assert_null(first.owned_by);
-    assert_int_equal(model_meta_copy(&first, &first), 0);
-    model_meta_clear(&first);
+    model_meta_field_t f = {.name = name,
+                            .name_len = strlen(name),
+                            .type = MODEL_META_STR,
+                            .str = value,
+                            .str_len = strlen(value)};
+    assert_int_equal(model_meta_offer(m, &f), 0);
 }
 
-static void test_bad_arguments(void **state)
+static void s_other(model_meta_t *m, const char *name)
+{
+    model_meta_field_t f = {.name = name, .name_len = strlen(name), .type = MODEL_META_OTHER};
+    assert_int_equal(model_meta_offer(m, &f), 0);
+}
+
+static void test_context_precedence(void **state)
 {
     (void)state;
     model_meta_t m = {0};
-    assert_int_equal(model_meta_copy(NULL, &m), -1);
-    assert_int_equal(model_meta_copy(&m, NULL), -1);
-    model_meta_clear(NULL); /* safe */
+    s_int(&m, "max_context_length", 10);
+    assert_true(m.has_context_length);
+    assert_int_equal(m.context_length, 10);
+    s_int(&m, "context_window", 20);
+    assert_int_equal(m.context_length, 20);
+    s_int(&m, "context_length", 30);
+    assert_int_equal(m.context_length, 30);
+    /* Lower-ranked sources never override, whatever the order. */
+    s_int(&m, "context_window", 40);
+    s_int(&m, "max_context_length", 50);
+    assert_int_equal(m.context_length, 30);
     model_meta_clear(&m);
+
+    s_int(&m, "context_window", 131072);
+    s_int(&m, "max_context_length", 7);
+    assert_int_equal(m.context_length, 131072);
+    model_meta_clear(&m);
+}
+
+static void test_output_tokens(void **state)
+{
+    (void)state;
+    model_meta_t m = {0};
+    s_int(&m, "max_output_tokens", 100);
+    assert_true(m.has_max_output_tokens);
+    assert_int_equal(m.max_output_tokens, 100);
+    s_int(&m, "max_completion_tokens", 200);
+    assert_int_equal(m.max_output_tokens, 200);
+    s_int(&m, "max_output_tokens", 300);
+    assert_int_equal(m.max_output_tokens, 200);
+    model_meta_clear(&m);
+}
+
+static void test_owned_by_and_created(void **state)
+{
+    (void)state;
+    model_meta_t m = {0};
+    s_str(&m, "owned_by", "openai");
+    s_int(&m, "created", 1686935002);
+    assert_string_equal(m.owned_by, "openai");
+    assert_true(m.has_created);
+    assert_int_equal(m.created, 1686935002);
+    s_int(&m, "created", 0); /* the epoch is a time */
+    assert_int_equal(m.created, 0);
+    model_meta_clear(&m);
+    assert_null(m.owned_by);
     model_meta_clear(&m); /* twice */
+}
+
+static void test_wrong_types_and_values_ignored(void **state)
+{
+    (void)state;
+    model_meta_t m = {0};
+    s_str(&m, "context_length", "128k");
+    s_other(&m, "context_window");
+    s_int(&m, "max_context_length", 0);
+    s_int(&m, "max_completion_tokens", -1);
+    s_int(&m, "owned_by", 42);
+    s_str(&m, "owned_by", "");
+    s_str(&m, "created", "yesterday");
+    s_int(&m, "created", -5);
+    char long_owner[MODEL_META_MAX_OWNED_BY + 2];
+    memset(long_owner, 'o', sizeof long_owner - 1);
+    long_owner[sizeof long_owner - 1] = '\0';
+    s_str(&m, "owned_by", long_owner);
+    model_meta_field_t nul = {
+        .name = "owned_by", .name_len = 8, .type = MODEL_META_STR, .str = "a\0b", .str_len = 3};
+    assert_int_equal(model_meta_offer(&m, &nul), 0);
+    assert_true(model_meta_empty(&m));
+    /* Unknown fields are dropped, and not "known". */
+    s_int(&m, "id", 5);
+    s_int(&m, "context_lengthX", 5);
+    assert_true(model_meta_empty(&m));
+    assert_false(model_meta_known("object", 6));
+    assert_true(model_meta_known("context_window", 14));
+    assert_false(model_meta_known("context_window", 7)); /* lengths compared */
+    model_meta_clear(&m);
+}
+
+static void test_copy_and_equal(void **state)
+{
+    (void)state;
+    model_meta_t a = {0};
+    model_meta_t b = {0};
+    assert_true(model_meta_equal(&a, &b));
+    s_int(&a, "context_length", 8192);
+    s_str(&a, "owned_by", "me");
+    s_int(&a, "created", 5);
+    assert_false(model_meta_equal(&a, &b));
+    s_str(&b, "owned_by", "stale"); /* replaced by the copy */
+    assert_int_equal(model_meta_copy(&b, &a), 0);
+    assert_true(model_meta_equal(&a, &b));
+    assert_ptr_not_equal(a.owned_by, b.owned_by);
+    model_meta_clear(&a);
+    assert_string_equal(b.owned_by, "me"); /* deep */
+    assert_false(model_meta_equal(&a, &b));
+    s_int(&a, "context_length", 8192);
+    s_str(&a, "owned_by", "you");
+    s_int(&a, "created", 5);
+    assert_false(model_meta_equal(&a, &b));
+    model_meta_clear(&a);
+    model_meta_clear(&b);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_copy_is_deep),
-        cmocka_unit_test(test_copy_replaces_previous_value),
-        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_context_precedence),
+        cmocka_unit_test(test_output_tokens),
+        cmocka_unit_test(test_owned_by_and_created),
+        cmocka_unit_test(test_wrong_types_and_values_ignored),
+        cmocka_unit_test(test_copy_and_equal),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
