@@ -24,6 +24,15 @@ void wire_pack_provider(msgpack_packer *pk, const provider_t *provider);
 int wire_required_str(const pm_request_t *req, const char *name, size_t max, pm_str_t *out,
                       char *err, size_t err_size);
 
+/* Fills spec from the arguments of a set_provider request, checking every one before
+ * allocating anything: provider (a registry key), name, base_api_url (http:// or https://),
+ * api_key (optional, nil clears), valid_models (map of strings), invalid_models (array of
+ * strings), each within the limits above. Returns 0 (free spec with provider_spec_clear),
+ * -1 with the bad_request message in err, or -2 when out of memory ("out of memory" in err).
+ * spec is left empty on failure. */
+int wire_spec_from_request(const pm_request_t *req, provider_spec_t *spec, char *err,
+                           size_t err_size);
+
 /* Packs a failure reply whose message is built from a format and up to two text spans that
  * are not NUL-terminated: each "%s" of format takes the next span (at most two). Used for the
  * seed's messages that quote caller input, e.g. "Provider '%s' not found". */
