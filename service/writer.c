@@ -34,13 +34,21 @@
 /* ... and never longer than this (ms). Cheap commits (under 20 ms) never wait. */
 #define WRITER_GATHER_MAX_MS 3
 #define WRITER_TRIM_MODELS 50000 /* registries this big return freed memory after commits */
+/* How long a message to the front end may wait for one to connect (ms): only a writer with no
+ * front end ever waits (see writer_new). */
+#define WRITER_SEND_TIMEOUT_MS 1000
 
 struct writer_t {
     void *ctx;
     pthread_t thread;
     bool thread_started;
     void *pipe; /* PAIR, bound; used only by the thread once it runs */
-    void *pub;  /* events PUB */
+    /* The stop signal of writer_stop: a PAIR pair of our own, so that stopping needs neither
+     * the front end nor its message format. control is the owner's end, control_peer the
+     * thread's; both stay open until writer_destroy. */
+    void *control;
+    void *control_peer;
+    void *pub; /* events PUB */
     discovery_t *discovery;
     registry_t *current; /* sealed */
     uint64_t state_version;
@@ -52,6 +60,7 @@ struct writer_t {
     struct batch *batch;   /* reused for every batch: it is large (WRITER_MAX_BATCH items) */
     double last_commit_ms; /* how long the last seal + persist took */
     bool stopping;
+    bool stop_sent; /* writer_stop already signalled */
 };
 
 /* One request of a batch, held until the batch is committed. */
@@ -608,10 +617,11 @@ static void *s_thread(void *arg)
 {
     writer_t *self = arg;
     while (!self->stopping) {
-        zmq_pollitem_t items[2] = {{self->pipe, 0, ZMQ_POLLIN, 0},
-                                   {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[3] = {{self->pipe, 0, ZMQ_POLLIN, 0},
+                                   {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0},
+                                   {self->control_peer, 0, ZMQ_POLLIN, 0}};
         long timeout = discovery_next_timeout_ms(self->discovery, s_now());
-        if (zmq_poll(items, 2, timeout) < 0) {
+        if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             log_error("writer: poll failed: %s", zmq_strerror(errno));
@@ -621,12 +631,22 @@ static void *s_thread(void *arg)
             s_handle_batch(self);
         if (items[1].revents & ZMQ_POLLIN)
             s_handle_discovery(self);
+        if (items[2].revents & ZMQ_POLLIN) {
+            /* Any message is the stop signal; the writes in hand were committed above. */
+            char byte;
+            if (zmq_recv(self->control_peer, &byte, 1, ZMQ_DONTWAIT) >= 0 || errno != EAGAIN)
+                self->stopping = true;
+            if (self->stopping)
+                break;
+        }
         discovery_tick(self->discovery, self->current, s_now());
         if (discovery_running(self->discovery) != self->jobs_running_published)
             s_send_snapshot(self);
     }
+    /* A front end waits for this; without one (stopped by writer_stop before a front end
+     * connected) there is nobody to tell, and the writer must not wait for one. */
     char type = WRITER_MSG_STOP;
-    if (zmq_send(self->pipe, &type, 1, 0) < 0)
+    if (zmq_send(self->pipe, &type, 1, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
         log_error("writer: cannot confirm the stop: %s", zmq_strerror(errno));
     return NULL;
 }
@@ -651,14 +671,29 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         snprintf(err, err_size, "data dir path too long");
         goto fail;
     }
-    int zero = 0;
+    int zero = 0, send_timeout = WRITER_SEND_TIMEOUT_MS;
     self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    /* No high-water mark on the pipe: the writer and the front must never block each other. */
+    /* No high-water mark on the pipe: the writer and the front must never block each other.
+     * A send can then only wait while no front end is connected (start-up, or a front end
+     * that failed to start): bounded, so that writer_stop is always heard. */
     if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_SNDTIMEO, &send_timeout, sizeof send_timeout) < 0 ||
         zmq_bind(self->pipe, self->endpoint) < 0) {
         snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    char control_endpoint[64];
+    inproc_endpoint(control_endpoint, sizeof control_endpoint, "writer-control");
+    self->control = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    self->control_peer = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    if (!self->control || !self->control_peer ||
+        zmq_setsockopt(self->control, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->control_peer, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_bind(self->control, control_endpoint) < 0 ||
+        zmq_connect(self->control_peer, control_endpoint) < 0) {
+        snprintf(err, err_size, "writer control pipe: %s", zmq_strerror(errno));
         goto fail;
     }
     self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
@@ -715,18 +750,37 @@ snapshot_t *writer_first_snapshot(writer_t *self)
     return first;
 }
 
+void writer_stop(writer_t *self)
+{
+    if (!self || !self->thread_started)
+        return;
+    if (!self->stop_sent) {
+        /* The control pipe is connected and holds one byte easily: the send does not wait. A
+         * thread that has already stopped (the front end's stop) never reads it; harmless. */
+        char byte = 1;
+        if (zmq_send(self->control, &byte, 1, 0) < 0)
+            log_error("writer: cannot signal the stop: %s", zmq_strerror(errno));
+        self->stop_sent = true;
+    }
+    pthread_join(self->thread, NULL);
+    self->thread_started = false;
+}
+
 void writer_destroy(writer_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
     writer_t *self = *self_p;
-    if (self->thread_started)
-        pthread_join(self->thread, NULL);
+    writer_stop(self);
     discovery_destroy(&self->discovery);
     if (self->pub)
         zmq_close(self->pub);
     if (self->pipe)
         zmq_close(self->pipe);
+    if (self->control)
+        zmq_close(self->control);
+    if (self->control_peer)
+        zmq_close(self->control_peer);
     registry_destroy(&self->current);
     snapshot_destroy(&self->first);
     free(self->batch);

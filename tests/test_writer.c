@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -318,11 +319,66 @@ static void test_failed_persist_changes_nothing(void **state)
     zmq_close(dealer);
 }
 
+/* A writer whose front end never started is stopped by writer_stop alone, promptly, also
+ * after it has sent a snapshot nobody receives (the start-up discovery job). */
+static void test_stop_without_front_end(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/pm-test-writer-stop-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *argv[] = {"provider-manager",
+                    "--endpoint",
+                    "inproc://test-writer-stop-requests",
+                    "--events-endpoint",
+                    "inproc://test-writer-stop-events",
+                    "--data-dir",
+                    dir,
+                    "--workers",
+                    "1",
+                    "--log-level",
+                    "error",
+                    NULL};
+    config_t cfg;
+    char err[512];
+    assert_int_equal(config_load(&cfg, 11, argv, s_no_env, err, sizeof err), 0);
+    registry_t *reg = NULL;
+    assert_int_equal(config_build_registry(&cfg, s_no_env, &reg, NULL, NULL, err, sizeof err), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    auth_t *auth = auth_new(ctx, &cfg, err, sizeof err);
+    assert_non_null(auth);
+    bool bind_failed = false;
+    writer_t *writer = writer_new(ctx, &cfg, auth, s_no_env, &reg, &bind_failed, err, sizeof err);
+    assert_non_null(writer);
+    assert_null(reg);
+    snapshot_t *first = writer_first_snapshot(writer);
+    assert_non_null(first);
+    snapshot_destroy(&first);
+
+    struct timespec started, ended;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    writer_stop(writer);
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    double seconds =
+        (double)(ended.tv_sec - started.tv_sec) + (double)(ended.tv_nsec - started.tv_nsec) / 1e9;
+    assert_true(seconds < 10.0);
+    writer_stop(writer); /* twice: harmless */
+    writer_destroy(&writer);
+    assert_null(writer);
+    auth_destroy(&auth);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    config_clear(&cfg);
+    char command[PATH_MAX + 16];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    assert_int_equal(system(command), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pipelined_writes_commit_in_order, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_persist_changes_nothing, s_setup, s_teardown),
+        cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
