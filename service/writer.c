@@ -438,7 +438,8 @@ static void s_make_current(writer_t *self, registry_t **next_p, char **keys, siz
         malloc_trim(0);
 }
 
-/* Seals and persists next (or persists current when next is NULL). 0, or -1 with err. */
+/* Seals and persists next (or persists current when next is NULL). 0 (also when the file was
+ * written but its durability is unknown), or -1 with err when the file was not written. */
 static int s_seal_and_persist(writer_t *self, registry_t *next, bool persist, char *err,
                               size_t err_size)
 {
@@ -449,11 +450,16 @@ static int s_seal_and_persist(writer_t *self, registry_t *next, bool persist, ch
     if (!persist)
         return 0;
     char detail[512];
-    if (store_persist(next ? next : self->current, self->store_path, detail, sizeof detail) < 0) {
+    int rc = store_persist(next ? next : self->current, self->store_path, detail, sizeof detail);
+    if (rc < 0) {
         snprintf(err, err_size, "could not persist providers: %s", detail);
         log_error("%s", err);
         return -1;
     }
+    /* The new file is in place (readers of the file, a restart, all see it): the state follows
+     * the file and the callers are answered ok; only a crash soon after might lose it. */
+    if (rc > 0)
+        log_warn("providers written, but their durability is unknown: %s", detail);
     return 0;
 }
 

@@ -16,6 +16,7 @@
 #include "store.h"
 #include "writer.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -199,6 +200,45 @@ static int64_t s_health_state_version(void *dealer)
     return version;
 }
 
+/* contains(key) over the front end: the registry that reads see now. */
+static bool s_contains(void *dealer, const char *key)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "contains", true, 998);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "provider_name");
+    pm_pack_str(&pk, key);
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->type, MSGPACK_OBJECT_BOOLEAN);
+    bool found = rep.result->via.boolean;
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    return found;
+}
+
+/* True when the providers file lists key. */
+static bool s_file_has(const fixture_t *f, const char *key)
+{
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    store_layer_t layer = {0};
+    char err[512];
+    assert_int_equal(store_load(path, &layer, NULL, NULL, err, sizeof err), 0);
+    bool found = false;
+    for (size_t i = 0; i < layer.count; i++)
+        found = found || strcmp(layer.specs[i].key, key) == 0;
+    store_layer_clear(&layer);
+    return found;
+}
+
 /* Many writes sent without waiting: every one is answered ok, each is one change (versions
  * 1..N, events in order), each is readable once answered, and all are in the file. */
 static void test_pipelined_writes_commit_in_order(void **state)
@@ -319,6 +359,47 @@ static void test_failed_persist_changes_nothing(void **state)
     zmq_close(dealer);
 }
 
+static int s_fsync_fails_for_dir(int fd, bool directory)
+{
+    if (directory) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+/* The directory cannot be synced after the rename (injected): the file already holds the
+ * change, so the state follows it: answered ok, state_version counts it, reads and the file
+ * both have it. */
+static void test_dir_fsync_failure_keeps_the_change(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t before = s_health_state_version(dealer);
+    store_set_fsync_hook(s_fsync_fails_for_dir);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "kept");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    store_set_fsync_hook(NULL);
+    assert_true(rep.ok);
+    const msgpack_object *provider = pm_map_get(rep.result, "provider");
+    assert_non_null(provider);
+    assert_int_equal(provider->via.str.size, 4);
+    assert_memory_equal(provider->via.str.ptr, "kept", 4);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    assert_int_equal(s_health_state_version(dealer), before + 1);
+    assert_true(s_contains(dealer, "kept"));
+    assert_true(s_file_has(f, "kept"));
+    zmq_close(dealer);
+}
+
 /* A writer whose front end never started is stopped by writer_stop alone, promptly, also
  * after it has sent a snapshot nobody receives (the start-up discovery job). */
 static void test_stop_without_front_end(void **state)
@@ -378,6 +459,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pipelined_writes_commit_in_order, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_persist_changes_nothing, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
+                                        s_teardown),
         cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
