@@ -179,6 +179,20 @@ nomem:
     return -2;
 }
 
+bool wire_reply_fits(size_t size)
+{
+    return size <= PM_PROTO_MAX_REPLY_SIZE;
+}
+
+void wire_pack_reply_too_large(msgpack_packer *pk, const msgpack_object *id, size_t size)
+{
+    /* v1's error codes are fixed and none says "too large"; internal is the service's own
+     * limit, and the message says which. */
+    char text[96];
+    snprintf(text, sizeof text, "Reply of %zu bytes exceeds the 64 MiB reply limit", size);
+    pm_reply_error(pk, id, PM_ERR_INTERNAL, text);
+}
+
 void wire_pack_error_spans(msgpack_packer *pk, const msgpack_object *id, pm_error_t code,
                            const char *format, pm_str_t first, pm_str_t second)
 {

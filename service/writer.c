@@ -20,6 +20,7 @@
 #include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,8 +164,12 @@ static void s_publish_event(writer_t *self, uint64_t version, const char *key)
     msgpack_sbuffer_destroy(&buf);
 }
 
+static bool s_refuse_oversized(pending_t *item);
+
 static void s_send_reply(writer_t *self, pending_t *item)
 {
+    /* Changes were checked when applied; this catches every other reply (job_status). */
+    s_refuse_oversized(item);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < item->frame_count; i++)
@@ -190,6 +195,72 @@ static const registry_t *s_view(const writer_t *self, const batch_t *batch)
     return batch->next ? batch->next : self->current;
 }
 
+/* Tests inject a failure after a change is applied (writer_set_fault_hook); NULL in the daemon.
+ * Atomic because a test sets it while the writer thread runs. */
+static _Atomic(writer_fault_fn *) s_fault_hook = NULL;
+
+void writer_set_fault_hook(writer_fault_fn *hook)
+{
+    atomic_store(&s_fault_hook, hook);
+}
+
+static bool s_injected_fault(const char *key)
+{
+    writer_fault_fn *hook = atomic_load(&s_fault_hook);
+    return hook && hook(key);
+}
+
+/* The undo of one request's change to the batch's next registry: a change that fails half way
+ * (out of memory) must leave nothing behind, or it would be committed with the next change of
+ * the batch. Holding a reference to the provider as it was costs nothing and makes the
+ * registry copy it before any change (copy-on-write), so it stays as it was. */
+typedef struct {
+    const char *key;
+    provider_t *before; /* our reference; NULL when the request creates the provider */
+} undo_t;
+
+static void s_undo_begin(registry_t *next, const char *key, undo_t *undo)
+{
+    undo->key = key;
+    const provider_t *old = registry_get(next, key, strlen(key));
+    /* Taking a reference changes only the provider's atomic count, never what it holds. */
+    undo->before = old ? provider_ref((provider_t *)old) : NULL;
+}
+
+/* Puts back what was there. Neither step allocates: the provider returns to its own slot (its
+ * model count was in the registry before), or the one created is removed. */
+static void s_undo_rollback(registry_t *next, undo_t *undo)
+{
+    if (undo->before) {
+        if (registry_put(next, &undo->before) < 0) {
+            log_error("writer: cannot roll back the change of %s", undo->key);
+            provider_destroy(&undo->before);
+        }
+    } else {
+        registry_remove(next, undo->key);
+    }
+}
+
+static void s_undo_end(undo_t *undo)
+{
+    provider_destroy(&undo->before);
+}
+
+/* Replaces a reply that no client would accept (over PM_PROTO_MAX_REPLY_SIZE) by the error
+ * that says so. True when it did. */
+static bool s_refuse_oversized(pending_t *item)
+{
+    if (wire_reply_fits(item->reply.size))
+        return false;
+    size_t size = item->reply.size;
+    item->reply.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+    wire_pack_reply_too_large(&pk, item->id, size);
+    log_error("writer: reply of %zu bytes refused (over the reply limit)", size);
+    return true;
+}
+
 static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
 {
     char err[256];
@@ -212,22 +283,34 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
         goto done;
     }
     registry_t *next = s_next(self, batch);
-    if (!next || registry_apply_spec(next, &spec, REGISTRY_REPLACE_MODELS, false) < 0) {
+    if (!next) {
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
-    provider_t *edited = registry_edit(next, spec.key);
-    if (!edited) {
+    undo_t undo;
+    s_undo_begin(next, spec.key, &undo);
+    if (registry_apply_spec(next, &spec, REGISTRY_REPLACE_MODELS, false) < 0) {
+        /* registry_apply_spec changes nothing when it fails */
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        s_undo_end(&undo);
         goto done;
     }
+    provider_t *edited = s_injected_fault(spec.key) ? NULL : registry_edit(next, spec.key);
     /* The environment wins, as at start-up (also for a provider created now). */
-    if (!old && config_apply_env_key(edited, self->getenv_fn) < 0) {
+    if (!edited || (!old && config_apply_env_key(edited, self->getenv_fn) < 0)) {
+        s_undo_rollback(next, &undo);
+        s_undo_end(&undo);
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
     pm_reply_ok_begin(pk, item->id);
     wire_pack_provider(pk, edited);
+    if (s_refuse_oversized(item)) {
+        s_undo_rollback(next, &undo);
+        s_undo_end(&undo);
+        goto done;
+    }
+    s_undo_end(&undo);
     item->deferred = true;
     item->changed_key = spec.key;
     spec.key = NULL;
@@ -306,18 +389,31 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
     char *long_copy = pm_str_dup(long_name);
     char *short_copy = pm_str_dup(short_name);
     registry_t *next = s_next(self, batch);
-    provider_t *edited = next && changed ? registry_edit(next, changed) : NULL;
+    undo_t undo = {NULL, NULL};
+    provider_t *edited = NULL;
+    if (next && changed) {
+        s_undo_begin(next, changed, &undo);
+        edited = registry_edit(next, changed);
+    }
     if (!edited || !long_copy || !short_copy ||
-        provider_put_model(edited, long_copy, short_copy) < 0) {
-        free(changed);
+        provider_put_model(edited, long_copy, short_copy) < 0 || s_injected_fault(changed)) {
+        if (undo.key)
+            s_undo_rollback(next, &undo);
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        free(changed);
     } else {
         pm_reply_ok_begin(pk, item->id);
         wire_pack_provider(pk, edited);
-        item->deferred = true;
-        item->changed_key = changed;
-        batch->change_count++;
+        if (s_refuse_oversized(item)) {
+            s_undo_rollback(next, &undo);
+            free(changed);
+        } else {
+            item->deferred = true;
+            item->changed_key = changed;
+            batch->change_count++;
+        }
     }
+    s_undo_end(&undo);
     free(long_copy);
     free(short_copy);
 }

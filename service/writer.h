@@ -79,4 +79,11 @@ void writer_stop(writer_t *self);
 /* Stops the thread (writer_stop) if it still runs, and frees. Safe on NULL. */
 void writer_destroy(writer_t **self_p);
 
+/* For tests only: called with the provider key after a set_provider or set_short_name has
+ * been applied to the batch; returning true makes the writer treat that step as an allocation
+ * failure (the change is rolled back, the request answered internal "out of memory"). NULL
+ * (the default) turns it off. */
+typedef bool(writer_fault_fn)(const char *provider_key);
+void writer_set_fault_hook(writer_fault_fn *hook);
+
 #endif

@@ -316,6 +316,36 @@ static void test_spec_from_request_errors(void **state)
     }
 }
 
+/* The reply limit: up to PM_PROTO_MAX_REPLY_SIZE fits, one byte more does not, and the reply
+ * sent instead is internal with the size in its message. */
+static void test_reply_limit(void **state)
+{
+    (void)state;
+    assert_true(wire_reply_fits(0));
+    assert_true(wire_reply_fits(PM_PROTO_MAX_REPLY_SIZE));
+    assert_false(wire_reply_fits((size_t)PM_PROTO_MAX_REPLY_SIZE + 1));
+    assert_false(wire_reply_fits(SIZE_MAX));
+
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    msgpack_object id = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = 42};
+    wire_pack_reply_too_large(&pk, &id, 70000001);
+    pm_reply_t rep;
+    char err[256];
+    assert_int_equal(pm_reply_decode(&rep, buf.data, buf.size, err, sizeof err), 0);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INTERNAL);
+    assert_non_null(rep.id);
+    assert_int_equal(rep.id->via.u64, 42);
+    const char *expected = "Reply of 70000001 bytes exceeds the 64 MiB reply limit";
+    assert_int_equal(rep.message.len, strlen(expected));
+    assert_memory_equal(rep.message.ptr, expected, strlen(expected));
+    pm_reply_clear(&rep);
+    msgpack_sbuffer_destroy(&buf);
+}
+
 static void test_error_spans_keep_text_whole(void **state)
 {
     (void)state;
@@ -348,6 +378,7 @@ int main(void)
         cmocka_unit_test(test_spec_from_request_valid),
         cmocka_unit_test(test_spec_from_request_errors),
         cmocka_unit_test(test_error_spans_keep_text_whole),
+        cmocka_unit_test(test_reply_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -126,8 +127,10 @@ static int s_teardown(void **state)
     return 0;
 }
 
-/* Packs {"op": op, "id": id, "args": {provider, name, base_api_url}}. */
-static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *key)
+/* Packs {"op": "set_provider", "id": id, "args": {provider, name, base_api_url, valid_models:
+ * {model: key}}}. */
+static void s_pack_set_provider_model(msgpack_sbuffer *buf, long long id, const char *key,
+                                      const char *model)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
@@ -141,8 +144,14 @@ static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *
     pm_pack_str(&pk, "http://127.0.0.1:9/v1");
     pm_pack_str(&pk, "valid_models");
     msgpack_pack_map(&pk, 1);
-    pm_pack_str(&pk, "model");
+    pm_pack_str(&pk, model);
     pm_pack_str(&pk, key);
+}
+
+/* The same with the model "model". */
+static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *key)
+{
+    s_pack_set_provider_model(buf, id, key, "model");
 }
 
 static void s_pack_op(msgpack_sbuffer *buf, const char *op, long long id)
@@ -400,6 +409,129 @@ static void test_dir_fsync_failure_keeps_the_change(void **state)
     zmq_close(dealer);
 }
 
+/* Injected allocation failure (writer_set_fault_hook) for the providers "doomed" and "kept".
+ * The first call waits a little, so that the requests sent after it join the same batch. */
+static atomic_int s_fault_calls;
+
+static bool s_fail_doomed_and_kept(const char *key)
+{
+    if (strcmp(key, "doomed") != 0 && strcmp(key, "kept") != 0)
+        return false;
+    if (atomic_fetch_add(&s_fault_calls, 1) == 0)
+        usleep(200 * 1000);
+    return true;
+}
+
+/* A change that fails after it was applied to the batch (out of memory, injected) is rolled
+ * back: it is answered internal, the other changes of the batch commit and alone count in
+ * state_version, and the failed change is nowhere, neither in reads nor in the file. Covers a
+ * new provider, an update of an existing one and a set_short_name. */
+static void test_failed_change_is_rolled_back(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "kept");
+    s_send(dealer, &buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    int64_t before = s_health_state_version(dealer);
+
+    atomic_store(&s_fault_calls, 0);
+    writer_set_fault_hook(s_fail_doomed_and_kept);
+    /* ids: 10 doomed (new), 11 a1, 12 kept (update), 13 kept short name, 14 a2 */
+    buf.size = 0;
+    s_pack_set_provider(&buf, 10, "doomed");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider(&buf, 11, "a1");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider_model(&buf, 12, "kept", "changed");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_short_name", true, 13);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "kept");
+    pm_pack_str(&pk, "long_name");
+    pm_pack_str(&pk, "model");
+    pm_pack_str(&pk, "short_name");
+    pm_pack_str(&pk, "zz");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider(&buf, 14, "a2");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+
+    for (int i = 0; i < 5; i++) {
+        s_recv_reply(dealer, &rep, &body);
+        int64_t id = rep.id->via.i64;
+        if (id == 11 || id == 14) {
+            assert_true(rep.ok);
+        } else {
+            assert_true(id == 10 || id == 12 || id == 13);
+            assert_false(rep.ok);
+            assert_int_equal(rep.code, PM_ERR_INTERNAL);
+            assert_int_equal(rep.message.len, strlen("out of memory"));
+            assert_memory_equal(rep.message.ptr, "out of memory", rep.message.len);
+        }
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+    }
+    writer_set_fault_hook(NULL);
+    assert_int_equal(atomic_load(&s_fault_calls), 3);
+
+    assert_int_equal(s_health_state_version(dealer), before + 2);
+    assert_false(s_contains(dealer, "doomed"));
+    assert_true(s_contains(dealer, "a1"));
+    assert_true(s_contains(dealer, "a2"));
+    assert_false(s_file_has(f, "doomed"));
+    assert_true(s_file_has(f, "a1"));
+
+    /* kept as it was: its one model "model" with the short name "kept", in reads and file. */
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "get_available_models", true, 20);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "filter_by_provider");
+    pm_pack_str(&pk, "kept");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(rep.result->via.array.size, 1);
+    assert_int_equal(rep.result->via.array.ptr[0].via.str.size, 5);
+    assert_memory_equal(rep.result->via.array.ptr[0].via.str.ptr, "model", 5);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    store_layer_t layer = {0};
+    char err[512];
+    assert_int_equal(store_load(path, &layer, NULL, NULL, err, sizeof err), 0);
+    bool checked = false;
+    for (size_t i = 0; i < layer.count; i++) {
+        if (strcmp(layer.specs[i].key, "kept") != 0)
+            continue;
+        assert_int_equal(layer.specs[i].model_count, 1);
+        assert_string_equal(layer.specs[i].model_long[0], "model");
+        assert_string_equal(layer.specs[i].model_short[0], "kept");
+        checked = true;
+    }
+    assert_true(checked);
+    store_layer_clear(&layer);
+    zmq_close(dealer);
+}
+
 /* A writer whose front end never started is stopped by writer_stop alone, promptly, also
  * after it has sent a snapshot nobody receives (the start-up discovery job). */
 static void test_stop_without_front_end(void **state)
@@ -461,6 +593,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_failed_persist_changes_nothing, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
                                         s_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_change_is_rolled_back, s_setup, s_teardown),
         cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
