@@ -254,6 +254,7 @@ static void test_pipelined_writes_commit_in_order(void **state)
 {
     fixture_t *f = *state;
     void *dealer = s_dealer(f);
+    void *reader = s_dealer(f); /* reads on their own connection, between the replies */
     for (int i = 0; i < PIPELINED; i++) {
         char key[32];
         snprintf(key, sizeof key, "p%02d", i);
@@ -282,6 +283,8 @@ static void test_pipelined_writes_commit_in_order(void **state)
         assert_memory_equal(provider->via.str.ptr, key, strlen(key));
         pm_reply_clear(&rep);
         zmq_msg_close(&body);
+        /* Readable once answered: a read sent after the reply finds the change. */
+        assert_true(s_contains(reader, key));
     }
     assert_int_equal(s_health_state_version(dealer), PIPELINED);
 
@@ -304,6 +307,12 @@ static void test_pipelined_writes_commit_in_order(void **state)
         assert_non_null(keys);
         assert_int_equal(version->via.u64, (uint64_t)i + 1);
         assert_int_equal(keys->via.array.size, 1);
+        /* The writes were sent in order over one connection, so change i+1 is p<i>. */
+        char key[32];
+        snprintf(key, sizeof key, "p%02d", i);
+        assert_int_equal(keys->via.array.ptr[0].type, MSGPACK_OBJECT_STR);
+        assert_int_equal(keys->via.array.ptr[0].via.str.size, strlen(key));
+        assert_memory_equal(keys->via.array.ptr[0].via.str.ptr, key, strlen(key));
         msgpack_unpacked_destroy(&up);
         zmq_msg_close(&event);
     }
@@ -319,6 +328,7 @@ static void test_pipelined_writes_commit_in_order(void **state)
         found += strncmp(layer.specs[i].key, "p", 1) == 0 && strlen(layer.specs[i].key) == 3;
     assert_int_equal(found, PIPELINED);
     store_layer_clear(&layer);
+    zmq_close(reader);
     zmq_close(dealer);
 }
 
