@@ -3,8 +3,12 @@
  *
  * Every change is applied to a copy-on-write clone of the current registry; a batch of queued
  * requests is committed together: seal the clone, persist it once, then make it current,
- * publish the snapshot and the events, and send the replies. A batch whose persist fails is
- * thrown away whole: each of its changes is answered with an error and nothing changes.
+ * publish the snapshot and the events, and send the replies. A batch whose file could not be
+ * written is thrown away whole: each of its changes is answered with an error and nothing
+ * changes. A file written whose durability is unknown (the directory fsync failed after the
+ * rename) is the new state: memory follows the file, callers get ok, the log a warning.
+ * A request whose change fails half way (out of memory) is undone before the next request
+ * of the batch is applied, so that only whole changes are ever committed.
  */
 #include "writer.h"
 
