@@ -59,7 +59,10 @@ static void *s_front_thread(void *arg)
     return NULL;
 }
 
-static int s_setup(void **state)
+/* Adds to the start-up registry, before the writer takes it (NULL: nothing). */
+typedef void(extra_fn)(registry_t **reg_p);
+
+static int s_setup_with(void **state, extra_fn *extra)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -85,6 +88,8 @@ static int s_setup(void **state)
     registry_t *reg = NULL;
     assert_int_equal(config_build_registry(&f->cfg, s_no_env, &reg, NULL, NULL, err, sizeof err),
                      0);
+    if (extra)
+        extra(&reg);
     f->ctx = zmq_ctx_new();
     assert_non_null(f->ctx);
     f->auth = auth_new(f->ctx, &f->cfg, err, sizeof err);
@@ -103,6 +108,47 @@ static int s_setup(void **state)
     assert_int_equal(pthread_create(&f->thread, NULL, s_front_thread, f), 0);
     *state = f;
     return 0;
+}
+
+static int s_setup(void **state)
+{
+    return s_setup_with(state, NULL);
+}
+
+/* A provider "big" whose ProviderConfig is over the 64 MiB reply limit: 34,000 models of
+ * 1000-byte names (short name = long name) make about 68 MB. */
+#define BIG_MODELS 34000
+#define BIG_NAME_LEN 1000
+
+static void s_big_name(char *out, int index)
+{
+    memset(out, 'x', BIG_NAME_LEN);
+    char head[16];
+    int len = snprintf(head, sizeof head, "m%05d-", index);
+    memcpy(out, head, (size_t)len);
+    out[BIG_NAME_LEN] = '\0';
+}
+
+static void s_add_big_provider(registry_t **reg_p)
+{
+    registry_t *reg = registry_clone(*reg_p);
+    assert_non_null(reg);
+    registry_destroy(reg_p);
+    provider_t *big = provider_new("big", "Big", "http://127.0.0.1:9/v1");
+    assert_non_null(big);
+    char name[BIG_NAME_LEN + 1];
+    for (int i = 0; i < BIG_MODELS; i++) {
+        s_big_name(name, i);
+        assert_int_equal(provider_put_model(big, name, NULL), 0);
+    }
+    assert_int_equal(registry_put(reg, &big), 0);
+    assert_int_equal(registry_seal(reg), 0);
+    *reg_p = reg;
+}
+
+static int s_setup_big(void **state)
+{
+    return s_setup_with(state, s_add_big_provider);
 }
 
 static int s_teardown(void **state)
@@ -542,6 +588,79 @@ static void test_failed_change_is_rolled_back(void **state)
     zmq_close(dealer);
 }
 
+/* A change whose reply (the ProviderConfig) would exceed the 64 MiB reply limit is refused
+ * with internal "Reply of <n> bytes exceeds the 64 MiB reply limit" and changes nothing; the
+ * writer goes on serving. */
+static void test_oversized_reply_refused(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t before = s_health_state_version(dealer);
+    char long_name[BIG_NAME_LEN + 1];
+    s_big_name(long_name, 7);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_short_name", true, 5);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "big");
+    pm_pack_str(&pk, "long_name");
+    pm_pack_str(&pk, long_name);
+    pm_pack_str(&pk, "short_name");
+    pm_pack_str(&pk, "seven");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INTERNAL);
+    char message[128];
+    assert_true(rep.message.len < sizeof message);
+    memcpy(message, rep.message.ptr, rep.message.len);
+    message[rep.message.len] = '\0';
+    unsigned long long size = 0;
+    char tail[64];
+    assert_int_equal(sscanf(message, "Reply of %llu bytes %63[^\n]", &size, tail), 2);
+    assert_true(size > PM_PROTO_MAX_REPLY_SIZE);
+    assert_string_equal(tail, "exceeds the 64 MiB reply limit");
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    /* Nothing changed: no version, no file; and the next write goes through. */
+    assert_int_equal(s_health_state_version(dealer), before);
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), -1);
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 6, "small");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    assert_int_equal(s_health_state_version(dealer), before + 1);
+    /* The refused short name resolves nowhere. */
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "validate_model", true, 7);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "model_string");
+    pm_pack_str(&pk, "big/seven");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INVALID_MODEL);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    zmq_close(dealer);
+}
+
 /* A writer whose front end never started is stopped by writer_stop alone, promptly, also
  * after it has sent a snapshot nobody receives (the start-up discovery job). */
 static void test_stop_without_front_end(void **state)
@@ -604,6 +723,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_change_is_rolled_back, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_reply_refused, s_setup_big, s_teardown),
         cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
