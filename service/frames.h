@@ -11,8 +11,9 @@
 
 /* Receives one whole message from socket. Its first max frames go into frames (the caller
  * closes them with frames_close); any further frames are received and dropped, and
- * *overflow says so. Returns the number of frames kept; 0 when flags has ZMQ_DONTWAIT and no
- * message was waiting; -1 on any other error (errno set, nothing kept). */
+ * *overflow says so. Returns the number of frames kept; 0 when no message arrived (flags has
+ * ZMQ_DONTWAIT and none was waiting, or the socket's ZMQ_RCVTIMEO expired; errno EAGAIN);
+ * -1 on any other error (errno set, nothing kept). */
 int frames_recv(void *socket, int flags, zmq_msg_t *frames, size_t max, bool *overflow);
 
 /* Closes count frames. */

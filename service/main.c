@@ -93,40 +93,6 @@ static const char *s_getenv(const char *name)
     return getenv(name);
 }
 
-/* Stops a running writer thread when the front end could not start: connects to its pipe,
- * asks it to stop and waits for its confirmation (freeing any snapshot sent meanwhile). */
-static void s_stop_writer(void *ctx, writer_t *writer)
-{
-    void *pipe_socket = zmq_socket(ctx, ZMQ_PAIR);
-    int zero = 0;
-    char type = WRITER_MSG_STOP;
-    if (!pipe_socket)
-        return;
-    if (zmq_setsockopt(pipe_socket, ZMQ_LINGER, &zero, sizeof zero) == 0 &&
-        zmq_connect(pipe_socket, writer_endpoint(writer)) == 0 &&
-        zmq_send(pipe_socket, &type, 1, 0) == 1) {
-        for (;;) {
-            zmq_msg_t frame;
-            zmq_msg_init(&frame);
-            if (zmq_msg_recv(&frame, pipe_socket, 0) < 0) {
-                zmq_msg_close(&frame);
-                break;
-            }
-            bool stopped = zmq_msg_size(&frame) == 1 && !zmq_msg_more(&frame) &&
-                           *(const char *)zmq_msg_data(&frame) == WRITER_MSG_STOP;
-            if (zmq_msg_size(&frame) == sizeof(snapshot_t *)) {
-                snapshot_t *snapshot;
-                memcpy(&snapshot, zmq_msg_data(&frame), sizeof snapshot);
-                snapshot_destroy(&snapshot);
-            }
-            zmq_msg_close(&frame);
-            if (stopped)
-                break;
-        }
-    }
-    zmq_close(pipe_socket);
-}
-
 int main(int argc, char **argv)
 {
     /* glibc gives every thread that allocates an arena of its own, and memory freed in one
@@ -227,7 +193,7 @@ int main(int argc, char **argv)
 
 stop_writer:
     snapshot_destroy(&first);
-    s_stop_writer(ctx, writer);
+    writer_stop(writer);
     writer_destroy(&writer);
 done:
     auth_destroy(&auth);

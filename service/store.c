@@ -23,6 +23,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -989,6 +990,21 @@ static int s_parent_dir(const char *path, char *out, size_t out_size)
     return 0;
 }
 
+/* Tests replace fsync here (store_set_fsync_hook) to reach the failure paths; NULL, i.e.
+ * fsync itself, in the daemon. Atomic because a test sets it while the writer thread runs. */
+static _Atomic(store_fsync_fn *) s_fsync_hook = NULL;
+
+void store_set_fsync_hook(store_fsync_fn *hook)
+{
+    atomic_store(&s_fsync_hook, hook);
+}
+
+static int s_fsync(int fd, bool directory)
+{
+    store_fsync_fn *hook = atomic_load(&s_fsync_hook);
+    return hook ? hook(fd, directory) : fsync(fd);
+}
+
 static int s_fsync_dir(const char *dir)
 {
     int fd;
@@ -997,7 +1013,7 @@ static int s_fsync_dir(const char *dir)
     } while (fd < 0 && errno == EINTR);
     if (fd < 0)
         return -1;
-    int rc = fsync(fd);
+    int rc = s_fsync(fd, true);
     int saved = errno;
     /* Some file systems cannot sync a directory at all; that is not a failure of ours. */
     if (rc != 0 && (saved == EINVAL || saved == ENOTSUP))
@@ -1057,7 +1073,7 @@ int store_persist(const registry_t *reg, const char *path, char *err, size_t err
     }
     int synced;
     do {
-        synced = fsync(sink.fd);
+        synced = s_fsync(sink.fd, false);
     } while (synced != 0 && errno == EINTR);
     if (synced != 0) {
         s_set_error(err, err_size, "%s: %s", path, strerror(errno));
@@ -1074,10 +1090,12 @@ int store_persist(const registry_t *reg, const char *path, char *err, size_t err
         goto cleanup;
     }
     have_temp = false;
-    /* Make the rename itself durable. Past this point the new file is in place: a failure is
-     * still reported (as Redis does) because the change might not survive a crash. */
+    /* Make the rename itself durable. Past this point the new file is in place and every
+     * reader sees it: a failure cannot undo that, so it is reported apart ("written, durability
+     * unknown") for the caller to keep its state in step with the file. */
     if (s_fsync_dir(dir) != 0) {
         s_set_error(err, err_size, "%s: %s", dir, strerror(errno));
+        rc = 1;
         goto cleanup;
     }
     rc = 0;

@@ -22,6 +22,7 @@
 
 #include "provider_spec.h"
 #include "registry.h"
+#include <stdbool.h>
 #include <stddef.h>
 
 #define STORE_FILE_NAME "openaicompat-providers.yaml"
@@ -65,8 +66,16 @@ int store_parse_providers(const char *path, void *doc, void *node, store_layer_t
                           store_warn_fn *warn, void *warn_arg, char *err, size_t err_size);
 
 /* Atomically writes every provider of reg (sealed or not) to path, mode 0600. The directory
- * must exist. Returns 0, or -1 with err ("<path>: <strerror>"); the old file is then intact. */
+ * must exist. Returns 0; -1 with err ("<path>: <strerror>") when the file was not written (the
+ * old file is intact); or 1 with err ("<dir>: <strerror>") when the new file is in place but
+ * syncing the directory failed: written, durability unknown (a crash may bring the old file
+ * back), so the caller's state must follow the new file, with a warning. */
 int store_persist(const registry_t *reg, const char *path, char *err, size_t err_size);
+
+/* For tests only: replaces fsync() in store_persist; directory says whether fd is the
+ * directory (after the rename) or the temp file. NULL (the default) restores fsync(). */
+typedef int(store_fsync_fn)(int fd, bool directory);
+void store_set_fsync_hook(store_fsync_fn *hook);
 
 /* Creates data_dir (mode 0700) when missing, and checks that it is a writable directory.
  * 0, or -1 with err. */

@@ -1,5 +1,5 @@
 /*
- * wire: registry values and error replies in the wire format. See wire.h.
+ * wire: registry values, argument checks and error replies in the wire format. See wire.h.
  */
 #include "wire.h"
 
@@ -55,6 +55,142 @@ int wire_required_str(const pm_request_t *req, const char *name, size_t max, pm_
         return -1;
     }
     return 0;
+}
+
+static bool s_http_url(pm_str_t url)
+{
+    return (url.len > 7 && strncmp(url.ptr, "http://", 7) == 0) ||
+           (url.len > 8 && strncmp(url.ptr, "https://", 8) == 0);
+}
+
+int wire_spec_from_request(const pm_request_t *req, provider_spec_t *spec, char *err,
+                           size_t err_size)
+{
+    /* Cleared first, so that the caller may clear it on every path. */
+    memset(spec, 0, sizeof *spec);
+    pm_str_t key, name, url, api_key;
+    if (wire_required_str(req, "provider", REGISTRY_MAX_KEY_LEN, &key, err, err_size) < 0) {
+        if (pm_arg_str(req, "provider", &key, err, err_size) == 1)
+            goto bad_key; /* present but too long */
+        return -1;
+    }
+    if (!provider_key_valid(key.ptr, key.len))
+        goto bad_key;
+    if (wire_required_str(req, "name", WIRE_MAX_NAME_LEN, &name, err, err_size) < 0 ||
+        wire_required_str(req, "base_api_url", WIRE_MAX_URL_LEN, &url, err, err_size) < 0)
+        return -1;
+    if (!s_http_url(url)) {
+        snprintf(err, err_size, "argument 'base_api_url' must begin with http:// or https://");
+        return -1;
+    }
+    int has_key = pm_arg_str_or_nil(req, "api_key", &api_key, err, err_size);
+    if (has_key < 0)
+        return -1;
+    if (has_key == 1 && api_key.len > WIRE_MAX_API_KEY_LEN) {
+        snprintf(err, err_size, "argument 'api_key' is longer than %d bytes", WIRE_MAX_API_KEY_LEN);
+        return -1;
+    }
+    const msgpack_object *models = NULL, *invalid = NULL;
+    if (pm_arg_str_map(req, "valid_models", &models, err, err_size) < 0 ||
+        pm_arg_str_array(req, "invalid_models", &invalid, err, err_size) < 0)
+        return -1;
+
+    /* Check every model name before allocating anything. */
+    if (models) {
+        const msgpack_object_map *map = &models->via.map;
+        if (map->size > REGISTRY_MAX_MODELS) {
+            snprintf(err, err_size, "argument 'valid_models' has too many entries");
+            return -1;
+        }
+        for (uint32_t i = 0; i < map->size; i++) {
+            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+            if (k->via.str.size == 0 || k->via.str.size > WIRE_MAX_NAME_LEN ||
+                v->via.str.size == 0 || v->via.str.size > WIRE_MAX_NAME_LEN) {
+                snprintf(err, err_size, "argument 'valid_models' names must be 1 to %d bytes long",
+                         WIRE_MAX_NAME_LEN);
+                return -1;
+            }
+        }
+    }
+    if (invalid) {
+        const msgpack_object_array *arr = &invalid->via.array;
+        for (uint32_t i = 0; i < arr->size; i++) {
+            if (arr->ptr[i].via.str.size == 0 || arr->ptr[i].via.str.size > WIRE_MAX_NAME_LEN) {
+                snprintf(err, err_size,
+                         "argument 'invalid_models' names must be 1 to %d bytes long",
+                         WIRE_MAX_NAME_LEN);
+                return -1;
+            }
+        }
+    }
+
+    spec->key = pm_str_dup(key);
+    spec->name = pm_str_dup(name);
+    spec->base_api_url = pm_str_dup(url);
+    if (!spec->key || !spec->name || !spec->base_api_url)
+        goto nomem;
+    if (has_key > 0) {
+        spec->has_api_key = true;
+        if (has_key == 1 && !(spec->api_key = pm_str_dup(api_key)))
+            goto nomem;
+    }
+    if (models) {
+        const msgpack_object_map *map = &models->via.map;
+        spec->has_valid_models = true;
+        spec->model_long = calloc(map->size + 1, sizeof(char *));
+        spec->model_short = calloc(map->size + 1, sizeof(char *));
+        if (!spec->model_long || !spec->model_short)
+            goto nomem;
+        for (uint32_t i = 0; i < map->size; i++) {
+            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
+            spec->model_long[i] = pm_str_dup((pm_str_t){k->via.str.ptr, k->via.str.size});
+            if (!spec->model_long[i])
+                goto nomem;
+            spec->model_count = i + 1;
+            spec->model_short[i] = pm_str_dup((pm_str_t){v->via.str.ptr, v->via.str.size});
+            if (!spec->model_short[i])
+                goto nomem;
+        }
+    }
+    if (invalid) {
+        const msgpack_object_array *arr = &invalid->via.array;
+        spec->has_invalid_models = true;
+        spec->invalid_models = calloc(arr->size + 1, sizeof(char *));
+        if (!spec->invalid_models)
+            goto nomem;
+        for (uint32_t i = 0; i < arr->size; i++) {
+            const msgpack_object *s = &arr->ptr[i];
+            spec->invalid_models[i] = pm_str_dup((pm_str_t){s->via.str.ptr, s->via.str.size});
+            if (!spec->invalid_models[i])
+                goto nomem;
+            spec->invalid_count = i + 1;
+        }
+    }
+    return 0;
+
+bad_key:
+    snprintf(err, err_size,
+             "argument 'provider' must be 1 to %d characters of a-z, 0-9, '.', '_', '-'",
+             REGISTRY_MAX_KEY_LEN);
+    return -1;
+nomem:
+    provider_spec_clear(spec);
+    snprintf(err, err_size, "out of memory");
+    return -2;
+}
+
+bool wire_reply_fits(size_t size)
+{
+    return size <= PM_PROTO_MAX_REPLY_SIZE;
+}
+
+void wire_pack_reply_too_large(msgpack_packer *pk, const msgpack_object *id, size_t size)
+{
+    /* v1's error codes are fixed and none says "too large"; internal is the service's own
+     * limit, and the message says which. */
+    char text[96];
+    snprintf(text, sizeof text, "Reply of %zu bytes exceeds the 64 MiB reply limit", size);
+    pm_reply_error(pk, id, PM_ERR_INTERNAL, text);
 }
 
 void wire_pack_error_spans(msgpack_packer *pk, const msgpack_object *id, pm_error_t code,

@@ -3,8 +3,12 @@
  *
  * Every change is applied to a copy-on-write clone of the current registry; a batch of queued
  * requests is committed together: seal the clone, persist it once, then make it current,
- * publish the snapshot and the events, and send the replies. A batch whose persist fails is
- * thrown away whole: each of its changes is answered with an error and nothing changes.
+ * publish the snapshot and the events, and send the replies. A batch whose file could not be
+ * written is thrown away whole: each of its changes is answered with an error and nothing
+ * changes. A file written whose durability is unknown (the directory fsync failed after the
+ * rename) is the new state: memory follows the file, callers get ok, the log a warning.
+ * A request whose change fails half way (out of memory) is undone before the next request
+ * of the batch is applied, so that only whole changes are ever committed.
  */
 #include "writer.h"
 
@@ -13,7 +17,6 @@
 #include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
-#include "provider_spec.h"
 #include "store.h"
 #include "wire.h"
 
@@ -21,6 +24,7 @@
 #include <limits.h>
 #include <malloc.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,13 +39,21 @@
 /* ... and never longer than this (ms). Cheap commits (under 20 ms) never wait. */
 #define WRITER_GATHER_MAX_MS 3
 #define WRITER_TRIM_MODELS 50000 /* registries this big return freed memory after commits */
+/* How long a message to the front end may wait for one to connect (ms): only a writer with no
+ * front end ever waits (see writer_new). */
+#define WRITER_SEND_TIMEOUT_MS 1000
 
 struct writer_t {
     void *ctx;
     pthread_t thread;
     bool thread_started;
     void *pipe; /* PAIR, bound; used only by the thread once it runs */
-    void *pub;  /* events PUB */
+    /* The stop signal of writer_stop: a PAIR pair of our own, so that stopping needs neither
+     * the front end nor its message format. control is the owner's end, control_peer the
+     * thread's; both stay open until writer_destroy. */
+    void *control;
+    void *control_peer;
+    void *pub; /* events PUB */
     discovery_t *discovery;
     registry_t *current; /* sealed */
     uint64_t state_version;
@@ -53,6 +65,7 @@ struct writer_t {
     struct batch *batch;   /* reused for every batch: it is large (WRITER_MAX_BATCH items) */
     double last_commit_ms; /* how long the last seal + persist took */
     bool stopping;
+    bool stop_sent; /* writer_stop already signalled */
 };
 
 /* One request of a batch, held until the batch is committed. */
@@ -155,8 +168,12 @@ static void s_publish_event(writer_t *self, uint64_t version, const char *key)
     msgpack_sbuffer_destroy(&buf);
 }
 
+static bool s_refuse_oversized(pending_t *item);
+
 static void s_send_reply(writer_t *self, pending_t *item)
 {
+    /* Changes were checked when applied; this catches every other reply (job_status). */
+    s_refuse_oversized(item);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < item->frame_count; i++)
@@ -182,133 +199,77 @@ static const registry_t *s_view(const writer_t *self, const batch_t *batch)
     return batch->next ? batch->next : self->current;
 }
 
-static bool s_http_url(pm_str_t url)
+/* Tests inject a failure after a change is applied (writer_set_fault_hook); NULL in the daemon.
+ * Atomic because a test sets it while the writer thread runs. */
+static _Atomic(writer_fault_fn *) s_fault_hook = NULL;
+
+void writer_set_fault_hook(writer_fault_fn *hook)
 {
-    return (url.len > 7 && strncmp(url.ptr, "http://", 7) == 0) ||
-           (url.len > 8 && strncmp(url.ptr, "https://", 8) == 0);
+    atomic_store(&s_fault_hook, hook);
 }
 
-/* Fills spec from a set_provider request. 0, or -1 with a bad_request message. */
-static int s_spec_from_request(const pm_request_t *req, provider_spec_t *spec, char *err,
-                               size_t err_size)
+static bool s_injected_fault(const char *key)
 {
-    pm_str_t key, name, url, api_key;
-    if (wire_required_str(req, "provider", REGISTRY_MAX_KEY_LEN, &key, err, err_size) < 0) {
-        if (pm_arg_str(req, "provider", &key, err, err_size) == 1)
-            goto bad_key; /* present but too long */
-        return -1;
-    }
-    if (!provider_key_valid(key.ptr, key.len))
-        goto bad_key;
-    if (wire_required_str(req, "name", WIRE_MAX_NAME_LEN, &name, err, err_size) < 0 ||
-        wire_required_str(req, "base_api_url", WIRE_MAX_URL_LEN, &url, err, err_size) < 0)
-        return -1;
-    if (!s_http_url(url)) {
-        snprintf(err, err_size, "argument 'base_api_url' must begin with http:// or https://");
-        return -1;
-    }
-    int has_key = pm_arg_str_or_nil(req, "api_key", &api_key, err, err_size);
-    if (has_key < 0)
-        return -1;
-    if (has_key == 1 && api_key.len > WIRE_MAX_API_KEY_LEN) {
-        snprintf(err, err_size, "argument 'api_key' is longer than %d bytes", WIRE_MAX_API_KEY_LEN);
-        return -1;
-    }
-    const msgpack_object *models = NULL, *invalid = NULL;
-    if (pm_arg_str_map(req, "valid_models", &models, err, err_size) < 0 ||
-        pm_arg_str_array(req, "invalid_models", &invalid, err, err_size) < 0)
-        return -1;
+    writer_fault_fn *hook = atomic_load(&s_fault_hook);
+    return hook && hook(key);
+}
 
-    /* Check every model name before allocating anything. */
-    if (models) {
-        const msgpack_object_map *map = &models->via.map;
-        if (map->size > REGISTRY_MAX_MODELS) {
-            snprintf(err, err_size, "argument 'valid_models' has too many entries");
-            return -1;
-        }
-        for (uint32_t i = 0; i < map->size; i++) {
-            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-            if (k->via.str.size == 0 || k->via.str.size > WIRE_MAX_NAME_LEN ||
-                v->via.str.size == 0 || v->via.str.size > WIRE_MAX_NAME_LEN) {
-                snprintf(err, err_size, "argument 'valid_models' names must be 1 to %d bytes long",
-                         WIRE_MAX_NAME_LEN);
-                return -1;
-            }
-        }
-    }
-    if (invalid) {
-        const msgpack_object_array *arr = &invalid->via.array;
-        for (uint32_t i = 0; i < arr->size; i++) {
-            if (arr->ptr[i].via.str.size == 0 || arr->ptr[i].via.str.size > WIRE_MAX_NAME_LEN) {
-                snprintf(err, err_size,
-                         "argument 'invalid_models' names must be 1 to %d bytes long",
-                         WIRE_MAX_NAME_LEN);
-                return -1;
-            }
-        }
-    }
+/* The undo of one request's change to the batch's next registry: a change that fails half way
+ * (out of memory) must leave nothing behind, or it would be committed with the next change of
+ * the batch. Holding a reference to the provider as it was costs nothing and makes the
+ * registry copy it before any change (copy-on-write), so it stays as it was. */
+typedef struct {
+    const char *key;
+    provider_t *before; /* our reference; NULL when the request creates the provider */
+} undo_t;
 
-    memset(spec, 0, sizeof *spec);
-    spec->key = pm_str_dup(key);
-    spec->name = pm_str_dup(name);
-    spec->base_api_url = pm_str_dup(url);
-    if (!spec->key || !spec->name || !spec->base_api_url)
-        goto nomem;
-    if (has_key > 0) {
-        spec->has_api_key = true;
-        if (has_key == 1 && !(spec->api_key = pm_str_dup(api_key)))
-            goto nomem;
-    }
-    if (models) {
-        const msgpack_object_map *map = &models->via.map;
-        spec->has_valid_models = true;
-        spec->model_long = calloc(map->size + 1, sizeof(char *));
-        spec->model_short = calloc(map->size + 1, sizeof(char *));
-        if (!spec->model_long || !spec->model_short)
-            goto nomem;
-        for (uint32_t i = 0; i < map->size; i++) {
-            const msgpack_object *k = &map->ptr[i].key, *v = &map->ptr[i].val;
-            spec->model_long[i] = pm_str_dup((pm_str_t){k->via.str.ptr, k->via.str.size});
-            if (!spec->model_long[i])
-                goto nomem;
-            spec->model_count = i + 1;
-            spec->model_short[i] = pm_str_dup((pm_str_t){v->via.str.ptr, v->via.str.size});
-            if (!spec->model_short[i])
-                goto nomem;
-        }
-    }
-    if (invalid) {
-        const msgpack_object_array *arr = &invalid->via.array;
-        spec->has_invalid_models = true;
-        spec->invalid_models = calloc(arr->size + 1, sizeof(char *));
-        if (!spec->invalid_models)
-            goto nomem;
-        for (uint32_t i = 0; i < arr->size; i++) {
-            const msgpack_object *s = &arr->ptr[i];
-            spec->invalid_models[i] = pm_str_dup((pm_str_t){s->via.str.ptr, s->via.str.size});
-            if (!spec->invalid_models[i])
-                goto nomem;
-            spec->invalid_count = i + 1;
-        }
-    }
-    return 0;
+static void s_undo_begin(registry_t *next, const char *key, undo_t *undo)
+{
+    undo->key = key;
+    const provider_t *old = registry_get(next, key, strlen(key));
+    /* Taking a reference changes only the provider's atomic count, never what it holds. */
+    undo->before = old ? provider_ref((provider_t *)old) : NULL;
+}
 
-bad_key:
-    snprintf(err, err_size,
-             "argument 'provider' must be 1 to %d characters of a-z, 0-9, '.', '_', '-'",
-             REGISTRY_MAX_KEY_LEN);
-    return -1;
-nomem:
-    provider_spec_clear(spec);
-    snprintf(err, err_size, "out of memory");
-    return -2;
+/* Puts back what was there. Neither step allocates: the provider returns to its own slot (its
+ * model count was in the registry before), or the one created is removed. */
+static void s_undo_rollback(registry_t *next, undo_t *undo)
+{
+    if (undo->before) {
+        if (registry_put(next, &undo->before) < 0) {
+            log_error("writer: cannot roll back the change of %s", undo->key);
+            provider_destroy(&undo->before);
+        }
+    } else {
+        registry_remove(next, undo->key);
+    }
+}
+
+static void s_undo_end(undo_t *undo)
+{
+    provider_destroy(&undo->before);
+}
+
+/* Replaces a reply that no client would accept (over PM_PROTO_MAX_REPLY_SIZE) by the error
+ * that says so. True when it did. */
+static bool s_refuse_oversized(pending_t *item)
+{
+    if (wire_reply_fits(item->reply.size))
+        return false;
+    size_t size = item->reply.size;
+    item->reply.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+    wire_pack_reply_too_large(&pk, item->id, size);
+    log_error("writer: reply of %zu bytes refused (over the reply limit)", size);
+    return true;
 }
 
 static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
 {
     char err[256];
     provider_spec_t spec;
-    int rc = s_spec_from_request(&item->request, &spec, err, sizeof err);
+    int rc = wire_spec_from_request(&item->request, &spec, err, sizeof err);
     if (rc < 0) {
         pm_reply_error(pk, item->id, rc == -1 ? PM_ERR_BAD_REQUEST : PM_ERR_INTERNAL, err);
         return;
@@ -326,22 +287,34 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
         goto done;
     }
     registry_t *next = s_next(self, batch);
-    if (!next || provider_spec_apply(&spec, next, PROVIDER_SPEC_REPLACE_MODELS, false) < 0) {
+    if (!next) {
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
-    provider_t *edited = registry_edit(next, spec.key);
-    if (!edited) {
+    undo_t undo;
+    s_undo_begin(next, spec.key, &undo);
+    if (provider_spec_apply(&spec, next, PROVIDER_SPEC_REPLACE_MODELS, false) < 0) {
+        /* provider_spec_apply changes nothing when it fails */
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        s_undo_end(&undo);
         goto done;
     }
+    provider_t *edited = s_injected_fault(spec.key) ? NULL : registry_edit(next, spec.key);
     /* The environment wins, as at start-up (also for a provider created now). */
-    if (!old && config_apply_env_key(edited, self->getenv_fn) < 0) {
+    if (!edited || (!old && config_apply_env_key(edited, self->getenv_fn) < 0)) {
+        s_undo_rollback(next, &undo);
+        s_undo_end(&undo);
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
     pm_reply_ok_begin(pk, item->id);
     wire_pack_provider(pk, edited);
+    if (s_refuse_oversized(item)) {
+        s_undo_rollback(next, &undo);
+        s_undo_end(&undo);
+        goto done;
+    }
+    s_undo_end(&undo);
     item->deferred = true;
     item->changed_key = spec.key;
     spec.key = NULL;
@@ -420,18 +393,31 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
     char *long_copy = pm_str_dup(long_name);
     char *short_copy = pm_str_dup(short_name);
     registry_t *next = s_next(self, batch);
-    provider_t *edited = next && changed ? registry_edit(next, changed) : NULL;
+    undo_t undo = {NULL, NULL};
+    provider_t *edited = NULL;
+    if (next && changed) {
+        s_undo_begin(next, changed, &undo);
+        edited = registry_edit(next, changed);
+    }
     if (!edited || !long_copy || !short_copy ||
-        provider_put_model(edited, long_copy, short_copy) < 0) {
-        free(changed);
+        provider_put_model(edited, long_copy, short_copy) < 0 || s_injected_fault(changed)) {
+        if (undo.key)
+            s_undo_rollback(next, &undo);
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        free(changed);
     } else {
         pm_reply_ok_begin(pk, item->id);
         wire_pack_provider(pk, edited);
-        item->deferred = true;
-        item->changed_key = changed;
-        batch->change_count++;
+        if (s_refuse_oversized(item)) {
+            s_undo_rollback(next, &undo);
+            free(changed);
+        } else {
+            item->deferred = true;
+            item->changed_key = changed;
+            batch->change_count++;
+        }
     }
+    s_undo_end(&undo);
     free(long_copy);
     free(short_copy);
 }
@@ -552,7 +538,8 @@ static void s_make_current(writer_t *self, registry_t **next_p, char **keys, siz
         malloc_trim(0);
 }
 
-/* Seals and persists next (or persists current when next is NULL). 0, or -1 with err. */
+/* Seals and persists next (or persists current when next is NULL). 0 (also when the file was
+ * written but its durability is unknown), or -1 with err when the file was not written. */
 static int s_seal_and_persist(writer_t *self, registry_t *next, bool persist, char *err,
                               size_t err_size)
 {
@@ -563,11 +550,16 @@ static int s_seal_and_persist(writer_t *self, registry_t *next, bool persist, ch
     if (!persist)
         return 0;
     char detail[512];
-    if (store_persist(next ? next : self->current, self->store_path, detail, sizeof detail) < 0) {
+    int rc = store_persist(next ? next : self->current, self->store_path, detail, sizeof detail);
+    if (rc < 0) {
         snprintf(err, err_size, "could not persist providers: %s", detail);
         log_error("%s", err);
         return -1;
     }
+    /* The new file is in place (readers of the file, a restart, all see it): the state follows
+     * the file and the callers are answered ok; only a crash soon after might lose it. */
+    if (rc > 0)
+        log_warn("providers written, but their durability is unknown: %s", detail);
     return 0;
 }
 
@@ -731,10 +723,11 @@ static void *s_thread(void *arg)
 {
     writer_t *self = arg;
     while (!self->stopping) {
-        zmq_pollitem_t items[2] = {{self->pipe, 0, ZMQ_POLLIN, 0},
-                                   {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0}};
+        zmq_pollitem_t items[3] = {{self->pipe, 0, ZMQ_POLLIN, 0},
+                                   {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0},
+                                   {self->control_peer, 0, ZMQ_POLLIN, 0}};
         long timeout = discovery_next_timeout_ms(self->discovery, s_now());
-        if (zmq_poll(items, 2, timeout) < 0) {
+        if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
                 continue;
             log_error("writer: poll failed: %s", zmq_strerror(errno));
@@ -744,12 +737,22 @@ static void *s_thread(void *arg)
             s_handle_batch(self);
         if (items[1].revents & ZMQ_POLLIN)
             s_handle_discovery(self);
+        if (items[2].revents & ZMQ_POLLIN) {
+            /* Any message is the stop signal; the writes in hand were committed above. */
+            char byte;
+            if (zmq_recv(self->control_peer, &byte, 1, ZMQ_DONTWAIT) >= 0 || errno != EAGAIN)
+                self->stopping = true;
+            if (self->stopping)
+                break;
+        }
         discovery_tick(self->discovery, self->current, s_now());
         if (discovery_running(self->discovery) != self->jobs_running_published)
             s_send_snapshot(self);
     }
+    /* A front end waits for this; without one (stopped by writer_stop before a front end
+     * connected) there is nobody to tell, and the writer must not wait for one. */
     char type = WRITER_MSG_STOP;
-    if (zmq_send(self->pipe, &type, 1, 0) < 0)
+    if (zmq_send(self->pipe, &type, 1, ZMQ_DONTWAIT) < 0 && errno != EAGAIN)
         log_error("writer: cannot confirm the stop: %s", zmq_strerror(errno));
     return NULL;
 }
@@ -774,14 +777,29 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         snprintf(err, err_size, "data dir path too long");
         goto fail;
     }
-    int zero = 0;
+    int zero = 0, send_timeout = WRITER_SEND_TIMEOUT_MS;
     self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    /* No high-water mark on the pipe: the writer and the front must never block each other. */
+    /* No high-water mark on the pipe: the writer and the front must never block each other.
+     * A send can then only wait while no front end is connected (start-up, or a front end
+     * that failed to start): bounded, so that writer_stop is always heard. */
     if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->pipe, ZMQ_SNDTIMEO, &send_timeout, sizeof send_timeout) < 0 ||
         zmq_bind(self->pipe, self->endpoint) < 0) {
         snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+        goto fail;
+    }
+    char control_endpoint[64];
+    inproc_endpoint(control_endpoint, sizeof control_endpoint, "writer-control");
+    self->control = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    self->control_peer = zmq_socket(zmq_ctx, ZMQ_PAIR);
+    if (!self->control || !self->control_peer ||
+        zmq_setsockopt(self->control, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_setsockopt(self->control_peer, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+        zmq_bind(self->control, control_endpoint) < 0 ||
+        zmq_connect(self->control_peer, control_endpoint) < 0) {
+        snprintf(err, err_size, "writer control pipe: %s", zmq_strerror(errno));
         goto fail;
     }
     self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
@@ -838,18 +856,37 @@ snapshot_t *writer_first_snapshot(writer_t *self)
     return first;
 }
 
+void writer_stop(writer_t *self)
+{
+    if (!self || !self->thread_started)
+        return;
+    if (!self->stop_sent) {
+        /* The control pipe is connected and holds one byte easily: the send does not wait. A
+         * thread that has already stopped (the front end's stop) never reads it; harmless. */
+        char byte = 1;
+        if (zmq_send(self->control, &byte, 1, 0) < 0)
+            log_error("writer: cannot signal the stop: %s", zmq_strerror(errno));
+        self->stop_sent = true;
+    }
+    pthread_join(self->thread, NULL);
+    self->thread_started = false;
+}
+
 void writer_destroy(writer_t **self_p)
 {
     if (!self_p || !*self_p)
         return;
     writer_t *self = *self_p;
-    if (self->thread_started)
-        pthread_join(self->thread, NULL);
+    writer_stop(self);
     discovery_destroy(&self->discovery);
     if (self->pub)
         zmq_close(self->pub);
     if (self->pipe)
         zmq_close(self->pipe);
+    if (self->control)
+        zmq_close(self->control);
+    if (self->control_peer)
+        zmq_close(self->control_peer);
     registry_destroy(&self->current);
     snapshot_destroy(&self->first);
     free(self->batch);

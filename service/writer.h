@@ -14,6 +14,9 @@
  *   writer -> front  'R' + routing frames + empty delimiter + reply body     a reply
  *                    'S' + snapshot_t * (ownership passes to the front)      a new snapshot
  *                    'Q'                                                     stopped
+ *
+ * These messages are the front end's business only: an owner stops the writer with
+ * writer_stop(), over a control pipe of the writer's own.
  */
 #ifndef PM_WRITER_H
 #define PM_WRITER_H
@@ -68,7 +71,19 @@ const char *writer_endpoint(const writer_t *self);
 /* The first snapshot, for the front end (caller owns it). NULL on allocation failure. */
 snapshot_t *writer_first_snapshot(writer_t *self);
 
-/* Joins the thread (it ends after a stop message) and frees. Safe on NULL. */
+/* Stops the thread and waits for it: the writes already received are committed and answered
+ * first. Needed when no front end runs (one that failed to start); after the front end's own
+ * stop it only joins. Call it from the thread that called writer_new. Safe on NULL and twice. */
+void writer_stop(writer_t *self);
+
+/* Stops the thread (writer_stop) if it still runs, and frees. Safe on NULL. */
 void writer_destroy(writer_t **self_p);
+
+/* For tests only: called with the provider key after a set_provider or set_short_name has
+ * been applied to the batch; returning true makes the writer treat that step as an allocation
+ * failure (the change is rolled back, the request answered internal "out of memory"). NULL
+ * (the default) turns it off. */
+typedef bool(writer_fault_fn)(const char *provider_key);
+void writer_set_fault_hook(writer_fault_fn *hook);
 
 #endif

@@ -805,6 +805,69 @@ static void test_failed_persist_keeps_old_file(void **state)
     registry_destroy(&reg);
 }
 
+/* Injected fsync failures (store_set_fsync_hook): EIO on the directory or on the file. */
+static int s_fsync_fails_for_dir(int fd, bool directory)
+{
+    if (directory) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+static int s_fsync_fails_for_file(int fd, bool directory)
+{
+    (void)fd;
+    (void)directory;
+    errno = EIO;
+    return -1;
+}
+
+/* The directory cannot be synced after the rename: the new file is in place, so store_persist
+ * reports 1 (written, durability unknown) with the directory's error, not -1. */
+static void test_dir_fsync_failure_is_written_durability_unknown(void **state)
+{
+    fixture_t *fx = *state;
+    registry_t *reg = registry_new();
+    s_put(reg, s_provider("openai", "OpenAI", "https://api.openai.com/v1"));
+    assert_int_equal(store_persist(reg, fx->path, fx->err, sizeof fx->err), 0);
+
+    registry_t *changed = registry_clone(reg);
+    s_put(changed, s_provider("groq", "Groq", "https://api.groq.com/openai/v1"));
+    store_set_fsync_hook(s_fsync_fails_for_dir);
+    int rc = store_persist(changed, fx->path, fx->err, sizeof fx->err);
+    store_set_fsync_hook(NULL);
+    assert_int_equal(rc, 1);
+    char expected[PATH_MAX + 64];
+    snprintf(expected, sizeof expected, "%s: %s", fx->dir, strerror(EIO));
+    assert_string_equal(fx->err, expected);
+
+    /* The file holds the change, and no temp file is left. */
+    store_layer_t layer = {0};
+    assert_int_equal(store_load(fx->path, &layer, NULL, NULL, fx->err, sizeof fx->err), 0);
+    assert_int_equal(layer.count, 2);
+    assert_string_equal(layer.specs[1].key, "groq");
+    store_layer_clear(&layer);
+    assert_int_equal(s_count_temp_files(fx->dir), 0);
+
+    /* A failure before the rename is still "not written": -1, the old file intact. */
+    registry_t *again = registry_clone(changed);
+    s_put(again, s_provider("mistral", "Mistral", "https://api.mistral.ai/v1"));
+    store_set_fsync_hook(s_fsync_fails_for_file);
+    rc = store_persist(again, fx->path, fx->err, sizeof fx->err);
+    store_set_fsync_hook(NULL);
+    assert_int_equal(rc, -1);
+    snprintf(expected, sizeof expected, "%s: %s", fx->path, strerror(EIO));
+    assert_string_equal(fx->err, expected);
+    assert_int_equal(store_load(fx->path, &layer, NULL, NULL, fx->err, sizeof fx->err), 0);
+    assert_int_equal(layer.count, 2);
+    store_layer_clear(&layer);
+    assert_int_equal(s_count_temp_files(fx->dir), 0);
+    registry_destroy(&again);
+    registry_destroy(&changed);
+    registry_destroy(&reg);
+}
+
 static void test_persist_into_missing_directory_fails(void **state)
 {
     fixture_t *fx = *state;
@@ -1043,6 +1106,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_file_mode_and_no_temp_files, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_persist_keeps_old_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_persist_into_missing_directory_fails, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_dir_fsync_failure_is_written_durability_unknown, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_awkward_strings_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_empty_provider_fields_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(test_many_models_round_trip, setup, teardown),

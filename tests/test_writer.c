@@ -16,12 +16,15 @@
 #include "store.h"
 #include "writer.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <zmq.h>
 
@@ -56,7 +59,10 @@ static void *s_front_thread(void *arg)
     return NULL;
 }
 
-static int s_setup(void **state)
+/* Adds to the start-up registry, before the writer takes it (NULL: nothing). */
+typedef void(extra_fn)(registry_t **reg_p);
+
+static int s_setup_with(void **state, extra_fn *extra)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -82,6 +88,8 @@ static int s_setup(void **state)
     registry_t *reg = NULL;
     assert_int_equal(config_build_registry(&f->cfg, s_no_env, &reg, NULL, NULL, err, sizeof err),
                      0);
+    if (extra)
+        extra(&reg);
     f->ctx = zmq_ctx_new();
     assert_non_null(f->ctx);
     f->auth = auth_new(f->ctx, &f->cfg, err, sizeof err);
@@ -100,6 +108,47 @@ static int s_setup(void **state)
     assert_int_equal(pthread_create(&f->thread, NULL, s_front_thread, f), 0);
     *state = f;
     return 0;
+}
+
+static int s_setup(void **state)
+{
+    return s_setup_with(state, NULL);
+}
+
+/* A provider "big" whose ProviderConfig is over the 64 MiB reply limit: 34,000 models of
+ * 1000-byte names (short name = long name) make about 68 MB. */
+#define BIG_MODELS 34000
+#define BIG_NAME_LEN 1000
+
+static void s_big_name(char *out, int index)
+{
+    memset(out, 'x', BIG_NAME_LEN);
+    char head[16];
+    int len = snprintf(head, sizeof head, "m%05d-", index);
+    memcpy(out, head, (size_t)len);
+    out[BIG_NAME_LEN] = '\0';
+}
+
+static void s_add_big_provider(registry_t **reg_p)
+{
+    registry_t *reg = registry_clone(*reg_p);
+    assert_non_null(reg);
+    registry_destroy(reg_p);
+    provider_t *big = provider_new("big", "Big", "http://127.0.0.1:9/v1");
+    assert_non_null(big);
+    char name[BIG_NAME_LEN + 1];
+    for (int i = 0; i < BIG_MODELS; i++) {
+        s_big_name(name, i);
+        assert_int_equal(provider_put_model(big, name, NULL), 0);
+    }
+    assert_int_equal(registry_put(reg, &big), 0);
+    assert_int_equal(registry_seal(reg), 0);
+    *reg_p = reg;
+}
+
+static int s_setup_big(void **state)
+{
+    return s_setup_with(state, s_add_big_provider);
 }
 
 static int s_teardown(void **state)
@@ -124,8 +173,10 @@ static int s_teardown(void **state)
     return 0;
 }
 
-/* Packs {"op": op, "id": id, "args": {provider, name, base_api_url}}. */
-static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *key)
+/* Packs {"op": "set_provider", "id": id, "args": {provider, name, base_api_url, valid_models:
+ * {model: key}}}. */
+static void s_pack_set_provider_model(msgpack_sbuffer *buf, long long id, const char *key,
+                                      const char *model)
 {
     msgpack_packer pk;
     msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
@@ -139,8 +190,14 @@ static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *
     pm_pack_str(&pk, "http://127.0.0.1:9/v1");
     pm_pack_str(&pk, "valid_models");
     msgpack_pack_map(&pk, 1);
-    pm_pack_str(&pk, "model");
+    pm_pack_str(&pk, model);
     pm_pack_str(&pk, key);
+}
+
+/* The same with the model "model". */
+static void s_pack_set_provider(msgpack_sbuffer *buf, long long id, const char *key)
+{
+    s_pack_set_provider_model(buf, id, key, "model");
 }
 
 static void s_pack_op(msgpack_sbuffer *buf, const char *op, long long id)
@@ -198,12 +255,52 @@ static int64_t s_health_state_version(void *dealer)
     return version;
 }
 
+/* contains(key) over the front end: the registry that reads see now. */
+static bool s_contains(void *dealer, const char *key)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "contains", true, 998);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "provider_name");
+    pm_pack_str(&pk, key);
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->type, MSGPACK_OBJECT_BOOLEAN);
+    bool found = rep.result->via.boolean;
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    return found;
+}
+
+/* True when the providers file lists key. */
+static bool s_file_has(const fixture_t *f, const char *key)
+{
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    store_layer_t layer = {0};
+    char err[512];
+    assert_int_equal(store_load(path, &layer, NULL, NULL, err, sizeof err), 0);
+    bool found = false;
+    for (size_t i = 0; i < layer.count; i++)
+        found = found || strcmp(layer.specs[i].key, key) == 0;
+    store_layer_clear(&layer);
+    return found;
+}
+
 /* Many writes sent without waiting: every one is answered ok, each is one change (versions
  * 1..N, events in order), each is readable once answered, and all are in the file. */
 static void test_pipelined_writes_commit_in_order(void **state)
 {
     fixture_t *f = *state;
     void *dealer = s_dealer(f);
+    void *reader = s_dealer(f); /* reads on their own connection, between the replies */
     for (int i = 0; i < PIPELINED; i++) {
         char key[32];
         snprintf(key, sizeof key, "p%02d", i);
@@ -232,6 +329,8 @@ static void test_pipelined_writes_commit_in_order(void **state)
         assert_memory_equal(provider->via.str.ptr, key, strlen(key));
         pm_reply_clear(&rep);
         zmq_msg_close(&body);
+        /* Readable once answered: a read sent after the reply finds the change. */
+        assert_true(s_contains(reader, key));
     }
     assert_int_equal(s_health_state_version(dealer), PIPELINED);
 
@@ -254,6 +353,12 @@ static void test_pipelined_writes_commit_in_order(void **state)
         assert_non_null(keys);
         assert_int_equal(version->via.u64, (uint64_t)i + 1);
         assert_int_equal(keys->via.array.size, 1);
+        /* The writes were sent in order over one connection, so change i+1 is p<i>. */
+        char key[32];
+        snprintf(key, sizeof key, "p%02d", i);
+        assert_int_equal(keys->via.array.ptr[0].type, MSGPACK_OBJECT_STR);
+        assert_int_equal(keys->via.array.ptr[0].via.str.size, strlen(key));
+        assert_memory_equal(keys->via.array.ptr[0].via.str.ptr, key, strlen(key));
         msgpack_unpacked_destroy(&up);
         zmq_msg_close(&event);
     }
@@ -269,6 +374,7 @@ static void test_pipelined_writes_commit_in_order(void **state)
         found += strncmp(layer.specs[i].key, "p", 1) == 0 && strlen(layer.specs[i].key) == 3;
     assert_int_equal(found, PIPELINED);
     store_layer_clear(&layer);
+    zmq_close(reader);
     zmq_close(dealer);
 }
 
@@ -318,11 +424,307 @@ static void test_failed_persist_changes_nothing(void **state)
     zmq_close(dealer);
 }
 
+static int s_fsync_fails_for_dir(int fd, bool directory)
+{
+    if (directory) {
+        errno = EIO;
+        return -1;
+    }
+    return fsync(fd);
+}
+
+/* The directory cannot be synced after the rename (injected): the file already holds the
+ * change, so the state follows it: answered ok, state_version counts it, reads and the file
+ * both have it. */
+static void test_dir_fsync_failure_keeps_the_change(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t before = s_health_state_version(dealer);
+    store_set_fsync_hook(s_fsync_fails_for_dir);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "kept");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    store_set_fsync_hook(NULL);
+    assert_true(rep.ok);
+    const msgpack_object *provider = pm_map_get(rep.result, "provider");
+    assert_non_null(provider);
+    assert_int_equal(provider->via.str.size, 4);
+    assert_memory_equal(provider->via.str.ptr, "kept", 4);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    assert_int_equal(s_health_state_version(dealer), before + 1);
+    assert_true(s_contains(dealer, "kept"));
+    assert_true(s_file_has(f, "kept"));
+    zmq_close(dealer);
+}
+
+/* Injected allocation failure (writer_set_fault_hook) for the providers "doomed" and "kept".
+ * The first call waits a little, so that the requests sent after it join the same batch. */
+static atomic_int s_fault_calls;
+
+static bool s_fail_doomed_and_kept(const char *key)
+{
+    if (strcmp(key, "doomed") != 0 && strcmp(key, "kept") != 0)
+        return false;
+    if (atomic_fetch_add(&s_fault_calls, 1) == 0)
+        usleep(200 * 1000);
+    return true;
+}
+
+/* A change that fails after it was applied to the batch (out of memory, injected) is rolled
+ * back: it is answered internal, the other changes of the batch commit and alone count in
+ * state_version, and the failed change is nowhere, neither in reads nor in the file. Covers a
+ * new provider, an update of an existing one and a set_short_name. */
+static void test_failed_change_is_rolled_back(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "kept");
+    s_send(dealer, &buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    int64_t before = s_health_state_version(dealer);
+
+    atomic_store(&s_fault_calls, 0);
+    writer_set_fault_hook(s_fail_doomed_and_kept);
+    /* ids: 10 doomed (new), 11 a1, 12 kept (update), 13 kept short name, 14 a2 */
+    buf.size = 0;
+    s_pack_set_provider(&buf, 10, "doomed");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider(&buf, 11, "a1");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider_model(&buf, 12, "kept", "changed");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_short_name", true, 13);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "kept");
+    pm_pack_str(&pk, "long_name");
+    pm_pack_str(&pk, "model");
+    pm_pack_str(&pk, "short_name");
+    pm_pack_str(&pk, "zz");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider(&buf, 14, "a2");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+
+    for (int i = 0; i < 5; i++) {
+        s_recv_reply(dealer, &rep, &body);
+        int64_t id = rep.id->via.i64;
+        if (id == 11 || id == 14) {
+            assert_true(rep.ok);
+        } else {
+            assert_true(id == 10 || id == 12 || id == 13);
+            assert_false(rep.ok);
+            assert_int_equal(rep.code, PM_ERR_INTERNAL);
+            assert_int_equal(rep.message.len, strlen("out of memory"));
+            assert_memory_equal(rep.message.ptr, "out of memory", rep.message.len);
+        }
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+    }
+    writer_set_fault_hook(NULL);
+    assert_int_equal(atomic_load(&s_fault_calls), 3);
+
+    assert_int_equal(s_health_state_version(dealer), before + 2);
+    assert_false(s_contains(dealer, "doomed"));
+    assert_true(s_contains(dealer, "a1"));
+    assert_true(s_contains(dealer, "a2"));
+    assert_false(s_file_has(f, "doomed"));
+    assert_true(s_file_has(f, "a1"));
+
+    /* kept as it was: its one model "model" with the short name "kept", in reads and file. */
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "get_available_models", true, 20);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "filter_by_provider");
+    pm_pack_str(&pk, "kept");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(rep.result->via.array.size, 1);
+    assert_int_equal(rep.result->via.array.ptr[0].via.str.size, 5);
+    assert_memory_equal(rep.result->via.array.ptr[0].via.str.ptr, "model", 5);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    store_layer_t layer = {0};
+    char err[512];
+    assert_int_equal(store_load(path, &layer, NULL, NULL, err, sizeof err), 0);
+    bool checked = false;
+    for (size_t i = 0; i < layer.count; i++) {
+        if (strcmp(layer.specs[i].key, "kept") != 0)
+            continue;
+        assert_int_equal(layer.specs[i].model_count, 1);
+        assert_string_equal(layer.specs[i].model_long[0], "model");
+        assert_string_equal(layer.specs[i].model_short[0], "kept");
+        checked = true;
+    }
+    assert_true(checked);
+    store_layer_clear(&layer);
+    zmq_close(dealer);
+}
+
+/* A change whose reply (the ProviderConfig) would exceed the 64 MiB reply limit is refused
+ * with internal "Reply of <n> bytes exceeds the 64 MiB reply limit" and changes nothing; the
+ * writer goes on serving. */
+static void test_oversized_reply_refused(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t before = s_health_state_version(dealer);
+    char long_name[BIG_NAME_LEN + 1];
+    s_big_name(long_name, 7);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_short_name", true, 5);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "big");
+    pm_pack_str(&pk, "long_name");
+    pm_pack_str(&pk, long_name);
+    pm_pack_str(&pk, "short_name");
+    pm_pack_str(&pk, "seven");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INTERNAL);
+    char message[128];
+    assert_true(rep.message.len < sizeof message);
+    memcpy(message, rep.message.ptr, rep.message.len);
+    message[rep.message.len] = '\0';
+    unsigned long long size = 0;
+    char tail[64];
+    assert_int_equal(sscanf(message, "Reply of %llu bytes %63[^\n]", &size, tail), 2);
+    assert_true(size > PM_PROTO_MAX_REPLY_SIZE);
+    assert_string_equal(tail, "exceeds the 64 MiB reply limit");
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    /* Nothing changed: no version, no file; and the next write goes through. */
+    assert_int_equal(s_health_state_version(dealer), before);
+    char path[PATH_MAX];
+    assert_int_equal(store_path(f->cfg.data_dir, path, sizeof path), 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), -1);
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 6, "small");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    assert_int_equal(s_health_state_version(dealer), before + 1);
+    /* The refused short name resolves nowhere. */
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "validate_model", true, 7);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "model_string");
+    pm_pack_str(&pk, "big/seven");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    s_recv_reply(dealer, &rep, &body);
+    assert_false(rep.ok);
+    assert_int_equal(rep.code, PM_ERR_INVALID_MODEL);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    zmq_close(dealer);
+}
+
+/* A writer whose front end never started is stopped by writer_stop alone, promptly, also
+ * after it has sent a snapshot nobody receives (the start-up discovery job). */
+static void test_stop_without_front_end(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/pm-test-writer-stop-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char *argv[] = {"provider-manager",
+                    "--endpoint",
+                    "inproc://test-writer-stop-requests",
+                    "--events-endpoint",
+                    "inproc://test-writer-stop-events",
+                    "--data-dir",
+                    dir,
+                    "--workers",
+                    "1",
+                    "--log-level",
+                    "error",
+                    NULL};
+    config_t cfg;
+    char err[512];
+    assert_int_equal(config_load(&cfg, 11, argv, s_no_env, err, sizeof err), 0);
+    registry_t *reg = NULL;
+    assert_int_equal(config_build_registry(&cfg, s_no_env, &reg, NULL, NULL, err, sizeof err), 0);
+    void *ctx = zmq_ctx_new();
+    assert_non_null(ctx);
+    auth_t *auth = auth_new(ctx, &cfg, err, sizeof err);
+    assert_non_null(auth);
+    bool bind_failed = false;
+    writer_t *writer = writer_new(ctx, &cfg, auth, s_no_env, &reg, &bind_failed, err, sizeof err);
+    assert_non_null(writer);
+    assert_null(reg);
+    snapshot_t *first = writer_first_snapshot(writer);
+    assert_non_null(first);
+    snapshot_destroy(&first);
+
+    struct timespec started, ended;
+    clock_gettime(CLOCK_MONOTONIC, &started);
+    writer_stop(writer);
+    clock_gettime(CLOCK_MONOTONIC, &ended);
+    double seconds =
+        (double)(ended.tv_sec - started.tv_sec) + (double)(ended.tv_nsec - started.tv_nsec) / 1e9;
+    assert_true(seconds < 10.0);
+    writer_stop(writer); /* twice: harmless */
+    writer_destroy(&writer);
+    assert_null(writer);
+    auth_destroy(&auth);
+    assert_int_equal(zmq_ctx_term(ctx), 0);
+    config_clear(&cfg);
+    char command[PATH_MAX + 16];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    assert_int_equal(system(command), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_pipelined_writes_commit_in_order, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_persist_changes_nothing, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
+                                        s_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_change_is_rolled_back, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_reply_refused, s_setup_big, s_teardown),
+        cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
