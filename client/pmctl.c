@@ -1380,8 +1380,7 @@ int main(int argc, char **argv)
             s_main_help(stdout);
             return EXIT_OK;
         case 'V':
-            printf("pmctl %d.%d.%d\n", PMCLIENT_VERSION_MAJOR, PMCLIENT_VERSION_MINOR,
-                   PMCLIENT_VERSION_PATCH);
+            printf("pmctl %s\n", PMCLIENT_VERSION);
             return EXIT_OK;
         default:
             return s_usage_error(NULL, "bad option '%s'", argv[optind - 1]);
