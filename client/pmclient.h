@@ -30,6 +30,8 @@
 #ifndef PMCLIENT_H
 #define PMCLIENT_H
 
+#include "pmclient_version.h" /* PMCLIENT_VERSION_MAJOR .. _PATCH, PMCLIENT_VERSION */
+
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -37,10 +39,6 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
-
-#define PMCLIENT_VERSION_MAJOR 1
-#define PMCLIENT_VERSION_MINOR 0
-#define PMCLIENT_VERSION_PATCH 0
 
 #define PMCLIENT_DEFAULT_ENDPOINT "tcp://127.0.0.1:5555"
 #define PMCLIENT_DEFAULT_EVENTS_ENDPOINT "tcp://127.0.0.1:5556"

@@ -47,15 +47,6 @@ typedef struct {
     bool json;
 } s_ctx_t;
 
-typedef struct {
-    const char *name;
-    int (*run)(s_ctx_t *ctx, int argc, char **argv);
-    const char *usage;   /* the arguments after the command name */
-    const char *summary; /* one line */
-    const char *help;    /* the options, or NULL */
-    bool needs_client;
-} s_command_t;
-
 static volatile sig_atomic_t s_interrupted = 0;
 
 static void s_on_signal(int signum)
@@ -365,7 +356,173 @@ static int s_parse_int(const char *text, long min, long max, long *out)
     return 0;
 }
 
-static const s_command_t *s_find_command(const char *name);
+/* ------------------------------------------------------------------------------ options */
+
+/* pmctl's options are declared once, in one table per command (and one for pmctl itself,
+ * s_global_options): s_parse_options() parses argv by the table and checks it (operand count,
+ * required options, alternatives, options that go together), and the usage and help texts
+ * are generated from the same table, so that the synopsis cannot omit an option. -h/--help is
+ * implicit in every table. */
+
+/* Flags of an option. */
+#define S_REQUIRED 0x1   /* must be given */
+#define S_REPEAT 0x2     /* may be given more than once ("..." in the synopsis) */
+#define S_OR_NEXT 0x4    /* at most one of this one and the next (one synopsis bracket) */
+#define S_AND_NEXT 0x8   /* given with the next one or not at all (one synopsis bracket) */
+#define S_NOT_SHOWN 0x10 /* left out of the synopsis (--version) */
+
+#define S_MAX_OPTIONS 16 /* per table, --help included: the getopt_long arrays are this big */
+#define S_LONG_ONLY 256  /* getopt_long value of the option at index i without a letter: + i */
+
+typedef struct s_option_t s_option_t;
+
+/* Stores an option in the parse target (a command's arguments). value is the argument (NULL
+ * for an option without one), command the command's name for messages (NULL: pmctl's own).
+ * Returns 0 to go on, or -1 to stop with *status (after printing why). */
+typedef int (*s_setter_t)(void *target, const s_option_t *option, const char *command,
+                          const char *value, int *status);
+
+struct s_option_t {
+    const char *name; /* long name, without "--"; NULL ends a table */
+    char letter;      /* short option letter, 0 when there is none */
+    const char *arg;  /* name of the argument in the help ("P", "MS"); NULL: takes none */
+    unsigned flags;   /* S_REQUIRED, ... */
+    const char *help; /* '\n' separates lines */
+    s_setter_t set;
+    size_t offset; /* of the field in the target, for the generic setters */
+};
+
+/* The generic setters: a string argument, or a flag set to true / false. */
+static int s_set_string(void *target, const s_option_t *option, const char *command,
+                        const char *value, int *status)
+{
+    (void)command;
+    (void)status;
+    *(const char **)((char *)target + option->offset) = value;
+    return 0;
+}
+
+static int s_set_true(void *target, const s_option_t *option, const char *command,
+                      const char *value, int *status)
+{
+    (void)command;
+    (void)value;
+    (void)status;
+    *(bool *)((char *)target + option->offset) = true;
+    return 0;
+}
+
+static int s_set_false(void *target, const s_option_t *option, const char *command,
+                       const char *value, int *status)
+{
+    (void)command;
+    (void)value;
+    (void)status;
+    *(bool *)((char *)target + option->offset) = false;
+    return 0;
+}
+
+static size_t s_option_count(const s_option_t *options)
+{
+    size_t count = 0;
+    while (options && options[count].name)
+        count++;
+    return count;
+}
+
+/* The options part of a synopsis: " --name N [--force] [--a A | --b] [--m M ...]", wrapped
+ * before S_SYNOPSIS_WIDTH columns with continuation lines indented by indent; *column is the
+ * column the caller's text ended at, and where this text ends. */
+#define S_SYNOPSIS_WIDTH 100
+static void s_synopsis(FILE *out, const s_option_t *options, size_t indent, size_t *column)
+{
+    size_t count = s_option_count(options);
+    char element[256];
+    for (size_t i = 0; i < count; i++) {
+        if (options[i].flags & S_NOT_SHOWN)
+            continue;
+        bool optional = !(options[i].flags & S_REQUIRED);
+        size_t used = 0;
+        /* Alternatives and pairs share one bracket. */
+        for (bool first = true;; first = false) {
+            const s_option_t *option = &options[i];
+            const char *separator = first ? "" : options[i - 1].flags & S_OR_NEXT ? " | " : " ";
+            int n = snprintf(element + used, sizeof element - used, "%s--%s%s%s", separator,
+                             option->name, option->arg ? " " : "", option->arg ? option->arg : "");
+            if (n > 0)
+                used = used + (size_t)n < sizeof element ? used + (size_t)n : sizeof element - 1;
+            if (!((option->flags & (S_OR_NEXT | S_AND_NEXT)) && i + 1 < count))
+                break;
+            i++;
+        }
+        size_t len =
+            strlen(element) + (optional ? 2 : 0) + ((options[i].flags & S_REPEAT) ? 4 : 0) + 1;
+        if (*column + len > S_SYNOPSIS_WIDTH) {
+            fprintf(out, "\n%*s", (int)indent, "");
+            *column = indent;
+        } else {
+            fputc(' ', out);
+        }
+        fprintf(out, "%s%s%s%s", optional ? "[" : "", element,
+                (options[i].flags & S_REPEAT) ? " ..." : "", optional ? "]" : "");
+        *column += len;
+    }
+}
+
+/* "-p, --provider P" or "--force": an option as the help lists it. */
+static void s_option_label(const s_option_t *option, char *label, size_t size)
+{
+    const char *arg = option->arg ? option->arg : "";
+    const char *space = option->arg ? " " : "";
+    if (option->letter)
+        snprintf(label, size, "-%c, --%s%s%s", option->letter, option->name, space, arg);
+    else
+        snprintf(label, size, "--%s%s%s", option->name, space, arg);
+}
+
+/* The option lines of a help text, aligned on one column; with_help adds the implicit
+ * -h, --help. */
+static void s_options_help(FILE *out, const s_option_t *options, bool with_help)
+{
+    static const s_option_t help = {"help", 'h', NULL, 0, "this help", NULL, 0};
+    size_t count = s_option_count(options);
+    size_t total = count + (with_help ? 1 : 0);
+    size_t column = 0;
+    char label[128];
+    for (size_t i = 0; i < total; i++) {
+        s_option_label(i < count ? &options[i] : &help, label, sizeof label);
+        if (strlen(label) > column)
+            column = strlen(label);
+    }
+    for (size_t i = 0; i < total; i++) {
+        const s_option_t *option = i < count ? &options[i] : &help;
+        s_option_label(option, label, sizeof label);
+        const char *line = option->help;
+        for (bool first = true;; first = false) {
+            const char *newline = strchr(line, '\n');
+            int line_len = newline ? (int)(newline - line) : (int)strlen(line);
+            fprintf(out, "  %-*s  %.*s\n", (int)column, first ? label : "", line_len, line);
+            if (!newline)
+                break;
+            line = newline + 1;
+        }
+    }
+}
+
+/* A command of pmctl (name NULL: pmctl itself, whose options come before the command). */
+typedef struct {
+    const char *name;
+    int (*run)(s_ctx_t *ctx, int argc, char **argv);
+    const char *operands;      /* their names in the synopsis ("NAME"), "" for none */
+    int operand_count;         /* exactly this many; -1: the command checks them itself */
+    const s_option_t *options; /* its table; NULL: only --help */
+    const char *summary;       /* the first line is the one listed by pmctl --help */
+    const char *notes;         /* help after the option lines, or NULL */
+    bool needs_client;
+} s_command_t;
+
+static void s_command_help(const s_command_t *command, FILE *out);
+static void s_main_help(FILE *out);
 
 static int s_usage_error(const char *command, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -386,39 +543,187 @@ static int s_usage_error(const char *command, const char *fmt, ...)
     return EXIT_USAGE;
 }
 
-static void s_command_help(const s_command_t *command, FILE *out)
+/* Appends "--name" to a list being written into text ("--a, --b and --c"): index of count. */
+static void s_append_name(char *text, size_t size, const char *name, size_t index, size_t count)
 {
-    fprintf(out, "usage: pmctl [OPTIONS] %s%s%s\n\n%s\n", command->name,
-            command->usage[0] ? " " : "", command->usage, command->summary);
-    if (command->help)
-        fprintf(out, "\n%s", command->help);
+    size_t used = strlen(text);
+    const char *separator = index == 0 ? "" : index + 1 == count ? " and " : ", ";
+    snprintf(text + used, size - used, "%s--%s", separator, name);
 }
 
-/* Parses a command's options: only --help, and exactly `positional` operands. Returns -1
- * when parsing should stop with *status set. */
-static int s_simple_args(int argc, char **argv, int positional, int *status)
+/* The table's rules, once argv is parsed: the operand count (commands only), the required
+ * options, the alternatives and the pairs. counts[i]: how often option i was given. 0, or -1
+ * with *status (the usage error printed). */
+static int s_check_options(const s_command_t *command, int argc, char **argv,
+                           const unsigned *counts, int *status)
 {
-    static const struct option options[] = {{"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
-    const s_command_t *command = s_find_command(argv[0]);
+    const s_option_t *options = command->options;
+    size_t count = s_option_count(options);
+    char text[512];
+    if (command->name && command->operand_count >= 0 && argc - optind != command->operand_count) {
+        if (!options)
+            *status = s_usage_error(argv[0], "%s",
+                                    command->operand_count == 0 ? "this command takes no operand"
+                                                                : "wrong number of operands");
+        else if (command->operand_count == 0)
+            *status = s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+        else if (command->operand_count == 1)
+            *status = s_usage_error(argv[0], "expected exactly one %s operand", command->operands);
+        else
+            *status = s_usage_error(argv[0], "%s", "wrong number of operands");
+        return -1;
+    }
+    /* When one is missing, all required options are named: the message says what the
+     * command needs, not only what this call lacked. */
+    size_t missing = 0, required = 0;
+    for (size_t i = 0; i < count; i++) {
+        required += (options[i].flags & S_REQUIRED) != 0;
+        missing += (options[i].flags & S_REQUIRED) && counts[i] == 0;
+    }
+    if (missing) {
+        text[0] = '\0';
+        for (size_t i = 0, listed = 0; i < count; i++) {
+            if (options[i].flags & S_REQUIRED)
+                s_append_name(text, sizeof text, options[i].name, listed++, required);
+        }
+        *status = s_usage_error(command->name, "%s %s required", text, required > 1 ? "are" : "is");
+        return -1;
+    }
+    for (size_t first = 0; first < count; first++) {
+        unsigned group = options[first].flags & (S_OR_NEXT | S_AND_NEXT);
+        if (!group)
+            continue;
+        size_t last = first;
+        while ((options[last].flags & group) && last + 1 < count)
+            last++;
+        size_t members = last - first + 1, given = 0, occurrences = 0;
+        for (size_t i = first; i <= last; i++) {
+            given += counts[i] > 0;
+            occurrences += counts[i];
+        }
+        bool broken = group == S_OR_NEXT ? occurrences > 1 : given > 0 && given < members;
+        if (broken) {
+            snprintf(text, sizeof text, "%s", group == S_OR_NEXT ? "give at most one of " : "");
+            for (size_t i = first; i <= last; i++) {
+                size_t used = strlen(text);
+                if (group == S_OR_NEXT)
+                    snprintf(text + used, sizeof text - used, "%s--%s", i > first ? ", " : "",
+                             options[i].name);
+                else
+                    s_append_name(text, sizeof text, options[i].name, i - first, members);
+            }
+            *status = s_usage_error(command->name, "%s%s", text,
+                                    group == S_OR_NEXT ? "" : " go together");
+            return -1;
+        }
+        first = last;
+    }
+    return 0;
+}
+
+/* Parses the options of argv (argv[0] is the command's name, or the program's) by command's
+ * table, calling each option's setter on target; -h/--help prints the help. For a command the
+ * table's rules are checked too (s_check_options); pmctl's own options stop at the first
+ * operand, the command's name, and the caller checks them. counts (S_MAX_OPTIONS entries, may
+ * be NULL for a command) receives how often each option was given. On 0 optind is the index
+ * of the first operand; -1: stop with *status. */
+static int s_parse_options(const s_command_t *command, void *target, int argc, char **argv,
+                           unsigned *counts, int *status)
+{
+    const s_option_t *options = command->options;
+    size_t count = s_option_count(options);
+    struct option longs[S_MAX_OPTIONS + 1];
+    char shorts[2 * S_MAX_OPTIONS + 2];
+    unsigned own_counts[S_MAX_OPTIONS];
+    /* A table that does not fit is a mistake in this file, not in the user's input. */
+    if (count >= S_MAX_OPTIONS) {
+        fprintf(stderr, "pmctl: internal error: too many options\n");
+        *status = EXIT_FAILED;
+        return -1;
+    }
+    if (!counts)
+        counts = own_counts;
+    memset(counts, 0, S_MAX_OPTIONS * sizeof *counts);
+    size_t n = 0;
+    if (!command->name)
+        shorts[n++] = '+'; /* stop at the command name: the command parses its own options */
+    shorts[n++] = 'h';
+    for (size_t i = 0; i < count; i++) {
+        longs[i] =
+            (struct option){options[i].name, options[i].arg ? required_argument : no_argument, NULL,
+                            options[i].letter ? options[i].letter : S_LONG_ONLY + (int)i};
+        if (options[i].letter) {
+            shorts[n++] = options[i].letter;
+            if (options[i].arg)
+                shorts[n++] = ':';
+        }
+    }
+    longs[count] = (struct option){"help", no_argument, NULL, 'h'};
+    longs[count + 1] = (struct option){0, 0, 0, 0};
+    shorts[n] = '\0';
+
     optind = 0;
     opterr = 0;
     int opt;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, shorts, longs, NULL)) != -1) {
         if (opt == 'h') {
-            s_command_help(command, stdout);
+            if (command->name)
+                s_command_help(command, stdout);
+            else
+                s_main_help(stdout);
             *status = EXIT_OK;
             return -1;
         }
-        *status = s_usage_error(argv[0], "unknown option '%s'", argv[optind - 1]);
+        size_t index = count;
+        if (opt >= S_LONG_ONLY)
+            index = (size_t)(opt - S_LONG_ONLY);
+        for (size_t i = 0; opt != '?' && opt < S_LONG_ONLY && i < count; i++) {
+            if (options[i].letter == opt)
+                index = i;
+        }
+        if (index >= count) {
+            /* A command without options of its own says "unknown", the others "bad". */
+            *status = options
+                          ? s_usage_error(command->name, "bad option '%s'", argv[optind - 1])
+                          : s_usage_error(command->name, "unknown option '%s'", argv[optind - 1]);
+            return -1;
+        }
+        counts[index]++;
+        if (options[index].set(target, &options[index], command->name, optarg, status) != 0)
+            return -1;
+    }
+    if (!command->name)
+        return 0;
+    return s_check_options(command, argc, argv, counts, status);
+}
+
+static const s_command_t *s_find_command(const char *name);
+
+/* Parses a command's argv (argv[0]: its name) by its table into target (NULL for a command
+ * without options). See s_parse_options. */
+static int s_parse_command(int argc, char **argv, void *target, int *status)
+{
+    const s_command_t *command = s_find_command(argv[0]);
+    if (!command) {
+        *status = s_usage_error(NULL, "unknown command '%s'", argv[0]);
         return -1;
     }
-    if (argc - optind != positional) {
-        *status = s_usage_error(argv[0], "%s",
-                                positional == 0 ? "this command takes no operand"
-                                                : "wrong number of operands");
-        return -1;
+    return s_parse_options(command, target, argc, argv, NULL, status);
+}
+
+static void s_command_help(const s_command_t *command, FILE *out)
+{
+    int column = fprintf(out, "usage: pmctl [OPTIONS] %s%s%s", command->name,
+                         command->operands[0] ? " " : "", command->operands);
+    size_t at = column > 0 ? (size_t)column : 0;
+    s_synopsis(out, command->options, strlen("usage: pmctl [OPTIONS] "), &at);
+    fprintf(out, "\n\n%s\n", command->summary);
+    if (command->options || command->notes) {
+        fputc('\n', out);
+        s_options_help(out, command->options, false);
+        if (command->notes)
+            fputs(command->notes, out);
     }
-    return 0;
 }
 
 /* ----------------------------------------------------------------------------- commands */
@@ -426,7 +731,7 @@ static int s_simple_args(int argc, char **argv, int positional, int *status)
 static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 0, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_health_t *health = NULL;
     if (pmclient_health(ctx->client, &health) != 0)
@@ -452,7 +757,7 @@ static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_providers(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 0, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_provider_list_t *list = NULL;
     if (pmclient_values(ctx->client, &list) != 0)
@@ -492,7 +797,7 @@ cleanup:
 static int s_cmd_provider(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 1, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_provider_t *provider = NULL;
     if (pmclient_getitem(ctx->client, argv[optind], &provider) != 0)
@@ -522,30 +827,23 @@ static int s_print_strings(s_ctx_t *ctx, pm_strings_t *strings)
     return status;
 }
 
+typedef struct {
+    const char *provider;
+} s_models_args_t;
+
+static const s_option_t s_models_options[] = {{"provider", 'p', "P", 0,
+                                               "only the models of provider P", s_set_string,
+                                               offsetof(s_models_args_t, provider)},
+                                              {0}};
+
 static int s_cmd_models(s_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"provider", required_argument, NULL, 'p'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
-    const char *provider = NULL;
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "p:h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'p':
-            provider = optarg;
-            break;
-        case 'h':
-            s_command_help(s_find_command(argv[0]), stdout);
-            return EXIT_OK;
-        default:
-            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc)
-        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+    s_models_args_t args = {0};
+    int status;
+    if (s_parse_command(argc, argv, &args, &status) != 0)
+        return status;
     pm_strings_t *models = NULL;
-    if (pmclient_available_models(ctx->client, provider, &models) != 0)
+    if (pmclient_available_models(ctx->client, args.provider, &models) != 0)
         return s_fail(ctx);
     return s_print_strings(ctx, models);
 }
@@ -553,7 +851,7 @@ static int s_cmd_models(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_scoped(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 0, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_strings_t *models = NULL;
     if (pmclient_valid_scoped_models(ctx->client, &models) != 0)
@@ -564,7 +862,7 @@ static int s_cmd_scoped(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_resolve(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 1, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_provider_t *provider = NULL;
     char *long_name = NULL;
@@ -586,7 +884,7 @@ static int s_cmd_resolve(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_find(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 1, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_matches_t *matches = NULL;
     if (pmclient_find_model(ctx->client, argv[optind], &matches) != 0)
@@ -682,7 +980,7 @@ static void s_print_job(const pm_job_t *job)
 static int s_cmd_job(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 1, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_job_t *job = NULL;
     if (pmclient_job_status(ctx->client, argv[optind], &job) != 0)
@@ -773,46 +1071,36 @@ static void s_progress_tty(const pm_job_t *job, size_t *lines_drawn)
     fflush(stdout);
 }
 
+typedef struct {
+    const char *provider;
+    bool force;
+    bool persist;
+    bool wait;
+} s_discover_args_t;
+
+static const s_option_t s_discover_options[] = {
+    {"provider", 'p', "P", 0, "only provider P", s_set_string,
+     offsetof(s_discover_args_t, provider)},
+    {"force", 'f', NULL, 0, "ignore the cached model lists", s_set_true,
+     offsetof(s_discover_args_t, force)},
+    {"no-persist", 0, NULL, 0, "do not write the providers file on success", s_set_false,
+     offsetof(s_discover_args_t, persist)},
+    {"no-wait", 0, NULL, 0, "print the job id and return at once", s_set_false,
+     offsetof(s_discover_args_t, wait)},
+    {0}};
+
 static int s_cmd_discover(s_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"provider", required_argument, NULL, 'p'}, {"force", no_argument, NULL, 'f'},
-        {"no-persist", no_argument, NULL, 'n'},     {"no-wait", no_argument, NULL, 'w'},
-        {"help", no_argument, NULL, 'h'},           {0, 0, 0, 0}};
-    const char *provider = NULL;
-    bool force = false, persist = true, wait = true;
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "p:fh", options, NULL)) != -1) {
-        switch (opt) {
-        case 'p':
-            provider = optarg;
-            break;
-        case 'f':
-            force = true;
-            break;
-        case 'n':
-            persist = false;
-            break;
-        case 'w':
-            wait = false;
-            break;
-        case 'h':
-            s_command_help(s_find_command(argv[0]), stdout);
-            return EXIT_OK;
-        default:
-            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc)
-        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+    s_discover_args_t args = {.persist = true, .wait = true};
+    int status;
+    if (s_parse_command(argc, argv, &args, &status) != 0)
+        return status;
 
     char *job_id = NULL;
-    if (pmclient_discover(ctx->client, force, persist, provider, &job_id) != 0)
+    if (pmclient_discover(ctx->client, args.force, args.persist, args.provider, &job_id) != 0)
         return s_fail(ctx);
-    if (!wait) {
-        int status = EXIT_OK;
+    if (!args.wait) {
+        status = EXIT_OK;
         if (ctx->json)
             status = s_done_json(ctx);
         else
@@ -826,7 +1114,7 @@ static int s_cmd_discover(s_ctx_t *ctx, int argc, char **argv)
     s_seen_t *seen = NULL;
     size_t seen_count = 0;
     pm_job_t *job = NULL;
-    int status = EXIT_FAILED;
+    status = EXIT_FAILED;
     if (!ctx->json) {
         printf("job %s\n", job_id);
         fflush(stdout);
@@ -873,7 +1161,7 @@ cleanup:
 static int s_cmd_persist(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 0, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     char *path = NULL;
     int64_t count = 0;
@@ -904,115 +1192,133 @@ static int s_push(const char ***vector, size_t *count, const char *value)
     return 0;
 }
 
+/* set-provider's arguments: the spec, and the vectors behind its model arrays. */
+typedef struct {
+    pm_provider_spec_t spec;
+    const char **longs;
+    const char **shorts;
+    const char **invalid;
+    char **owned; /* LONG parts split off LONG=SHORT operands */
+    size_t owned_count;
+    size_t short_count;
+} s_set_provider_args_t;
+
+static int s_set_api_key(void *target, const s_option_t *option, const char *command,
+                         const char *value, int *status)
+{
+    s_set_provider_args_t *args = target;
+    (void)option;
+    (void)command;
+    (void)status;
+    args->spec.has_api_key = true;
+    args->spec.api_key = value; /* NULL for --no-api-key: sends nil, which clears the key */
+    return 0;
+}
+
+static int s_set_api_key_env(void *target, const s_option_t *option, const char *command,
+                             const char *value, int *status)
+{
+    s_set_provider_args_t *args = target;
+    (void)option;
+    args->spec.has_api_key = true;
+    args->spec.api_key = getenv(value);
+    if (!args->spec.api_key || !*args->spec.api_key) {
+        *status = s_usage_error(command, "environment variable '%s' is not set", value);
+        return -1;
+    }
+    return 0;
+}
+
+static int s_set_no_models(void *target, const s_option_t *option, const char *command,
+                           const char *value, int *status)
+{
+    s_set_provider_args_t *args = target;
+    (void)option;
+    (void)command;
+    (void)value;
+    (void)status;
+    args->spec.has_valid_models = true;
+    return 0;
+}
+
+static int s_set_model(void *target, const s_option_t *option, const char *command,
+                       const char *value, int *status)
+{
+    s_set_provider_args_t *args = target;
+    (void)option;
+    args->spec.has_valid_models = true;
+    const char *equals = strchr(value, '=');
+    const char *long_name = value, *short_name = value;
+    if (equals) {
+        char *copy = strndup(value, (size_t)(equals - value));
+        char **grown = copy ? realloc(args->owned, (args->owned_count + 1) * sizeof *grown) : NULL;
+        if (!grown) {
+            free(copy);
+            fprintf(stderr, "pmctl: out of memory\n");
+            *status = EXIT_FAILED;
+            return -1;
+        }
+        args->owned = grown;
+        args->owned[args->owned_count++] = copy;
+        long_name = copy;
+        short_name = equals + 1;
+    }
+    if (s_push(&args->longs, &args->spec.model_count, long_name) != 0 ||
+        s_push(&args->shorts, &args->short_count, short_name) != 0) {
+        *status = s_usage_error(command, "%s", "too many --model options");
+        return -1;
+    }
+    return 0;
+}
+
+static int s_set_invalid(void *target, const s_option_t *option, const char *command,
+                         const char *value, int *status)
+{
+    s_set_provider_args_t *args = target;
+    (void)option;
+    args->spec.has_invalid_models = true;
+    if (s_push(&args->invalid, &args->spec.invalid_count, value) != 0) {
+        *status = s_usage_error(command, "%s", "too many --invalid options");
+        return -1;
+    }
+    return 0;
+}
+
+static const s_option_t s_set_provider_options[] = {
+    {"name", 0, "N", S_REQUIRED, "display name (required)", s_set_string,
+     offsetof(s_set_provider_args_t, spec.name)},
+    {"url", 0, "URL", S_REQUIRED, "base API URL, http:// or https:// (required)", s_set_string,
+     offsetof(s_set_provider_args_t, spec.base_api_url)},
+    {"api-key", 0, "K", S_OR_NEXT,
+     "API key (visible to other local users in the process list;\nprefer --api-key-env)",
+     s_set_api_key, 0},
+    {"api-key-env", 0, "VAR", S_OR_NEXT, "read the API key from environment variable VAR",
+     s_set_api_key_env, 0},
+    {"no-api-key", 0, NULL, 0, "clear the API key", s_set_api_key, 0},
+    {"model", 0, "LONG[=SHORT]", S_REPEAT,
+     "a valid model and its short name (default: the long name);\nrepeat for more; replaces "
+     "the model map",
+     s_set_model, 0},
+    {"no-models", 0, NULL, 0, "replace the model map with an empty one", s_set_no_models, 0},
+    {"invalid", 0, "M", S_REPEAT, "an invalid model; repeat for more; replaces the list",
+     s_set_invalid, 0},
+    {0}};
+
 static int s_cmd_set_provider(s_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"name", required_argument, NULL, 'n'},    {"url", required_argument, NULL, 'u'},
-        {"api-key", required_argument, NULL, 'k'}, {"api-key-env", required_argument, NULL, 'e'},
-        {"no-api-key", no_argument, NULL, 'K'},    {"model", required_argument, NULL, 'm'},
-        {"no-models", no_argument, NULL, 'M'},     {"invalid", required_argument, NULL, 'i'},
-        {"help", no_argument, NULL, 'h'},          {0, 0, 0, 0}};
-    pm_provider_spec_t spec;
-    memset(&spec, 0, sizeof spec);
-    const char **longs = NULL, **shorts = NULL, **invalid = NULL;
-    char **owned = NULL; /* LONG parts split off LONG=SHORT operands */
-    size_t owned_count = 0, short_count = 0;
+    s_set_provider_args_t args;
+    memset(&args, 0, sizeof args);
+    pm_provider_spec_t *spec = &args.spec;
     int status = EXIT_USAGE;
-    int key_options = 0;
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'n':
-            spec.name = optarg;
-            break;
-        case 'u':
-            spec.base_api_url = optarg;
-            break;
-        case 'k':
-            spec.has_api_key = true;
-            spec.api_key = optarg;
-            key_options++;
-            break;
-        case 'e':
-            spec.has_api_key = true;
-            spec.api_key = getenv(optarg);
-            key_options++;
-            if (!spec.api_key || !*spec.api_key) {
-                status = s_usage_error(argv[0], "environment variable '%s' is not set", optarg);
-                goto cleanup;
-            }
-            break;
-        case 'K':
-            spec.has_api_key = true;
-            spec.api_key = NULL;
-            key_options++;
-            break;
-        case 'M':
-            spec.has_valid_models = true;
-            break;
-        case 'm': {
-            spec.has_valid_models = true;
-            const char *equals = strchr(optarg, '=');
-            const char *long_name = optarg, *short_name = optarg;
-            if (equals) {
-                char *copy = strndup(optarg, (size_t)(equals - optarg));
-                char **grown = copy ? realloc(owned, (owned_count + 1) * sizeof *grown) : NULL;
-                if (!grown) {
-                    free(copy);
-                    fprintf(stderr, "pmctl: out of memory\n");
-                    status = EXIT_FAILED;
-                    goto cleanup;
-                }
-                owned = grown;
-                owned[owned_count++] = copy;
-                long_name = copy;
-                short_name = equals + 1;
-            }
-            if (s_push(&longs, &spec.model_count, long_name) != 0 ||
-                s_push(&shorts, &short_count, short_name) != 0) {
-                status = s_usage_error(argv[0], "%s", "too many --model options");
-                goto cleanup;
-            }
-            break;
-        }
-        case 'i':
-            spec.has_invalid_models = true;
-            if (s_push(&invalid, &spec.invalid_count, optarg) != 0) {
-                status = s_usage_error(argv[0], "%s", "too many --invalid options");
-                goto cleanup;
-            }
-            break;
-        case 'h':
-            s_command_help(s_find_command(argv[0]), stdout);
-            status = EXIT_OK;
-            goto cleanup;
-        default:
-            status = s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
-            goto cleanup;
-        }
-    }
-    if (argc - optind != 1) {
-        status = s_usage_error(argv[0], "%s", "expected exactly one KEY operand");
+    if (s_parse_command(argc, argv, &args, &status) != 0)
         goto cleanup;
-    }
-    if (!spec.name || !spec.base_api_url) {
-        status = s_usage_error(argv[0], "%s", "--name and --url are required");
-        goto cleanup;
-    }
-    if (key_options > 1) {
-        status = s_usage_error(argv[0], "%s",
-                               "give at most one of --api-key, --api-key-env, --no-api-key");
-        goto cleanup;
-    }
-    spec.provider = argv[optind];
-    spec.model_long = longs;
-    spec.model_short = shorts;
-    spec.invalid_models = invalid;
+    spec->provider = argv[optind];
+    spec->model_long = args.longs;
+    spec->model_short = args.shorts;
+    spec->invalid_models = args.invalid;
 
     pm_provider_t *provider = NULL;
-    if (pmclient_set_provider(ctx->client, &spec, &provider) != 0) {
+    if (pmclient_set_provider(ctx->client, spec, &provider) != 0) {
         status = s_fail(ctx);
         goto cleanup;
     }
@@ -1025,19 +1331,19 @@ static int s_cmd_set_provider(s_ctx_t *ctx, int argc, char **argv)
     pm_provider_free(&provider);
 
 cleanup:
-    for (size_t i = 0; i < owned_count; i++)
-        free(owned[i]);
-    free(owned);
-    free(longs);
-    free(shorts);
-    free(invalid);
+    for (size_t i = 0; i < args.owned_count; i++)
+        free(args.owned[i]);
+    free(args.owned);
+    free(args.longs);
+    free(args.shorts);
+    free(args.invalid);
     return status;
 }
 
 static int s_cmd_remove_provider(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 1, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     bool removed = false;
     if (pmclient_remove_provider(ctx->client, argv[optind], &removed) != 0)
@@ -1053,7 +1359,7 @@ static int s_cmd_remove_provider(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_alias(s_ctx_t *ctx, int argc, char **argv)
 {
     int status;
-    if (s_simple_args(argc, argv, 3, &status) != 0)
+    if (s_parse_command(argc, argv, NULL, &status) != 0)
         return status;
     pm_provider_t *provider = NULL;
     if (pmclient_set_short_name(ctx->client, argv[optind], argv[optind + 1], argv[optind + 2],
@@ -1074,30 +1380,26 @@ static int s_cmd_alias(s_ctx_t *ctx, int argc, char **argv)
     return status;
 }
 
+static int s_set_count(void *target, const s_option_t *option, const char *command,
+                       const char *value, int *status)
+{
+    (void)option;
+    if (s_parse_int(value, 1, LONG_MAX, (long *)target) != 0) {
+        *status = s_usage_error(command, "--count must be a positive integer, not '%s'", value);
+        return -1;
+    }
+    return 0;
+}
+
+static const s_option_t s_watch_options[] = {
+    {"count", 'c', "N", 0, "stop after N events", s_set_count, 0}, {0}};
+
 static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"count", required_argument, NULL, 'c'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
     long count = 0;
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "c:h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'c':
-            if (s_parse_int(optarg, 1, LONG_MAX, &count) != 0)
-                return s_usage_error(argv[0], "--count must be a positive integer, not '%s'",
-                                     optarg);
-            break;
-        case 'h':
-            s_command_help(s_find_command(argv[0]), stdout);
-            return EXIT_OK;
-        default:
-            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
-        }
-    }
-    if (optind != argc)
-        return s_usage_error(argv[0], "unexpected operand '%s'", argv[optind]);
+    int status;
+    if (s_parse_command(argc, argv, &count, &status) != 0)
+        return status;
 
     pmclient_events_t *events = NULL;
     if (ctx->curve_server_key) {
@@ -1121,7 +1423,7 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
         return EXIT_UNREACHABLE;
     }
     long seen = 0;
-    int status = EXIT_OK;
+    status = EXIT_OK;
     while (!s_interrupted && (count == 0 || seen < count)) {
         int64_t state_version = 0;
         pm_strings_t *keys = NULL;
@@ -1160,29 +1462,16 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
     return status;
 }
 
+static const s_option_t s_keygen_options[] = {
+    {"name", 'n', "NAME", 0, "file name stem (default client)", s_set_string, 0}, {0}};
+
 static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"name", required_argument, NULL, 'n'}, {"help", no_argument, NULL, 'h'}, {0, 0, 0, 0}};
     const char *name = "client";
+    int status;
     (void)ctx;
-    optind = 0;
-    opterr = 0;
-    int opt;
-    while ((opt = getopt_long(argc, argv, "n:h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'n':
-            name = optarg;
-            break;
-        case 'h':
-            s_command_help(s_find_command(argv[0]), stdout);
-            return EXIT_OK;
-        default:
-            return s_usage_error(argv[0], "bad option '%s'", argv[optind - 1]);
-        }
-    }
-    if (argc - optind != 1)
-        return s_usage_error(argv[0], "%s", "expected exactly one DIR operand");
+    if (s_parse_command(argc, argv, &name, &status) != 0)
+        return status;
     const char *dir = argv[optind];
     char err[512];
     if (pmclient_curve_keygen(dir, name, err, sizeof err) != 0) {
@@ -1196,55 +1485,43 @@ static int s_cmd_keygen(s_ctx_t *ctx, int argc, char **argv)
 static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
 
 static const s_command_t s_commands[] = {
-    {"health", s_cmd_health, "", "Show the service's health and counters.", NULL, true},
-    {"providers", s_cmd_providers, "", "List the providers (API keys masked).", NULL, true},
-    {"provider", s_cmd_provider, "NAME", "Show one provider (getitem).", NULL, true},
-    {"models", s_cmd_models, "[--provider P]",
-     "List the available models (long names), of all providers or of one.",
-     "  --provider P   only the models of provider P\n", true},
-    {"scoped", s_cmd_scoped, "", "List the models as \"provider/long (short)\".", NULL, true},
-    {"resolve", s_cmd_resolve, "MODEL", "Resolve a model string to its provider and long name.",
+    {"health", s_cmd_health, "", 0, NULL, "Show the service's health and counters.", NULL, true},
+    {"providers", s_cmd_providers, "", 0, NULL, "List the providers (API keys masked).", NULL,
+     true},
+    {"provider", s_cmd_provider, "NAME", 1, NULL, "Show one provider (getitem).", NULL, true},
+    {"models", s_cmd_models, "", 0, s_models_options,
+     "List the available models (long names), of all providers or of one.", NULL, true},
+    {"scoped", s_cmd_scoped, "", 0, NULL, "List the models as \"provider/long (short)\".", NULL,
+     true},
+    {"resolve", s_cmd_resolve, "MODEL", 1, NULL,
+     "Resolve a model string to its provider and long name.",
      "  MODEL is \"provider/model\" or a long or short model name.\n", true},
-    {"find", s_cmd_find, "NAME", "Find every provider that has a model by this long or short name.",
-     NULL, true},
-    {"discover", s_cmd_discover, "[--provider P] [--force] [--no-persist] [--no-wait]",
+    {"find", s_cmd_find, "NAME", 1, NULL,
+     "Find every provider that has a model by this long or short name.", NULL, true},
+    {"discover", s_cmd_discover, "", 0, s_discover_options,
      "Discover and validate models, showing progress until the job ends.\n"
      "Exit status 0 when the job succeeded, 1 when it failed.",
-     "  --provider P   only provider P\n"
-     "  --force        ignore the cached model lists\n"
-     "  --no-persist   do not write the providers file on success\n"
-     "  --no-wait      print the job id and return at once\n",
-     true},
-    {"job", s_cmd_job, "ID", "Show a discovery job's state.", NULL, true},
-    {"persist", s_cmd_persist, "", "Write the providers file now.", NULL, true},
-    {"set-provider", s_cmd_set_provider,
-     "KEY --name N --url URL [--api-key K | --api-key-env VAR | --no-api-key] "
-     "[--model LONG[=SHORT] ...] [--no-models] [--invalid M ...]",
+     NULL, true},
+    {"job", s_cmd_job, "ID", 1, NULL, "Show a discovery job's state.", NULL, true},
+    {"persist", s_cmd_persist, "", 0, NULL, "Write the providers file now.", NULL, true},
+    {"set-provider", s_cmd_set_provider, "KEY", 1, s_set_provider_options,
      "Create or update a provider.\n"
      "Fields not given keep their values; --model replaces the whole model map.",
-     "  --name N            display name (required)\n"
-     "  --url URL           base API URL, http:// or https:// (required)\n"
-     "  --api-key K         API key (visible to other local users in the process list;\n"
-     "                      prefer --api-key-env)\n"
-     "  --api-key-env VAR   read the API key from environment variable VAR\n"
-     "  --no-api-key        clear the API key\n"
-     "  --model LONG[=SHORT]  a valid model and its short name (default: the long name);\n"
-     "                      repeat for more; replaces the model map\n"
-     "  --no-models         replace the model map with an empty one\n"
-     "  --invalid M         an invalid model; repeat for more; replaces the list\n",
-     true},
-    {"remove-provider", s_cmd_remove_provider, "NAME", "Remove a provider added at run time.", NULL,
-     true},
-    {"alias", s_cmd_alias, "PROVIDER LONG SHORT", "Set the short name of a provider's model.", NULL,
-     true},
-    {"watch", s_cmd_watch, "[--count N]", "Print change events until interrupted (Ctrl-C).",
-     "  --count N      stop after N events\n", false},
-    {"keygen", s_cmd_keygen, "DIR [--name NAME]",
+     NULL, true},
+    {"remove-provider", s_cmd_remove_provider, "NAME", 1, NULL,
+     "Remove a provider added at run time.", NULL, true},
+    {"alias", s_cmd_alias, "PROVIDER LONG SHORT", 3, NULL,
+     "Set the short name of a provider's model.", NULL, true},
+    {"watch", s_cmd_watch, "", 0, s_watch_options,
+     "Print change events until interrupted (Ctrl-C).", NULL, false},
+    {"keygen", s_cmd_keygen, "DIR", 1, s_keygen_options,
      "Write a CURVE key pair (DIR/NAME.key and DIR/NAME.pub).\n"
      "NAME.key holds the secret and the public key (mode 0600), NAME.pub the public key.\n"
      "NAME defaults to \"client\". Existing files are never overwritten.",
-     "  --name NAME    file name stem (default client)\n", false},
-    {"help", s_cmd_help, "[COMMAND]", "Show help for pmctl or for one command.", NULL, false},
+     NULL, false},
+    /* help takes any operand, options included, as a command name: it parses nothing. */
+    {"help", s_cmd_help, "[COMMAND]", -1, NULL, "Show help for pmctl or for one command.", NULL,
+     false},
 };
 
 static const s_command_t *s_find_command(const char *name)
@@ -1256,27 +1533,93 @@ static const s_command_t *s_find_command(const char *name)
     return NULL;
 }
 
+static int s_set_timeout(void *target, const s_option_t *option, const char *command,
+                         const char *value, int *status)
+{
+    long parsed;
+    (void)option;
+    if (s_parse_int(value, 1, PMCLIENT_MAX_TIMEOUT_MS, &parsed) != 0) {
+        *status = s_usage_error(command, "--timeout must be 1..%d ms, not '%s'",
+                                PMCLIENT_MAX_TIMEOUT_MS, value);
+        return -1;
+    }
+    ((s_ctx_t *)target)->timeout_ms = (int)parsed;
+    return 0;
+}
+
+static int s_set_retries(void *target, const s_option_t *option, const char *command,
+                         const char *value, int *status)
+{
+    long parsed;
+    (void)option;
+    if (s_parse_int(value, 1, PMCLIENT_MAX_RETRIES, &parsed) != 0) {
+        *status = s_usage_error(command, "--retries must be 1..%d, not '%s'", PMCLIENT_MAX_RETRIES,
+                                value);
+        return -1;
+    }
+    ((s_ctx_t *)target)->retries = (int)parsed;
+    return 0;
+}
+
+static int s_print_version(void *target, const s_option_t *option, const char *command,
+                           const char *value, int *status)
+{
+    (void)target;
+    (void)option;
+    (void)command;
+    (void)value;
+    printf("pmctl %s\n", PMCLIENT_VERSION);
+    *status = EXIT_OK;
+    return -1;
+}
+
+#define S_STRINGIFY_(x) #x
+#define S_STRINGIFY(x) S_STRINGIFY_(x)
+
+/* pmctl's own options, before the command. */
+static const s_option_t s_global_options[] = {
+    {"endpoint", 0, "EP", 0,
+     "request endpoint (default $PM_ENDPOINT, else " PMCLIENT_DEFAULT_ENDPOINT ")", s_set_string,
+     offsetof(s_ctx_t, endpoint)},
+    {"events-endpoint", 0, "EP", 0,
+     "events endpoint for watch (default $PM_EVENTS_ENDPOINT, "
+     "else\n" PMCLIENT_DEFAULT_EVENTS_ENDPOINT ")",
+     s_set_string, offsetof(s_ctx_t, events_endpoint)},
+    {"timeout", 0, "MS", 0,
+     "reply timeout per attempt (default " S_STRINGIFY(PMCLIENT_DEFAULT_TIMEOUT_MS) ")",
+     s_set_timeout, 0},
+    {"retries", 0, "N", 0,
+     "attempts of a read (default " S_STRINGIFY(PMCLIENT_DEFAULT_RETRIES) "; writes are sent "
+                                                                          "once)",
+     s_set_retries, 0},
+    {"json", 0, NULL, 0, "print the service's result as JSON", s_set_true, offsetof(s_ctx_t, json)},
+    {"curve-server-key", 0, "F", S_AND_NEXT, "the service's public key file (.pub); enables CURVE",
+     s_set_string, offsetof(s_ctx_t, curve_server_key)},
+    {"curve-client-key", 0, "F", 0, "this client's key file (.key), with --curve-server-key",
+     s_set_string, offsetof(s_ctx_t, curve_client_key)},
+    {"version", 0, NULL, S_NOT_SHOWN, "the version", s_print_version, 0},
+    {0}};
+
+/* pmctl itself, as s_parse_options sees it. */
+static const s_command_t s_main = {NULL, NULL, "COMMAND [ARGS]", -1, s_global_options, "",
+                                   NULL, false};
+
 static void s_main_help(FILE *out)
 {
-    fputs("usage: pmctl [OPTIONS] COMMAND [ARGS]\n"
-          "\n"
+    size_t column = strlen("usage: pmctl");
+    fputs("usage: pmctl", out);
+    s_synopsis(out, s_global_options, strlen("usage: pmctl "), &column);
+    if (column + 1 + strlen(s_main.operands) > S_SYNOPSIS_WIDTH)
+        fprintf(out, "\n%*s%s\n", (int)strlen("usage: pmctl "), "", s_main.operands);
+    else
+        fprintf(out, " %s\n", s_main.operands);
+    fputs("\n"
           "Talk to the provider-manager service.\n"
           "\n"
-          "Options:\n"
-          "  --endpoint EP          request endpoint (default $PM_ENDPOINT, "
-          "else " PMCLIENT_DEFAULT_ENDPOINT ")\n"
-          "  --events-endpoint EP   events endpoint for watch (default $PM_EVENTS_ENDPOINT, else\n"
-          "                         " PMCLIENT_DEFAULT_EVENTS_ENDPOINT ")\n"
-          "  --timeout MS           reply timeout per attempt (default 2000)\n"
-          "  --retries N            attempts of a read (default 3; writes are sent once)\n"
-          "  --json                 print the service's result as JSON\n"
-          "  --curve-server-key F   the service's public key file (.pub); enables CURVE\n"
-          "  --curve-client-key F   this client's key file (.key), with --curve-server-key\n"
-          "  -h, --help             this help\n"
-          "  --version              the version\n"
-          "\n"
-          "Commands:\n",
+          "Options:\n",
           out);
+    s_options_help(out, s_global_options, true);
+    fputs("\nCommands:\n", out);
     for (size_t i = 0; i < sizeof s_commands / sizeof s_commands[0]; i++) {
         const char *summary = s_commands[i].summary;
         const char *newline = strchr(summary, '\n');
@@ -1322,18 +1665,6 @@ static int s_open_client(s_ctx_t *ctx)
 
 int main(int argc, char **argv)
 {
-    static const struct option options[] = {
-        {"endpoint", required_argument, NULL, 'e'},
-        {"events-endpoint", required_argument, NULL, 'E'},
-        {"timeout", required_argument, NULL, 't'},
-        {"retries", required_argument, NULL, 'r'},
-        {"json", no_argument, NULL, 'j'},
-        {"curve-server-key", required_argument, NULL, 's'},
-        {"curve-client-key", required_argument, NULL, 'c'},
-        {"help", no_argument, NULL, 'h'},
-        {"version", no_argument, NULL, 'V'},
-        {0, 0, 0, 0},
-    };
     s_ctx_t ctx = {
         .endpoint = getenv("PM_ENDPOINT"),
         .events_endpoint = getenv("PM_EVENTS_ENDPOINT"),
@@ -1345,52 +1676,14 @@ int main(int argc, char **argv)
     if (!ctx.events_endpoint || !*ctx.events_endpoint)
         ctx.events_endpoint = PMCLIENT_DEFAULT_EVENTS_ENDPOINT;
 
-    opterr = 0;
-    int opt;
-    long value;
-    /* '+': stop at the command name; the command parses its own options. */
-    while ((opt = getopt_long(argc, argv, "+h", options, NULL)) != -1) {
-        switch (opt) {
-        case 'e':
-            ctx.endpoint = optarg;
-            break;
-        case 'E':
-            ctx.events_endpoint = optarg;
-            break;
-        case 't':
-            if (s_parse_int(optarg, 1, PMCLIENT_MAX_TIMEOUT_MS, &value) != 0)
-                return s_usage_error(NULL, "--timeout must be 1..3600000 ms, not '%s'", optarg);
-            ctx.timeout_ms = (int)value;
-            break;
-        case 'r':
-            if (s_parse_int(optarg, 1, PMCLIENT_MAX_RETRIES, &value) != 0)
-                return s_usage_error(NULL, "--retries must be 1..100, not '%s'", optarg);
-            ctx.retries = (int)value;
-            break;
-        case 'j':
-            ctx.json = true;
-            break;
-        case 's':
-            ctx.curve_server_key = optarg;
-            break;
-        case 'c':
-            ctx.curve_client_key = optarg;
-            break;
-        case 'h':
-            s_main_help(stdout);
-            return EXIT_OK;
-        case 'V':
-            printf("pmctl %d.%d.%d\n", PMCLIENT_VERSION_MAJOR, PMCLIENT_VERSION_MINOR,
-                   PMCLIENT_VERSION_PATCH);
-            return EXIT_OK;
-        default:
-            return s_usage_error(NULL, "bad option '%s'", argv[optind - 1]);
-        }
-    }
+    unsigned counts[S_MAX_OPTIONS];
+    int status = 0;
+    if (s_parse_options(&s_main, &ctx, argc, argv, counts, &status) != 0)
+        return status;
     if (optind >= argc)
         return s_usage_error(NULL, "%s", "no command given");
-    if ((ctx.curve_server_key == NULL) != (ctx.curve_client_key == NULL))
-        return s_usage_error(NULL, "%s", "--curve-server-key and --curve-client-key go together");
+    if (s_check_options(&s_main, argc, argv, counts, &status) != 0)
+        return status;
     const s_command_t *command = s_find_command(argv[optind]);
     if (!command)
         return s_usage_error(NULL, "unknown command '%s'", argv[optind]);
@@ -1407,7 +1700,6 @@ int main(int argc, char **argv)
         }
     }
 
-    int status = 0;
     if (command->needs_client)
         status = s_open_client(&ctx);
     if (status == 0)

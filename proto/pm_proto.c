@@ -202,6 +202,14 @@ bool pm_op_is_write(pm_op_t op)
     }
 }
 
+bool pm_op_safe_to_resend(pm_op_t op)
+{
+    if ((int)op < 0 || op >= PM_OP_COUNT_)
+        return false;
+    /* job_status reaches the writer but changes nothing. */
+    return !pm_op_is_write(op) || op == PM_OP_JOB_STATUS;
+}
+
 /* ------------------------------------------------------------------------------ UTF-8 */
 
 /* Length of the well-formed UTF-8 sequence at p (1..4), or 0 when the bytes there are not

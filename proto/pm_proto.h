@@ -87,6 +87,11 @@ pm_op_t pm_op_from_name(const char *name, size_t len);
 /* True for ops that change state or reach the writer (discover_models, job_status,
  * persist_provider_configs, set_provider, remove_provider, set_short_name). */
 bool pm_op_is_write(pm_op_t op);
+/* True for ops that a client may resend after a lost reply, because running them twice has
+ * the effect of running them once: every read, and job_status (a read that goes through the
+ * writer). False for the ops that change state (a lost reply may mean that the service applied
+ * them) and for an out-of-range value. The one list of this; clients must not keep their own. */
+bool pm_op_safe_to_resend(pm_op_t op);
 
 /* Walks a msgpack buffer without allocating: exactly one object, nothing after it, depth
  * <= max_depth, every declared length / count fits in the bytes left, every str is valid

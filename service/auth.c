@@ -6,7 +6,7 @@
 #include "frames.h"
 #include "inproc.h"
 #include "log.h"
-#include "pmclient.h"
+#include "pm_keyfile.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -34,8 +34,8 @@
 
 struct auth_t {
     bool curve;
-    char public_z85[PMCLIENT_Z85_KEY_LEN + 1];
-    char secret_z85[PMCLIENT_Z85_KEY_LEN + 1];
+    char public_z85[PM_KEYFILE_Z85_LEN + 1];
+    char secret_z85[PM_KEYFILE_Z85_LEN + 1];
     uint8_t (*clients)[AUTH_KEY_SIZE]; /* sorted, for bsearch */
     size_t client_count;
     void *ctx;
@@ -124,10 +124,10 @@ static int s_load_clients(auth_t *self, const char *dir, char *err, size_t err_s
         size_t len = strlen(entry->d_name);
         if (len < 5 || strcmp(entry->d_name + len - 4, ".pub") != 0)
             continue;
-        char path[4096], public_z85[PMCLIENT_Z85_KEY_LEN + 1], reason[512];
+        char path[4096], public_z85[PM_KEYFILE_Z85_LEN + 1], reason[512];
         if (snprintf(path, sizeof path, "%s/%s", dir, entry->d_name) >= (int)sizeof path)
             continue;
-        if (pmclient_curve_read_key_file(path, public_z85, NULL, reason, sizeof reason) < 0) {
+        if (pm_keyfile_read(path, public_z85, NULL, reason, sizeof reason) < 0) {
             log_warn("auth: skipping %s: %s", path, reason);
             continue;
         }
@@ -201,7 +201,7 @@ static void s_handle_zap(auth_t *self)
     bool ok = curve && count == 7 && !overflow &&
               s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]));
     if (!ok && s_may_log_refusal(self)) {
-        char address[64] = "?", key[PMCLIENT_Z85_KEY_LEN + 1] = "?";
+        char address[64] = "?", key[PM_KEYFILE_Z85_LEN + 1] = "?";
         size_t alen = zmq_msg_size(&frames[3]);
         if (alen < sizeof address) {
             memcpy(address, zmq_msg_data(&frames[3]), alen);
@@ -329,8 +329,8 @@ auth_t *auth_new(void *zmq_ctx, const config_t *cfg, char *err, size_t err_size)
     self->curve = true;
     self->ctx = zmq_ctx;
     char reason[512];
-    if (pmclient_curve_read_key_file(cfg->curve_secret_key_file, self->public_z85, self->secret_z85,
-                                     reason, sizeof reason) < 0) {
+    if (pm_keyfile_read(cfg->curve_secret_key_file, self->public_z85, self->secret_z85, reason,
+                        sizeof reason) < 0) {
         snprintf(err, err_size, "server key: %s", reason);
         goto fail;
     }
@@ -381,7 +381,7 @@ int auth_apply(const auth_t *self, void *socket)
         return 0;
     int one = 1;
     if (zmq_setsockopt(socket, ZMQ_CURVE_SERVER, &one, sizeof one) < 0 ||
-        zmq_setsockopt(socket, ZMQ_CURVE_SECRETKEY, self->secret_z85, PMCLIENT_Z85_KEY_LEN) < 0)
+        zmq_setsockopt(socket, ZMQ_CURVE_SECRETKEY, self->secret_z85, PM_KEYFILE_Z85_LEN) < 0)
         return -1;
     /* The ZAP thread watches the socket's monitor and logs each refused handshake. */
     char endpoint[64];

@@ -4,7 +4,7 @@
  * directory, and the rule that a non-loopback TCP endpoint is never bound without CURVE unless
  * the operator says --allow-insecure.
  *
- * Key files are those of `pmctl keygen` (see client/pmclient.h): the server's secret file
+ * Key files are those of `pmctl keygen` (format in proto/pm_keyfile.h): the server's secret file
  * holds `public-key = "..."` and `secret-key = "..."` lines; each allowed client is one
  * public file in the clients directory.
  */

@@ -11,7 +11,7 @@
 #include <cmocka.h>
 
 #include "auth.h"
-#include "pmclient.h"
+#include "pm_keyfile.h"
 
 #include <limits.h>
 #include <stdio.h>
@@ -66,9 +66,9 @@ static void test_curve_allows_only_listed_clients(void **state)
     char clients[PATH_MAX], server_key[PATH_MAX], path[PATH_MAX], err[512];
     snprintf(clients, sizeof clients, "%s/clients", dir);
     assert_int_equal(mkdir(clients, 0700), 0);
-    assert_int_equal(pmclient_curve_keygen(dir, "server", err, sizeof err), 0);
-    assert_int_equal(pmclient_curve_keygen(dir, "good", err, sizeof err), 0);
-    assert_int_equal(pmclient_curve_keygen(dir, "stranger", err, sizeof err), 0);
+    assert_int_equal(pm_keyfile_generate(dir, "server", err, sizeof err), 0);
+    assert_int_equal(pm_keyfile_generate(dir, "good", err, sizeof err), 0);
+    assert_int_equal(pm_keyfile_generate(dir, "stranger", err, sizeof err), 0);
     char from[PATH_MAX + 32], to[PATH_MAX + 32];
     snprintf(from, sizeof from, "%s/good.pub", dir);
     snprintf(to, sizeof to, "%s/good.pub", clients);
@@ -103,14 +103,11 @@ static void test_curve_allows_only_listed_clients(void **state)
     assert_int_equal(zmq_getsockopt(rep, ZMQ_LAST_ENDPOINT, endpoint, &size), 0);
 
     char server_public[41], good_public[41], good_secret[41], other_public[41], other_secret[41];
-    assert_int_equal(pmclient_curve_read_key_file(server_key, server_public, NULL, err, sizeof err),
-                     0);
+    assert_int_equal(pm_keyfile_read(server_key, server_public, NULL, err, sizeof err), 0);
     snprintf(path, sizeof path, "%s/good.key", dir);
-    assert_int_equal(pmclient_curve_read_key_file(path, good_public, good_secret, err, sizeof err),
-                     0);
+    assert_int_equal(pm_keyfile_read(path, good_public, good_secret, err, sizeof err), 0);
     snprintf(path, sizeof path, "%s/stranger.key", dir);
-    assert_int_equal(
-        pmclient_curve_read_key_file(path, other_public, other_secret, err, sizeof err), 0);
+    assert_int_equal(pm_keyfile_read(path, other_public, other_secret, err, sizeof err), 0);
 
     /* An echo loop in this thread, served between the client attempts. */
     struct {

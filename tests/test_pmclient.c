@@ -1371,10 +1371,48 @@ static void test_pmctl_exit_codes_and_masking(void **state)
                      2);
     assert_int_equal(s_pmctl(suite, (const char *[]){"--help", NULL}, &out), 0);
     assert_non_null(strstr(out, "set-provider"));
+    /* The synopsis (the text before the first blank line) is generated from the option
+     * tables: every global option is in it. */
+    char *blank = strstr(out, "\n\n");
+    assert_non_null(blank);
+    *blank = '\0';
+    assert_non_null(strstr(out, "[--retries N]"));
+    assert_non_null(strstr(out, "[--events-endpoint EP]"));
+    assert_non_null(strstr(out, "[--curve-server-key F --curve-client-key F]"));
     free(out);
     assert_int_equal(s_pmctl(suite, (const char *[]){"discover", "--help", NULL}, &out), 0);
     assert_non_null(strstr(out, "--no-wait"));
     free(out);
+    assert_int_equal(s_pmctl(suite, (const char *[]){"set-provider", "--help", NULL}, &out), 0);
+    blank = strstr(out, "\n\n");
+    assert_non_null(blank);
+    *blank = '\0';
+    assert_non_null(strstr(out, "--api-key-env VAR"));
+    assert_non_null(strstr(out, "[--no-models]"));
+    assert_non_null(strstr(out, "--name N --url URL"));
+    free(out);
+    /* The table's rules: required options, alternatives, pairs; all usage errors. */
+    assert_int_equal(
+        s_pmctl(suite,
+                (const char *[]){"--endpoint", ep, "set-provider", "x", "--name", "N", "--url",
+                                 "http://127.0.0.1:9/v1", "--api-key", "a", "--no-api-key", NULL},
+                NULL),
+        2);
+    assert_int_equal(s_pmctl(suite,
+                             (const char *[]){"--endpoint", ep, "set-provider", "x", "--name", "N",
+                                              "--url", "http://127.0.0.1:9/v1", "--api-key-env",
+                                              "PM_TEST_NO_SUCH_VARIABLE", NULL},
+                             NULL),
+                     2);
+    assert_int_equal(
+        s_pmctl(suite,
+                (const char *[]){"--endpoint", ep, "--curve-server-key", "s.pub", "health", NULL},
+                NULL),
+        2);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "watch", "--count", "0", NULL}, NULL), 2);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "models", "extra", NULL}, NULL), 2);
     /* unreachable */
     assert_int_equal(s_pmctl(suite,
                              (const char *[]){"--endpoint", dead, "--timeout", "100", "--retries",

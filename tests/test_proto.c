@@ -888,6 +888,19 @@ static void test_op_names(void **state)
             fail_msg("pm_op_is_write(%s) should be %d", expected[op], write);
     }
     assert_false(pm_op_is_write(PM_OP_COUNT_));
+
+    /* Safe to resend: every read, and job_status (a read through the writer); no write. */
+    for (int op = 0; op < PM_OP_COUNT_; op++) {
+        bool safe = op == PM_OP_JOB_STATUS || !pm_op_is_write((pm_op_t)op);
+        if (pm_op_safe_to_resend((pm_op_t)op) != safe)
+            fail_msg("pm_op_safe_to_resend(%s) should be %d", expected[op], safe);
+    }
+    assert_true(pm_op_safe_to_resend(PM_OP_JOB_STATUS));
+    assert_true(pm_op_safe_to_resend(PM_OP_HEALTH));
+    assert_false(pm_op_safe_to_resend(PM_OP_SET_PROVIDER));
+    assert_false(pm_op_safe_to_resend(PM_OP_DISCOVER_MODELS));
+    assert_false(pm_op_safe_to_resend(PM_OP_COUNT_));
+    assert_false(pm_op_safe_to_resend((pm_op_t)-1));
 }
 
 static void test_error_names(void **state)
