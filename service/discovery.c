@@ -76,6 +76,10 @@ typedef struct task_t {
     char *base_api_url;
     char *api_key; /* trimmed copy, wiped when freed */
     task_state_t state;
+    bool force_refresh;        /* list from the provider even when the cache is fresh */
+    bool from_cache;           /* the models being validated came from the cache */
+    bool active;               /* started: holds a share of the workers' transfer slots */
+    struct task_t *queue_next; /* while queued: the next task waiting for a slot */
     double cached_at;
     size_t discovered;  /* models listed (or taken from the cache) */
     size_t model_count; /* the listed (or cached) models, while running */
@@ -130,6 +134,12 @@ struct discovery_t {
     size_t done_jobs;
     uint64_t finish_counter;
     int running_jobs;
+    /* Admission: at most max_active tasks run at once, so that each one's per_provider_limit
+     * requests fit in the workers' transfer slots; the others wait here (state "queued"). */
+    size_t active_tasks;
+    size_t max_active;
+    task_t *queue_head;
+    task_t *queue_tail;
     discovery_outcome_t pending; /* for the next discovery_handle() */
     size_t update_cap;
     size_t persist_cap;
@@ -482,6 +492,10 @@ static void s_job_complete(discovery_t *self, job_t *job)
 /* Ends a task: its message goes to every waiting job, which may complete. */
 static void s_task_finish(discovery_t *self, task_t *task, task_state_t state, char *message)
 {
+    if (task->active) {
+        task->active = false;
+        self->active_tasks--;
+    }
     task->state = state;
     task->message = message; /* may be NULL on ENOMEM: the job then lacks one line */
     task->in_flight = 0;
@@ -636,12 +650,33 @@ static bool s_cache_fresh(const discovery_t *self, const provider_t *provider, d
     return listed_at > 0 && now - listed_at < self->settings.cache_duration_s;
 }
 
-/* Starts a new running task for provider (usable key in api_key, adopted). */
-static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider,
-                         bool force_refresh, double now)
+/* Sends the list request of task (state listing). The task may be freed on return. */
+static void s_task_send_list(discovery_t *self, task_t *task)
 {
-    s_task_mark_running(self, task);
-    if (!force_refresh && s_cache_fresh(self, provider, now)) {
+    task->state = TASK_LISTING;
+    task->from_cache = false;
+    discovery_job_t job = {
+        .task = task->id,
+        .req = 0,
+        .kind = DISCOVERY_KIND_LIST,
+        .base_api_url = task->base_api_url,
+        .api_key = task->api_key,
+        .model = NULL,
+    };
+    if (discovery_job_send(self->jobs, &job) != 0)
+        s_task_fail(self, task, "could not queue the model list request");
+    else
+        task->in_flight = 1;
+}
+
+/* Starts a running task that was admitted (usable key in api_key). provider may be NULL (it
+ * was removed while the task was queued): then the task lists, and its update is dropped. */
+static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider, double now)
+{
+    task->active = true;
+    self->active_tasks++;
+    if (!task->force_refresh && provider != NULL && s_cache_fresh(self, provider, now)) {
+        task->from_cache = true;
         size_t count = provider_cached_count(provider);
         char **names = calloc(count ? count : 1, sizeof *names);
         if (names == NULL) {
@@ -663,19 +698,45 @@ static void s_task_start(discovery_t *self, task_t *task, const provider_t *prov
                                 provider_cache_timestamp(provider));
         return;
     }
-    task->state = TASK_LISTING;
-    discovery_job_t job = {
-        .task = task->id,
-        .req = 0,
-        .kind = DISCOVERY_KIND_LIST,
-        .base_api_url = task->base_api_url,
-        .api_key = task->api_key,
-        .model = NULL,
-    };
-    if (discovery_job_send(self->jobs, &job) != 0)
-        s_task_fail(self, task, "could not queue the model list request");
-    else
-        task->in_flight = 1;
+    s_task_send_list(self, task);
+}
+
+/* Starts queued tasks, oldest first, while slots are free. current gives each its provider
+ * as it is now (the cache and invalid_models it starts from). */
+static void s_admit(discovery_t *self, const registry_t *current, double now)
+{
+    while (self->queue_head != NULL && self->active_tasks < self->max_active) {
+        task_t *task = self->queue_head;
+        self->queue_head = task->queue_next;
+        if (self->queue_head == NULL)
+            self->queue_tail = NULL;
+        task->queue_next = NULL;
+        const provider_t *provider =
+            current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
+        s_task_start(self, task, provider, now);
+    }
+}
+
+/* A job with force_refresh joins a task that is validating the cached list: the cache must
+ * not satisfy it, so the task starts over from a fresh list under a new id (answers still
+ * due for the old id are then dropped as late ones). Every job waiting for the task gets the
+ * fresh result. */
+static void s_task_restart_fresh(discovery_t *self, task_t *task)
+{
+    s_task_unmark_running(self, task);
+    task->id = ++self->next_task_id;
+    task->refs--; /* s_task_mark_running takes the running reference again */
+    s_task_mark_running(self, task);
+    s_task_release_models(task);
+    task->discovered = 0;
+    task->next_model = 0;
+    task->in_flight = 0;
+    task->validated = 0;
+    task->valid = 0;
+    task->invalid = 0;
+    task->cached_at = 0;
+    task->force_refresh = true;
+    s_task_send_list(self, task);
 }
 
 static void s_on_result(discovery_t *self, const registry_t *current, discovery_result_t *result,
@@ -771,6 +832,10 @@ discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, in
         workers = 1;
     if (workers > CONFIG_MAX_WORKERS)
         workers = CONFIG_MAX_WORKERS;
+    size_t limit = settings->per_provider_limit > 0 ? (size_t)settings->per_provider_limit : 1;
+    self->max_active = (size_t)workers * DISCOVERY_MAX_TRANSFERS / limit;
+    if (self->max_active == 0)
+        self->max_active = 1;
     char jobs_endpoint[DISCOVERY_ENDPOINT_SIZE];
     char results_endpoint[DISCOVERY_ENDPOINT_SIZE];
     inproc_endpoint(jobs_endpoint, sizeof jobs_endpoint, "discovery-jobs");
@@ -874,6 +939,14 @@ static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *p
         if (s_task_add_waiter(task, job) != 0)
             return -1;
         job->pending++;
+        if (force_refresh) {
+            if (task->state == TASK_QUEUED)
+                task->force_refresh = true; /* it will list when it starts */
+            else if (task->from_cache)
+                s_task_restart_fresh(self, task);
+            /* Listing, or validating a list just fetched from the provider: that list is
+             * as fresh as a forced one would be, so the job shares it. */
+        }
         return 0;
     }
 
@@ -892,7 +965,18 @@ static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *p
     if (task->base_api_url == NULL || s_task_add_waiter(task, job) != 0)
         return -1;
     job->pending++;
-    s_task_start(self, task, provider, force_refresh, now);
+    task->force_refresh = force_refresh;
+    s_task_mark_running(self, task);
+    if (self->queue_head == NULL && self->active_tasks < self->max_active) {
+        s_task_start(self, task, provider, now);
+    } else {
+        task->state = TASK_QUEUED;
+        if (self->queue_tail != NULL)
+            self->queue_tail->queue_next = task;
+        else
+            self->queue_head = task;
+        self->queue_tail = task;
+    }
     return 0;
 }
 
@@ -992,6 +1076,8 @@ int discovery_handle(discovery_t *self, const registry_t *current, double now,
         s_on_result(self, current, &result, now);
         discovery_result_clear(&result);
     }
+    /* Tasks that ended made room for queued ones. */
+    s_admit(self, current, now);
     self->in_handle = false;
 
     /* Hand over what is queued; updates of providers removed meanwhile are dropped. */

@@ -10,6 +10,18 @@
  * caller request one job that references tasks: a request for a provider already being
  * discovered joins that provider's running task instead of starting a second one.
  *
+ * Queued: at most workers * DISCOVERY_MAX_TRANSFERS / per_provider_limit tasks run at once
+ * (so that every running task's requests fit in the workers' transfer slots); a task beyond
+ * that waits, in state "queued", until a running one ends, and then starts from the
+ * provider as the registry holds it at that moment.
+ *
+ * force_refresh when joining: a job asking for force_refresh must never be satisfied by a
+ * cached list. Joining a queued task makes that task list when it starts; joining a task that
+ * is validating the cached list restarts that task from a fresh list (every job waiting for
+ * it then gets the fresh result; answers to the abandoned probes are dropped); joining a
+ * task that is listing, or validating a list it fetched from the provider, shares that list,
+ * which is as fresh as a forced one.
+ *
  * It never touches the registry: when a provider's task has finished successfully it hands the
  * writer a discovery_update_t to apply (merge_valid_models, replace invalid_models, cache), and
  * when a job has finished it tells the writer whether to persist; the writer reports back with
@@ -38,9 +50,9 @@ void discovery_destroy(discovery_t **self_p);
 void *discovery_socket(discovery_t *self);
 
 /* Starts a job over `current` (sealed): every provider, or only provider_key when not NULL.
- * Providers already being discovered are joined, not restarted. Returns 0 with the job id in
- * job_id (DISCOVERY_JOB_ID_SIZE bytes); -1 with *code = PM_ERR_NOT_FOUND and
- * "Provider '<p>' not found" in err when provider_key is unknown, or another code. */
+ * Providers already being discovered are joined (see force_refresh above). Returns 0 with the job
+ * id in job_id (DISCOVERY_JOB_ID_SIZE bytes); -1 with *code = PM_ERR_NOT_FOUND and "Provider '<p>'
+ * not found" in err when provider_key is unknown, or another code. */
 int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
                     bool force_refresh, bool persist_on_success, double now, char *job_id,
                     int *code, char *err, size_t err_size);

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "discovery.h"
+#include "discovery_worker.h"
 #include "fake_upstream.h"
 #include "pm_proto.h"
 #include "registry.h"
@@ -805,6 +806,19 @@ static void test_periodic_and_on_start(void **state)
     s_end(e);
 }
 
+/* The state of provider key in job_status right now. */
+static bool s_provider_state_is(env_t *e, const char *job, const char *key, const char *want)
+{
+    status_t st;
+    s_status(e, job, &st);
+    const msgpack_object *task_state = s_get(s_get(s_get(st.root, "providers"), key), "state");
+    bool is = task_state != NULL && task_state->type == MSGPACK_OBJECT_STR &&
+              task_state->via.str.size == strlen(want) &&
+              memcmp(task_state->via.str.ptr, want, strlen(want)) == 0;
+    s_status_clear(&st);
+    return is;
+}
+
 /* Destroying the coordinator while requests hang in the workers. */
 static void test_destroy_while_running(void **state)
 {
@@ -817,19 +831,132 @@ static void test_destroy_while_running(void **state)
     s_seal(e);
     char job[DISCOVERY_JOB_ID_SIZE];
     s_start(e, NULL, false, true, job);
-    for (int i = 0; i < 50; i++) {
+    bool validating = false;
+    for (int i = 0; i < 250 && !validating; i++) {
         s_round(e, 20);
-        status_t st;
-        s_status(e, job, &st);
-        const msgpack_object *p = s_get(s_get(st.root, "providers"), "h");
-        const msgpack_object *task_state = s_get(p, "state");
-        bool validating = task_state->via.str.size == strlen("validating") &&
-                          memcmp(task_state->via.str.ptr, "validating", 10) == 0;
-        s_status_clear(&st);
-        if (validating)
-            break;
+        validating = s_provider_state_is(e, job, "h", "validating");
     }
+    assert_true(validating);
+    /* The probes really hang in the workers while the coordinator is destroyed. */
+    long inflight = 0;
+    for (int i = 0; i < 250 && inflight < 4; i++) {
+        json_t *stats = fake_upstream_scenario(&e->fake, "h");
+        inflight = fake_stat_int(stats, "inflight");
+        json_decref(stats);
+        if (inflight < 4)
+            usleep(20000);
+    }
+    assert_int_equal(inflight, 4); /* per_provider_limit */
     assert_int_equal(discovery_running(e->disc), 1);
+    s_end(e);
+}
+
+/* A provider whose task cannot get a worker slot yet is "queued" (regression: the state was
+ * never produced), with an empty message, and starts when a slot frees. */
+static void test_queued_until_a_slot_frees(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    /* One task's worth of transfer slots in the whole pool: the second provider must wait. */
+    settings.per_provider_limit = WORKERS * DISCOVERY_MAX_TRANSFERS;
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"q1\":{\"models\":[\"a\"],"
+            "\"rules\":[{\"kind\":\"list\",\"delay_ms\":300}]},"
+            "\"q2\":{\"models\":[\"b\"]}}}");
+    s_add_provider(e, "q1", "q1", KEY, NULL, 0);
+    s_add_provider(e, "q2", "q2", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_provider(&st, "q1", "listing", 0, 0, 0, 0, "");
+    s_assert_provider(&st, "q2", "queued", 0, 0, 0, 0, "");
+    s_status_clear(&st);
+    /* A second job for q2 joins the queued task (no second task, no second list). */
+    char second[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "q2", false, false, second);
+    assert_true(s_provider_state_is(e, second, "q2", "queued"));
+    s_drive(e);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_assert_provider(&st, "q1", "ok", 1, 1, 1, 0,
+                      "Successfully discovered 1 valid and 0 invalid models for q1");
+    s_assert_provider(&st, "q2", "ok", 1, 1, 1, 0,
+                      "Successfully discovered 1 valid and 0 invalid models for q2");
+    s_status_clear(&st);
+    json_t *q1 = fake_upstream_scenario(&e->fake, "q1");
+    json_t *q2 = fake_upstream_scenario(&e->fake, "q2");
+    assert_int_equal(fake_stat_int(q2, "list"), 1);
+    /* q2 started only once q1 had ended: its list came after q1's probe. */
+    assert_true(fake_stat_arrival(q2, "list", 0) > fake_stat_arrival(q1, "probe:a", 0));
+    json_decref(q1);
+    json_decref(q2);
+
+    /* force_refresh joining a queued task: the task lists when it starts, although q2's
+     * cache is fresh now. */
+    s_start(e, "q1", true, false, job);
+    s_start(e, "q2", false, false, job);
+    assert_true(s_provider_state_is(e, job, "q2", "queued"));
+    s_start(e, "q2", true, false, second);
+    s_drive(e);
+    q2 = fake_upstream_scenario(&e->fake, "q2");
+    assert_int_equal(fake_stat_int(q2, "list"), 2);
+    json_decref(q2);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_status_clear(&st);
+    s_end(e);
+}
+
+/* A force_refresh job that joins a task validating the cached list is not satisfied by the
+ * cache (regression: it was): the task starts over from a fresh list. */
+static void test_force_refresh_joining_cached_task(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"fr\":{\"models\":[\"a\",\"b\"],"
+            "\"rules\":[{\"kind\":\"probe\",\"delay_ms\":300}]}}}");
+    s_add_provider(e, "fr", "fr", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job); /* lists and fills the cache */
+    s_drive(e);
+    json_t *stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    json_decref(stats);
+
+    e->now += 10;
+    char cached[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, cached); /* validates the cached list */
+    assert_true(s_provider_state_is(e, cached, "fr", "validating"));
+    /* A plain join shares the cached run. */
+    char plain[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "fr", false, false, plain);
+    stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    json_decref(stats);
+    /* A forced join restarts it from the provider's list. */
+    char forced[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "fr", true, false, forced);
+    assert_true(s_provider_state_is(e, forced, "fr", "listing"));
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    json_decref(stats);
+    const char *line = "Successfully discovered 2 valid and 0 invalid models for fr";
+    const char *ids[] = {cached, plain, forced};
+    for (size_t i = 0; i < 3; i++) {
+        status_t st;
+        s_status(e, ids[i], &st);
+        s_assert_done(&st, true, false);
+        s_assert_provider(&st, "fr", "ok", 2, 2, 2, 0, line);
+        s_assert_messages(&st, &line, 1);
+        s_status_clear(&st);
+    }
+    /* The cache now carries the fresh list's time. */
+    assert_true(provider_cache_timestamp(s_provider(e, "fr")) == e->now);
     s_end(e);
 }
 
@@ -848,6 +975,8 @@ int main(void)
         cmocka_unit_test(test_job_history_bounded),
         cmocka_unit_test(test_periodic_and_on_start),
         cmocka_unit_test(test_destroy_while_running),
+        cmocka_unit_test(test_queued_until_a_slot_frees),
+        cmocka_unit_test(test_force_refresh_joining_cached_task),
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);

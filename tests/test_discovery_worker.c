@@ -573,14 +573,20 @@ static void test_destroy_with_transfers_in_flight(void **state)
     for (int i = 0; i < 5; i++)
         s_send(h, DISCOVERY_KIND_PROBE, "hang", "m", KEY);
     /* Wait until the fake saw them all, so they really are in flight. */
-    for (int tries = 0; tries < 200; tries++) {
+    long seen = 0;
+    long inflight = 0;
+    for (int tries = 0; tries < 500; tries++) {
         json_t *stats = fake_upstream_scenario(&h->fake, "hang");
-        long seen = fake_stat_probes(stats, "m");
+        seen = fake_stat_probes(stats, "m");
+        inflight = fake_stat_int(stats, "inflight");
         json_decref(stats);
-        if (seen == 5)
+        if (seen == 5 && inflight == 5)
             break;
         usleep(20000);
     }
+    /* Otherwise the destroy below would not be tested with anything in flight. */
+    assert_int_equal(seen, 5);
+    assert_int_equal(inflight, 5);
     s_stop_worker(h);
 }
 
