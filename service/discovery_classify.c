@@ -208,7 +208,7 @@ const char *discovery_verdict_name(discovery_verdict_t verdict)
     case DISCOVERY_VERDICT_INVALID_MODEL:
         return "invalid_model";
     case DISCOVERY_VERDICT_AUTH_ERROR:
-        return "auth_error";
+        return "auth";
     case DISCOVERY_VERDICT_TRANSIENT:
         return "transient";
     case DISCOVERY_VERDICT_ERROR:

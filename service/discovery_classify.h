@@ -19,6 +19,9 @@ typedef enum {
     DISCOVERY_VERDICT_ERROR          /* anything else */
 } discovery_verdict_t;
 
+/* The contract's short name for the auth verdict (v1.1 metric labels say "auth"). */
+#define DISCOVERY_VERDICT_AUTH DISCOVERY_VERDICT_AUTH_ERROR
+
 /* The classification table, as a pure function. http_status is the response code (0 when
  * none was received), curl_code a CURLcode (0 = the transfer completed), body/len the
  * response body (may be NULL/0; never needs a NUL). A failed transfer (curl_code != 0) is
@@ -26,7 +29,8 @@ typedef enum {
 discovery_verdict_t discovery_classify(long http_status, int curl_code, const char *body,
                                        size_t len);
 
-/* "valid", "invalid_model", "auth_error", "transient", "error". Static strings. */
+/* "valid", "invalid_model", "auth", "transient", "error" (the words of protocol v1.1's
+ * verdict labels). Static strings. */
 const char *discovery_verdict_name(discovery_verdict_t verdict);
 
 #endif

@@ -4,8 +4,10 @@
  *
  * job:    {"task": u64, "req": u64, "kind": "list"|"probe", "url": str, "key": str,
  *          "model": str|nil}
- * result: {"task", "req", "kind", "outcome": "ok"|"invalid"|"error", "status": int,
- *          "attempts": int, "model": str|nil, "error": str|nil, "models": [str]|nil}
+ * result: {"task", "req", "kind", "outcome": "ok"|"invalid"|"error", "verdict": str,
+ *          "status": int, "attempts": int, "latency_ms": float, "model": str|nil,
+ *          "error": str|nil, "models": [str]|nil,
+ *          "metas": [{"context_length"?, "max_output_tokens"?, "owned_by"?, "created"?}]|nil}
  */
 #include "discovery_msg.h"
 
@@ -151,6 +153,50 @@ static int s_obj_kind(const msgpack_object *obj, discovery_kind_t *kind)
     return 0;
 }
 
+static int s_obj_verdict(const msgpack_object *obj, discovery_verdict_t *verdict)
+{
+    const discovery_verdict_t all[] = {DISCOVERY_VERDICT_VALID, DISCOVERY_VERDICT_INVALID_MODEL,
+                                       DISCOVERY_VERDICT_AUTH_ERROR, DISCOVERY_VERDICT_TRANSIENT,
+                                       DISCOVERY_VERDICT_ERROR};
+    for (size_t i = 0; i < sizeof all / sizeof *all; i++) {
+        if (s_obj_is_str(obj, discovery_verdict_name(all[i]))) {
+            *verdict = all[i];
+            return 0;
+        }
+    }
+    return -1;
+}
+
+/* A packed meta map back into m, through model_meta_offer() so that the same checks apply
+ * on both sides. Keys it does not know are ignored. 0, or -1 (not a map, ENOMEM). */
+static int s_decode_meta(const msgpack_object *obj, model_meta_t *m)
+{
+    if (obj->type != MSGPACK_OBJECT_MAP)
+        return -1;
+    for (uint32_t i = 0; i < obj->via.map.size; i++) {
+        const msgpack_object_kv *kv = &obj->via.map.ptr[i];
+        if (kv->key.type != MSGPACK_OBJECT_STR)
+            continue;
+        model_meta_field_t field = {.name = kv->key.via.str.ptr,
+                                    .name_len = kv->key.via.str.size,
+                                    .type = MODEL_META_OTHER};
+        if (kv->val.type == MSGPACK_OBJECT_POSITIVE_INTEGER && kv->val.via.u64 <= INT64_MAX) {
+            field.type = MODEL_META_INT;
+            field.int_value = (long long)kv->val.via.u64;
+        } else if (kv->val.type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+            field.type = MODEL_META_INT;
+            field.int_value = (long long)kv->val.via.i64;
+        } else if (kv->val.type == MSGPACK_OBJECT_STR) {
+            field.type = MODEL_META_STR;
+            field.str = kv->val.via.str.ptr;
+            field.str_len = kv->val.via.str.size;
+        }
+        if (model_meta_offer(m, &field) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 void discovery_job_msg_clear(discovery_job_msg_t *job)
 {
     if (job == NULL)
@@ -210,13 +256,46 @@ void discovery_result_clear(discovery_result_t *result)
     for (size_t i = 0; i < result->model_count; i++)
         free(result->models[i]);
     free(result->models);
+    if (result->metas != NULL)
+        for (size_t i = 0; i < result->model_count; i++)
+            model_meta_clear(&result->metas[i]);
+    free(result->metas);
     memset(result, 0, sizeof *result);
+}
+
+static int s_pack_meta(msgpack_packer *pk, const model_meta_t *m)
+{
+    int rc = 0;
+    uint32_t n = (uint32_t)m->has_context_length + (uint32_t)m->has_max_output_tokens +
+                 (uint32_t)(m->owned_by != NULL) + (uint32_t)m->has_created;
+    rc |= msgpack_pack_map(pk, n);
+    if (m->has_context_length) {
+        rc |= pm_pack_str(pk, "context_length");
+        rc |= msgpack_pack_long_long(pk, m->context_length);
+    }
+    if (m->has_max_output_tokens) {
+        rc |= pm_pack_str(pk, "max_output_tokens");
+        rc |= msgpack_pack_long_long(pk, m->max_output_tokens);
+    }
+    if (m->owned_by != NULL) {
+        rc |= pm_pack_str(pk, "owned_by");
+        rc |= pm_pack_str(pk, m->owned_by);
+    }
+    if (m->has_created) {
+        rc |= pm_pack_str(pk, "created");
+        rc |= msgpack_pack_long_long(pk, m->created);
+    }
+    return rc;
 }
 
 static int s_pack_result(msgpack_packer *pk, const discovery_result_t *result)
 {
     int rc = 0;
-    rc |= msgpack_pack_map(pk, 9);
+    rc |= msgpack_pack_map(pk, 12);
+    rc |= pm_pack_str(pk, "verdict");
+    rc |= pm_pack_str(pk, discovery_verdict_name(result->verdict));
+    rc |= pm_pack_str(pk, "latency_ms");
+    rc |= msgpack_pack_double(pk, result->latency_ms);
     rc |= pm_pack_str(pk, "task");
     rc |= msgpack_pack_uint64(pk, result->task);
     rc |= pm_pack_str(pk, "req");
@@ -241,6 +320,14 @@ static int s_pack_result(msgpack_packer *pk, const discovery_result_t *result)
     } else {
         rc |= msgpack_pack_nil(pk);
     }
+    rc |= pm_pack_str(pk, "metas");
+    if (result->models != NULL && result->metas != NULL) {
+        rc |= msgpack_pack_array(pk, result->model_count);
+        for (size_t i = 0; i < result->model_count; i++)
+            rc |= s_pack_meta(pk, &result->metas[i]);
+    } else {
+        rc |= msgpack_pack_nil(pk);
+    }
     return rc;
 }
 
@@ -258,6 +345,7 @@ int discovery_result_send(void *socket, const discovery_result_t *result)
                                   .req = result->req,
                                   .kind = result->kind,
                                   .status = DISCOVERY_RESULT_ERROR,
+                                  .verdict = DISCOVERY_VERDICT_ERROR,
                                   .error = "out of memory"};
         if (s_pack_result(&pk, &oom) != 0) {
             msgpack_sbuffer_destroy(&sbuf);
@@ -292,6 +380,13 @@ static int s_result_decode(discovery_result_t *result, const char *data, size_t 
         result->status = DISCOVERY_RESULT_ERROR;
     else
         goto cleanup;
+    if (s_obj_verdict(pm_map_get(root, "verdict"), &result->verdict) != 0)
+        goto cleanup;
+    const msgpack_object *latency = pm_map_get(root, "latency_ms");
+    if (latency != NULL &&
+        (latency->type == MSGPACK_OBJECT_FLOAT64 || latency->type == MSGPACK_OBJECT_FLOAT32) &&
+        latency->via.f64 >= 0)
+        result->latency_ms = latency->via.f64;
     result->http_status = s_obj_long(pm_map_get(root, "status"));
     result->attempts = (int)s_obj_long(pm_map_get(root, "attempts"));
     if (s_obj_strdup(pm_map_get(root, "model"), &result->model) != 0 ||
@@ -312,6 +407,17 @@ static int s_result_decode(discovery_result_t *result, const char *data, size_t 
             if (s_obj_strdup(&models->via.array.ptr[i], &name) != 0 || name == NULL)
                 goto cleanup;
             result->models[result->model_count++] = name;
+        }
+        const msgpack_object *metas = pm_map_get(root, "metas");
+        if (metas != NULL && metas->type == MSGPACK_OBJECT_ARRAY) {
+            if (metas->via.array.size != count)
+                goto cleanup;
+            result->metas = calloc(count, sizeof *result->metas);
+            if (result->metas == NULL)
+                goto cleanup;
+            for (uint32_t i = 0; i < count; i++)
+                if (s_decode_meta(&metas->via.array.ptr[i], &result->metas[i]) != 0)
+                    goto cleanup;
         }
     }
     rc = 0;

@@ -8,6 +8,9 @@
 #ifndef PM_DISCOVERY_MSG_H
 #define PM_DISCOVERY_MSG_H
 
+#include "discovery_classify.h"
+#include "model_meta.h"
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -63,12 +66,17 @@ typedef struct {
     uint64_t req;
     discovery_kind_t kind;
     discovery_result_status_t status;
-    long http_status;   /* of the last attempt; 0 when no response was received */
-    int attempts;       /* HTTP requests made, retries included */
-    char *model;        /* probe: the model; NULL for a list */
-    char *error;        /* status ERROR: a message without secrets; else NULL */
-    size_t model_count; /* list OK: distinct ids in listed order */
+    discovery_verdict_t verdict; /* OK: valid; INVALID: invalid_model; ERROR: auth, transient
+                                    (retries exhausted) or error */
+    long http_status;            /* of the last attempt; 0 when no response was received */
+    int attempts;                /* HTTP requests made, retries included */
+    double latency_ms;           /* of the last attempt (for OK results: the successful one);
+                                    0 when no request was made */
+    char *model;                 /* probe: the model; NULL for a list */
+    char *error;                 /* status ERROR: a message without secrets; else NULL */
+    size_t model_count;          /* list OK: distinct ids in listed order */
     char **models;
+    model_meta_t *metas; /* list OK: model_count entries (may be NULL: all empty) */
 } discovery_result_t;
 
 void discovery_result_clear(discovery_result_t *result);

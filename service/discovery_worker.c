@@ -65,6 +65,7 @@ typedef struct transfer_t {
     size_t body_max;
     bool too_large;
     int attempts;
+    double latency_ms;           /* of the last finished attempt */
     long long retry_deadline_ms; /* 0 until the first transient failure */
     long long due_ms;            /* when waiting: the time of the next attempt */
     char curl_error[CURL_ERROR_SIZE];
@@ -267,23 +268,29 @@ static int s_transfer_add(worker_loop_t *loop, transfer_t *t)
 
 /* ------------------------------------------------------------------------ results out */
 
-/* A parsed model list: distinct ids in listed order (owned). */
+/* A parsed model list: distinct ids in listed order and their metadata (owned). */
 typedef struct {
     size_t count;
     char **ids;
+    model_meta_t *metas;
 } model_list_t;
 
 static void s_model_list_clear(model_list_t *list)
 {
-    for (size_t i = 0; i < list->count; i++)
+    for (size_t i = 0; i < list->count; i++) {
         free(list->ids[i]);
+        model_meta_clear(&list->metas[i]);
+    }
     free(list->ids);
+    free(list->metas);
     list->ids = NULL;
+    list->metas = NULL;
     list->count = 0;
 }
 
 typedef struct {
     discovery_result_status_t status;
+    discovery_verdict_t verdict;
     const char *error;
     model_list_t *models; /* list OK (borrowed) */
 } outcome_t;
@@ -298,8 +305,10 @@ static int s_send_result(worker_loop_t *loop, const transfer_t *t, long http_sta
         .req = t->req,
         .kind = t->kind,
         .status = outcome->status,
+        .verdict = outcome->verdict,
         .http_status = http_status,
         .attempts = t->attempts,
+        .latency_ms = t->latency_ms,
         .model = t->model,
         .error = (char *)outcome->error,
     };
@@ -307,7 +316,9 @@ static int s_send_result(worker_loop_t *loop, const transfer_t *t, long http_sta
         result.model_count = outcome->models->count;
         /* A list of zero models still sends an (empty) array, unlike "no list". */
         static char *s_no_ids[1];
+        static model_meta_t s_no_metas[1];
         result.models = outcome->models->ids ? outcome->models->ids : s_no_ids;
+        result.metas = outcome->models->metas ? outcome->models->metas : s_no_metas;
     }
     return discovery_result_send(loop->self->results, &result);
 }
@@ -364,6 +375,32 @@ static void s_upstream_detail(const transfer_t *t, char *out, size_t out_size)
     json_decref(root);
 }
 
+/* The metadata of one /models entry: its top-level scalar fields offered to model_meta
+ * (nested objects such as OpenRouter's top_provider are not read). 0, or -1 on ENOMEM. */
+static int s_entry_meta(const json_t *entry, model_meta_t *meta)
+{
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)entry, key, value)
+    {
+        size_t key_len = strlen(key);
+        if (!model_meta_known(key, key_len))
+            continue;
+        model_meta_field_t field = {.name = key, .name_len = key_len, .type = MODEL_META_OTHER};
+        if (json_is_integer(value)) {
+            field.type = MODEL_META_INT;
+            field.int_value = (long long)json_integer_value(value);
+        } else if (json_is_string(value)) {
+            field.type = MODEL_META_STR;
+            field.str = json_string_value(value);
+            field.str_len = json_string_length(value);
+        }
+        if (model_meta_offer(meta, &field) != 0)
+            return -1;
+    }
+    return 0;
+}
+
 /* Parses an OpenAI model list into distinct ids in listed order (*list, owned). 0, or -1
  * with a message in err. */
 static int s_parse_model_list(const char *body, size_t len, model_list_t *list, char *err,
@@ -385,8 +422,9 @@ static int s_parse_model_list(const char *body, size_t len, model_list_t *list, 
     size_t entries = json_array_size(data);
     size_t cap = entries < DISCOVERY_MAX_LISTED_MODELS ? entries : DISCOVERY_MAX_LISTED_MODELS;
     list->ids = calloc(cap ? cap : 1, sizeof *list->ids);
+    list->metas = calloc(cap ? cap : 1, sizeof *list->metas);
     seen = json_object(); /* jansson's hash table as a set of the ids already taken */
-    if (list->ids == NULL || seen == NULL) {
+    if (list->ids == NULL || list->metas == NULL || seen == NULL) {
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
@@ -416,7 +454,13 @@ static int s_parse_model_list(const char *body, size_t len, model_list_t *list, 
             goto fail;
         }
         memcpy(copy, id_text, id_len + 1);
-        list->ids[list->count++] = copy;
+        list->ids[list->count] = copy;
+        /* Counted before its metadata, so that a failure below frees it. */
+        model_meta_t *meta = &list->metas[list->count++];
+        if (s_entry_meta(entry, meta) != 0) {
+            snprintf(err, err_size, "out of memory");
+            goto fail;
+        }
     }
     json_decref(seen);
     json_decref(root);
@@ -469,10 +513,13 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
     long http_status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &http_status);
     t->attempts++;
+    curl_off_t total_us = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us) == CURLE_OK && total_us >= 0)
+        t->latency_ms = (double)total_us / 1000.0;
     char error[DISCOVERY_ERROR_SIZE];
     char detail[WORKER_UPSTREAM_DETAIL_MAX + 56];
-    model_list_t models = {0, NULL};
-    outcome_t outcome = {DISCOVERY_RESULT_ERROR, error, NULL};
+    model_list_t models = {0, NULL, NULL};
+    outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, error, NULL};
     error[0] = '\0';
 
     if (t->too_large || code == CURLE_FILESIZE_EXCEEDED) {
@@ -482,6 +529,11 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
             discovery_classify(http_status, (int)code, t->body, t->body_len);
         if (verdict == DISCOVERY_VERDICT_TRANSIENT && s_schedule_retry(loop, t))
             return 0;
+        /* A list that answers "not found" is an error like any other. */
+        outcome.verdict =
+            t->kind == DISCOVERY_KIND_LIST && verdict == DISCOVERY_VERDICT_INVALID_MODEL
+                ? DISCOVERY_VERDICT_ERROR
+                : verdict;
         const char *curl_text = t->curl_error[0] ? t->curl_error : curl_easy_strerror(code);
         switch (verdict) {
         case DISCOVERY_VERDICT_VALID:
@@ -493,6 +545,8 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
                     outcome.models = &models;
                     outcome.status = DISCOVERY_RESULT_OK;
                     outcome.error = NULL;
+                } else {
+                    outcome.verdict = DISCOVERY_VERDICT_ERROR; /* a malformed list */
                 }
             }
             break;
@@ -550,7 +604,8 @@ static int s_start_job(worker_loop_t *loop, const void *data, size_t size)
         /* Cannot even hold the job: answer through a stack transfer, so the coordinator
          * does not wait for ever. */
         transfer_t failed = {.task = job.task, .req = job.req, .kind = job.kind};
-        outcome_t outcome = {DISCOVERY_RESULT_ERROR, "out of memory", NULL};
+        outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, "out of memory",
+                             NULL};
         discovery_job_msg_clear(&job);
         return s_send_result(loop, &failed, 0, &outcome);
     }
@@ -574,7 +629,7 @@ static int s_start_job(worker_loop_t *loop, const void *data, size_t size)
     discovery_job_msg_clear(&job);
     int rc = 0;
     if (failure != NULL) {
-        outcome_t outcome = {DISCOVERY_RESULT_ERROR, failure, NULL};
+        outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, failure, NULL};
         rc = s_send_result(loop, t, 0, &outcome);
         s_transfer_free(loop, t);
     }
@@ -644,8 +699,8 @@ static int s_fire_timers(worker_loop_t *loop)
         if (!t->in_multi) {
             if (t->due_ms <= now) {
                 if (s_transfer_add(loop, t) != 0) {
-                    outcome_t outcome = {DISCOVERY_RESULT_ERROR, "could not retry the HTTP request",
-                                         NULL};
+                    outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR,
+                                         "could not retry the HTTP request", NULL};
                     int rc = s_send_result(loop, t, 0, &outcome);
                     s_transfer_free(loop, t);
                     if (rc != 0)

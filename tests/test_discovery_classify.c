@@ -133,7 +133,7 @@ static void test_verdict_names(void **state)
     (void)state;
     assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_VALID), "valid");
     assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_INVALID_MODEL), "invalid_model");
-    assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_AUTH_ERROR), "auth_error");
+    assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_AUTH_ERROR), "auth");
     assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_TRANSIENT), "transient");
     assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_ERROR), "error");
     assert_string_equal(discovery_verdict_name((discovery_verdict_t)99), "error");

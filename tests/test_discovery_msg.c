@@ -130,14 +130,23 @@ static void test_result_round_trip(void **state)
 {
     pipe_t *p = *state;
     char *ids[] = {"a", "b"};
+    model_meta_t metas[2] = {{.has_context_length = true,
+                              .context_length = 128000,
+                              .owned_by = "acme",
+                              .has_created = true,
+                              .created = 1700000000},
+                             {.has_max_output_tokens = true, .max_output_tokens = 4096}};
     discovery_result_t out = {.task = 5,
                               .req = 0,
                               .kind = DISCOVERY_KIND_LIST,
                               .status = DISCOVERY_RESULT_OK,
+                              .verdict = DISCOVERY_VERDICT_VALID,
                               .http_status = 200,
                               .attempts = 2,
+                              .latency_ms = 12.5,
                               .model_count = 2,
-                              .models = ids};
+                              .models = ids,
+                              .metas = metas};
     assert_int_equal(discovery_result_send(p->push, &out), 0);
     discovery_result_t in;
     assert_int_equal(discovery_result_recv(p->pull, &in, 0), 0);
@@ -150,12 +159,19 @@ static void test_result_round_trip(void **state)
     assert_string_equal(in.models[0], "a");
     assert_string_equal(in.models[1], "b");
     assert_null(in.error);
+    assert_int_equal(in.verdict, DISCOVERY_VERDICT_VALID);
+    assert_true(in.latency_ms == 12.5);
+    assert_non_null(in.metas);
+    assert_true(model_meta_equal(&in.metas[0], &metas[0]));
+    assert_true(model_meta_equal(&in.metas[1], &metas[1]));
+    assert_false(in.metas[1].has_context_length);
     discovery_result_clear(&in);
 
     discovery_result_t err = {.task = 5,
                               .req = 3,
                               .kind = DISCOVERY_KIND_PROBE,
                               .status = DISCOVERY_RESULT_ERROR,
+                              .verdict = DISCOVERY_VERDICT_TRANSIENT,
                               .http_status = 503,
                               .model = "m",
                               .error = "HTTP 503"};
@@ -165,6 +181,8 @@ static void test_result_round_trip(void **state)
     assert_int_equal(in.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(in.model, "m");
     assert_string_equal(in.error, "HTTP 503");
+    assert_int_equal(in.verdict, DISCOVERY_VERDICT_TRANSIENT);
+    assert_null(in.metas);
     discovery_result_clear(&in);
 }
 

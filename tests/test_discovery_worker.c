@@ -186,6 +186,12 @@ static void test_list_ok_dedup_and_filters(void **state)
     assert_string_equal(r.models[1], "a");
     assert_string_equal(r.models[2], max_id);
     assert_string_equal(r.models[3], "c/d:e");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_true(r.latency_ms >= 20.0); /* the scenario's latency is part of it */
+    /* Entries without metadata carry none. */
+    assert_non_null(r.metas);
+    for (size_t i = 0; i < r.model_count; i++)
+        assert_true(model_meta_empty(&r.metas[i]));
     discovery_result_clear(&r);
 
     /* A trailing slash on base_api_url is not doubled. */
@@ -210,6 +216,56 @@ static void test_list_ok_dedup_and_filters(void **state)
     assert_non_null(ua);
     assert_string_equal(ua, "provider-manager/" PM_VERSION);
     json_decref(stats);
+}
+
+/* Per-model metadata from the entries, normalised (v1.1): OpenAI, OpenRouter-like and
+ * Groq-like spellings, precedence, wrong types and nested fields ignored. */
+static void test_list_metadata(void **state)
+{
+    harness_t *h = *state;
+    s_configure(h, "{\"scenarios\":{\"meta\":{\"rules\":[{\"kind\":\"list\",\"json\":"
+                   "{\"object\":\"list\",\"data\":["
+                   "{\"id\":\"openai\",\"object\":\"model\",\"created\":1686935002,"
+                   "\"owned_by\":\"openai\"},"
+                   "{\"id\":\"router\",\"context_length\":128000,\"context_window\":5,"
+                   "\"top_provider\":{\"max_completion_tokens\":999,\"context_length\":7}},"
+                   "{\"id\":\"groq\",\"context_window\":131072,\"max_completion_tokens\":32768,"
+                   "\"max_output_tokens\":1,\"owned_by\":\"Meta\",\"active\":true},"
+                   "{\"id\":\"other\",\"max_context_length\":4096,\"max_output_tokens\":512},"
+                   "{\"id\":\"wrong\",\"context_length\":\"128k\",\"created\":1.5,"
+                   "\"owned_by\":42,\"max_completion_tokens\":-3},"
+                   "{\"id\":\"openai\",\"owned_by\":\"duplicate\"}]}}]}}}");
+    config_discovery_t settings = s_default_settings();
+    s_start_worker(h, &settings);
+    discovery_result_t r;
+    s_run(h, DISCOVERY_KIND_LIST, "meta", NULL, KEY, &r);
+    assert_int_equal(r.status, DISCOVERY_RESULT_OK);
+    assert_int_equal(r.model_count, 5);
+    assert_non_null(r.metas);
+    const model_meta_t *m = &r.metas[0]; /* openai: the first entry of a duplicate wins */
+    assert_string_equal(r.models[0], "openai");
+    assert_true(m->has_created);
+    assert_int_equal(m->created, 1686935002);
+    assert_string_equal(m->owned_by, "openai");
+    assert_false(m->has_context_length);
+    assert_false(m->has_max_output_tokens);
+    m = &r.metas[1]; /* router: context_length beats context_window; nested ignored */
+    assert_true(m->has_context_length);
+    assert_int_equal(m->context_length, 128000);
+    assert_false(m->has_max_output_tokens);
+    assert_null(m->owned_by);
+    m = &r.metas[2]; /* groq */
+    assert_int_equal(m->context_length, 131072);
+    assert_true(m->has_max_output_tokens);
+    assert_int_equal(m->max_output_tokens, 32768);
+    assert_string_equal(m->owned_by, "Meta");
+    assert_false(m->has_created);
+    m = &r.metas[3];
+    assert_int_equal(m->context_length, 4096);
+    assert_int_equal(m->max_output_tokens, 512);
+    assert_true(model_meta_empty(&r.metas[4])); /* every field of the wrong type */
+    discovery_result_clear(&r);
+    s_stop_worker(h);
 }
 
 static void test_list_errors(void **state)
@@ -240,6 +296,8 @@ static void test_list_errors(void **state)
     s_run(h, DISCOVERY_KIND_LIST, "nodata", NULL, KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "malformed model list: no \"data\" array");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
+    assert_null(r.models);
     discovery_result_clear(&r);
 
     /* For a list, "not found" is an error, not an invalid model. */
@@ -247,6 +305,7 @@ static void test_list_errors(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_int_equal(r.http_status, 404);
     assert_string_equal(r.error, "HTTP 404: fake error 404");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
     discovery_result_clear(&r);
 
     /* The upstream's message is quoted, with the key scrubbed out. */
@@ -277,6 +336,8 @@ static void test_list_errors(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "authentication failed (HTTP 401)");
     assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_AUTH);
+    assert_int_equal(r.http_status, 401);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -310,12 +371,17 @@ static void test_probe_verdicts(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_OK);
     assert_string_equal(r.model, "works");
     assert_null(r.error);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_int_equal(r.http_status, 200);
+    assert_true(r.latency_ms > 0.0);
+    assert_null(r.metas);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "gone", KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_INVALID);
     assert_int_equal(r.http_status, 404);
     assert_null(r.error);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_INVALID_MODEL);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "nf", KEY, &r);
@@ -327,6 +393,7 @@ static void test_probe_verdicts(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "HTTP 400: max_tokens too big for ***");
     assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "big", KEY, &r);
@@ -337,6 +404,7 @@ static void test_probe_verdicts(void **state)
     s_run(h, DISCOVERY_KIND_PROBE, "p", "works", "wrong-key", &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "authentication failed (HTTP 401)");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_AUTH);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -479,16 +547,22 @@ static void test_server_errors_retried(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_int_equal(r.attempts, 3);
     assert_string_equal(r.error, "HTTP 500 after 3 attempts");
+    /* Retries exhausted: still an error result (v1), whose verdict says transient. */
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_TRANSIENT);
+    assert_int_equal(r.http_status, 500);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_LIST, "down", NULL, KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "HTTP 500 after 3 attempts");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_TRANSIENT);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "flaky", "m", KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_OK);
     assert_int_equal(r.attempts, 3);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_true(r.latency_ms > 0.0);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -594,6 +668,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_ok_dedup_and_filters),
+        cmocka_unit_test(test_list_metadata),
         cmocka_unit_test(test_list_errors),
         cmocka_unit_test(test_probe_verdicts),
         cmocka_unit_test(test_probe_concurrency_in_one_thread),
