@@ -239,7 +239,7 @@ static void s_status(env_t *e, const char *job_id, status_t *st)
     assert_int_equal(off, st->sbuf.size); /* exactly one object */
     st->root = &st->unpacked.data;
     assert_int_equal(st->root->type, MSGPACK_OBJECT_MAP);
-    assert_int_equal(st->root->via.map.size, 6);
+    assert_int_equal(st->root->via.map.size, 7);
     s_assert_str(s_get(st->root, "job"), job_id);
 }
 
