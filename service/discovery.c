@@ -1013,8 +1013,6 @@ static void s_on_list_result(discovery_t *self, const registry_t *current, task_
             return;
         }
     }
-    result->models = NULL;
-    result->model_count = 0;
     if (self->has_observer && self->observer.on_list_ok != NULL) {
         model_meta_t *metas = result->metas;
         model_meta_t *empty = NULL;
@@ -1025,6 +1023,16 @@ static void s_on_list_result(discovery_t *self, const registry_t *current, task_
                                       (const char *const *)names, metas, now);
         free(empty);
     }
+    /* The names are adopted below; the metadata (sized by model_count) is released now,
+     * while the count still says how many entries it has. */
+    if (result->metas != NULL) {
+        for (size_t i = 0; i < result->model_count; i++)
+            model_meta_clear(&result->metas[i]);
+        free(result->metas);
+        result->metas = NULL;
+    }
+    result->models = NULL;
+    result->model_count = 0;
     const provider_t *provider =
         current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
     if (task->kind == DISCOVERY_JOB_VERIFY)
