@@ -1402,6 +1402,8 @@ static int s_start_job(discovery_t *self, const registry_t *current, const char 
     } else if (job->pending == 0) {
         s_job_complete(self, job);
     }
+    /* A task that ended at once (a cached list with nothing to probe) freed its slot. */
+    s_admit(self, current, now);
     self->current = NULL;
     if (code != NULL)
         *code = PM_OK;

@@ -22,6 +22,12 @@
  * task that is listing, or validating a list it fetched from the provider, shares that list,
  * which is as fresh as a forced one.
  *
+ * Verify jobs (protocol v1.1 verify_models, and the scheduled list / verify runs) use the
+ * same tasks, queue and workers: each provider is re-listed, then the models the observer
+ * names are probed; they never join or are joined. The observer (discovery_observer_t) sees
+ * every list from a provider, every probe and the end of every provider's part of a job, so
+ * that the writer's model status table can follow; without one, behaviour is v1's.
+ *
  * It never touches the registry: when a provider's task has finished successfully it hands the
  * writer a discovery_update_t to apply (merge_valid_models, replace invalid_models, cache), and
  * when a job has finished it tells the writer whether to persist; the writer reports back with
