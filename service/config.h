@@ -28,19 +28,22 @@
 typedef enum { LOG_ERROR = 0, LOG_WARN, LOG_INFO, LOG_DEBUG } config_log_level_t;
 
 typedef struct {
-    double cache_duration_s;        /* discovery list cache, default 3600 */
-    int max_tokens;                 /* probe max_tokens, default 16 */
-    int per_provider_limit;         /* in-flight requests per provider, default 4 */
-    int connect_timeout_ms;         /* default 5000 */
-    int request_timeout_ms;         /* total per HTTP request, default 30000 */
-    int max_retries;                /* retries of transient failures, default 3 */
-    int retry_budget_ms;            /* total time spent retrying one request, default 30000 */
-    int interval_minutes;           /* periodic discovery, 0 = off */
-    bool on_start;                  /* run a discovery at start-up */
-    double list_interval_minutes;   /* v1.1 scheduled re-list (verify kind, no probes); 0 = off */
-    double verify_interval_minutes; /* v1.1 scheduled verification; 0 = off (probes cost) */
-    long list_max_bytes;            /* default 16 MiB */
-    long probe_max_bytes;           /* default 64 KiB */
+    double cache_duration_s; /* discovery list cache, default 3600 */
+    int max_tokens;          /* probe max_tokens, default 16 */
+    int per_provider_limit;  /* in-flight requests per provider, default 4 */
+    int connect_timeout_ms;  /* default 5000 */
+    int request_timeout_ms;  /* total per HTTP request, default 30000 */
+    int max_retries;         /* retries of transient failures, default 3 */
+    int retry_budget_ms;     /* total time spent retrying one request, default 30000 */
+    int interval_minutes;    /* periodic discovery, 0 = off */
+    bool on_start;           /* run a discovery at start-up */
+    long list_max_bytes;     /* default 16 MiB */
+    long probe_max_bytes;    /* default 64 KiB */
+
+    /* v1.1 schedules, in minutes (fractions allowed; 0 = never): re-listing (a verify-kind
+     * job that probes nothing; default 60) and verification (probes cost money; default 0). */
+    double list_interval_minutes;
+    double verify_interval_minutes;
 } config_discovery_t;
 
 typedef struct {
