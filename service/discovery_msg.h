@@ -60,7 +60,9 @@ int discovery_job_decode(const void *data, size_t size, discovery_job_msg_t *job
 void discovery_job_msg_clear(discovery_job_msg_t *job);
 
 /* A result. Decoded results own their strings (free with discovery_result_clear()); a worker
- * sending one may point them at its own buffers and never clear it. */
+ * sending one may point them at its own buffers and never clear it. metas has model_count
+ * entries: a caller that adopts `models` (and zeroes model_count) clears and frees metas
+ * first. */
 typedef struct {
     uint64_t task;
     uint64_t req;
