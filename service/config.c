@@ -167,6 +167,13 @@ static const s_discovery_key_t s_discovery_keys[] = {
      "periodic discovery every N minutes, 0 = off (default 0)"},
     {"on_start", offsetof(config_discovery_t, on_start), S_KIND_BOOL, 0, 1,
      "run a discovery at start-up (default false)"},
+    {"list_interval_minutes", offsetof(config_discovery_t, list_interval_minutes), S_KIND_DOUBLE, 0,
+     525600,
+     "re-list providers with a key every N minutes, fractions allowed, 0 = off "
+     "(default 60)"},
+    {"verify_interval_minutes", offsetof(config_discovery_t, verify_interval_minutes),
+     S_KIND_DOUBLE, 0, 525600,
+     "verify (probe) models every N minutes, fractions allowed, 0 = off (default 0)"},
     {"list_max_bytes", offsetof(config_discovery_t, list_max_bytes), S_KIND_LONG, 1024, 1073741824,
      "largest model list response accepted (default 16777216)"},
     {"probe_max_bytes", offsetof(config_discovery_t, probe_max_bytes), S_KIND_LONG, 1024, 67108864,
@@ -184,6 +191,8 @@ static void s_discovery_defaults(config_discovery_t *discovery)
     discovery->retry_budget_ms = 30000;
     discovery->interval_minutes = 0;
     discovery->on_start = false;
+    discovery->list_interval_minutes = 60;
+    discovery->verify_interval_minutes = 0;
     discovery->list_max_bytes = 16L * 1024 * 1024;
     discovery->probe_max_bytes = 64L * 1024;
 }
@@ -702,8 +711,43 @@ static const char *s_env(config_getenv_fn *getenv_fn, const char *name)
     return value && value[0] != '\0' ? value : NULL;
 }
 
+/* Discovery settings that also have an environment variable (v1.1 schedules). */
+static const struct {
+    const char *env;
+    const char *key; /* in s_discovery_keys */
+} s_discovery_env[] = {
+    {"PM_DISCOVERY_LIST_INTERVAL_MINUTES", "list_interval_minutes"},
+    {"PM_DISCOVERY_VERIFY_INTERVAL_MINUTES", "verify_interval_minutes"},
+};
+
+static int s_apply_discovery_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err,
+                                 size_t err_size)
+{
+    for (size_t i = 0; i < sizeof s_discovery_env / sizeof s_discovery_env[0]; i++) {
+        const char *value = s_env(getenv_fn, s_discovery_env[i].env);
+        if (!value)
+            continue;
+        const s_discovery_key_t *known = NULL;
+        for (size_t k = 0; k < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; k++)
+            if (strcmp(s_discovery_keys[k].key, s_discovery_env[i].key) == 0)
+                known = &s_discovery_keys[k];
+        if (!known)
+            continue;
+        if (s_set_discovery(&cfg->discovery, known, value) != 0) {
+            char range[96];
+            s_describe_range(known, range, sizeof range);
+            s_set_error(err, err_size, "%s must be %s, not '%.*s'", s_discovery_env[i].env, range,
+                        CONFIG_MAX_SHOWN_VALUE, value);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, size_t err_size)
 {
+    if (s_apply_discovery_env(cfg, getenv_fn, err, err_size) != 0)
+        return -1;
     static const struct {
         s_option_id_t id;
         size_t offset;

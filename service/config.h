@@ -38,6 +38,11 @@ typedef struct {
     bool on_start;           /* run a discovery at start-up */
     long list_max_bytes;     /* default 16 MiB */
     long probe_max_bytes;    /* default 64 KiB */
+
+    /* v1.1 schedules, in minutes (fractions allowed; 0 = never): re-listing (a verify-kind
+     * job that probes nothing; default 60) and verification (probes cost money; default 0). */
+    double list_interval_minutes;
+    double verify_interval_minutes;
 } config_discovery_t;
 
 typedef struct {

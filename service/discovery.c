@@ -43,6 +43,10 @@
 #define MSG_SUCCESS "Successfully discovered %zu valid and %zu invalid models for %s"
 #define MSG_ERROR "Error discovering models for %s: %s"
 #define MSG_PERSISTED "Provider configurations persisted to YAML"
+#define MSG_VERIFY_ERROR "Error verifying models for %s: %s"
+#define MSG_VERIFIED "Successfully verified %zu models for %s: %zu ok, %zu failed, %zu transient"
+#define MSG_LISTED "Successfully listed %zu models for %s"
+#define SCHEDULER_BY "scheduler"
 
 typedef enum {
     TASK_QUEUED = 0,
@@ -60,14 +64,29 @@ typedef enum {
     MODEL_PENDING = 0, /* not probed yet */
     MODEL_IN_FLIGHT,
     MODEL_VALID,
-    MODEL_INVALID,      /* the probe said so */
-    MODEL_KNOWN_INVALID /* already in invalid_models: never probed */
+    MODEL_INVALID,       /* the probe said so */
+    MODEL_KNOWN_INVALID, /* already in invalid_models: never probed */
+    MODEL_IGNORED,       /* the observer ignores it: never probed, never counted */
+    MODEL_UNDECIDED      /* verify: the probe ended without a model verdict */
 } model_state_t;
 
 typedef struct job_t job_t;
 
 typedef struct task_t {
     uint64_t id;
+    discovery_job_kind_t kind;
+    bool list_only;       /* verify: a scheduled re-list, no probes */
+    bool include_invalid; /* verify */
+    char **only;          /* verify: the job's model names (NULL: all) */
+    size_t only_count;
+    bool *was_invalid; /* verify, per target: in invalid_models when targeted */
+    char **listed;     /* verify: the fresh list (the cache of an update) */
+    size_t listed_count;
+    double listed_at;
+    size_t checked; /* verify counts */
+    size_t ok;
+    size_t failed;
+    size_t transient;
     int refs; /* one per job holding it, plus one while running */
     bool running;
     struct task_t *id_next; /* running tasks hash chains */
@@ -76,6 +95,10 @@ typedef struct task_t {
     char *base_api_url;
     char *api_key; /* trimmed copy, wiped when freed */
     task_state_t state;
+    bool force_refresh;        /* list from the provider even when the cache is fresh */
+    bool from_cache;           /* the models being validated came from the cache */
+    bool active;               /* started: holds a share of the workers' transfer slots */
+    struct task_t *queue_next; /* while queued: the next task waiting for a slot */
     double cached_at;
     size_t discovered;  /* models listed (or taken from the cache) */
     size_t model_count; /* the listed (or cached) models, while running */
@@ -94,7 +117,10 @@ typedef struct task_t {
 
 struct job_t {
     char id[DISCOVERY_JOB_ID_SIZE];
-    job_t *next; /* creation order */
+    discovery_job_kind_t kind;
+    char *by;         /* who started it (NULL: unknown) */
+    bool made_update; /* verify: handed the writer a ProviderConfig change (a return) */
+    job_t *next;      /* creation order */
     bool building;
     bool done;
     bool awaiting_persist;
@@ -130,6 +156,22 @@ struct discovery_t {
     size_t done_jobs;
     uint64_t finish_counter;
     int running_jobs;
+    /* Admission: at most max_active tasks run at once, so that each one's per_provider_limit
+     * requests fit in the workers' transfer slots; the others wait here (state "queued"). */
+    size_t active_tasks;
+    size_t max_active;
+    task_t *queue_head;
+    task_t *queue_tail;
+    bool has_observer;
+    discovery_observer_t observer;
+    const registry_t *current; /* borrowed during discovery_start*() / discovery_handle() */
+    /* v1.1 schedules: re-list and verify runs. */
+    bool list_armed;
+    double next_list_run;
+    char list_job[DISCOVERY_JOB_ID_SIZE];
+    bool verify_armed;
+    double next_verify_run;
+    char verify_job[DISCOVERY_JOB_ID_SIZE];
     discovery_outcome_t pending; /* for the next discovery_handle() */
     size_t update_cap;
     size_t persist_cap;
@@ -232,9 +274,18 @@ static void s_task_release_models(task_t *task)
         free(task->models[i]);
     free(task->models);
     free(task->model_states);
+    free(task->was_invalid);
     task->models = NULL;
     task->model_states = NULL;
+    task->was_invalid = NULL;
     task->model_count = 0;
+}
+
+static void s_free_names(char **names, size_t count)
+{
+    for (size_t i = 0; i < count; i++)
+        free(names[i]);
+    free(names);
 }
 
 static void s_task_unref(task_t **task_p)
@@ -244,6 +295,8 @@ static void s_task_unref(task_t **task_p)
     if (task == NULL || --task->refs > 0)
         return;
     s_task_release_models(task);
+    s_free_names(task->only, task->only_count);
+    s_free_names(task->listed, task->listed_count);
     free(task->provider_key);
     free(task->base_api_url);
     s_wipe_free(task->api_key);
@@ -290,8 +343,11 @@ static void s_task_mark_running(discovery_t *self, task_t *task)
     size_t key_bucket = s_hash_str(task->provider_key);
     task->id_next = self->by_id[id_bucket];
     self->by_id[id_bucket] = task;
-    task->key_next = self->by_key[key_bucket];
-    self->by_key[key_bucket] = task;
+    /* Only discovery tasks can be joined: a verify task serves its own job. */
+    if (task->kind == DISCOVERY_JOB_DISCOVER) {
+        task->key_next = self->by_key[key_bucket];
+        self->by_key[key_bucket] = task;
+    }
     task->running = true;
     task->refs++;
 }
@@ -323,6 +379,32 @@ static int s_task_add_waiter(task_t *task, job_t *job)
     }
     task->waiters[task->waiter_count++] = job;
     return 0;
+}
+
+/* =============================================================================== observer */
+
+static void s_part_done(discovery_t *self, const task_t *task, const job_t *job)
+{
+    if (self->has_observer && self->observer.on_part_done != NULL)
+        self->observer.on_part_done(self->observer.ctx, task->provider_key, job->id, (int)job->kind,
+                                    job->by);
+}
+
+static bool s_ignored(discovery_t *self, const task_t *task, const char *model)
+{
+    return self->has_observer && self->observer.is_ignored != NULL &&
+           self->observer.is_ignored(self->observer.ctx, task->provider_key, model);
+}
+
+void discovery_set_observer(discovery_t *self, const discovery_observer_t *observer)
+{
+    if (self == NULL)
+        return;
+    self->has_observer = observer != NULL;
+    if (observer != NULL)
+        self->observer = *observer;
+    else
+        memset(&self->observer, 0, sizeof self->observer);
 }
 
 /* ============================================================================ wake / queue */
@@ -418,6 +500,7 @@ static void s_job_free(job_t *job)
     for (size_t i = 0; i < job->message_count; i++)
         free(job->messages[i]);
     free(job->messages);
+    free(job->by);
     free(job);
 }
 
@@ -466,7 +549,9 @@ static void s_job_complete(discovery_t *self, job_t *job)
         if (job->tasks[i]->state == TASK_ERROR)
             success = false;
     job->success = success;
-    if (success && job->persist_on_success) {
+    /* A verify job that returned models changed ProviderConfigs: the file must agree with
+     * valid_models whatever the job's outcome (reading 8). */
+    if ((success && job->persist_on_success) || job->made_update) {
         if (s_queue_persist(self, job->id) == 0) {
             job->awaiting_persist = true;
             return;
@@ -482,6 +567,10 @@ static void s_job_complete(discovery_t *self, job_t *job)
 /* Ends a task: its message goes to every waiting job, which may complete. */
 static void s_task_finish(discovery_t *self, task_t *task, task_state_t state, char *message)
 {
+    if (task->active) {
+        task->active = false;
+        self->active_tasks--;
+    }
     task->state = state;
     task->message = message; /* may be NULL on ENOMEM: the job then lacks one line */
     task->in_flight = 0;
@@ -492,6 +581,7 @@ static void s_task_finish(discovery_t *self, task_t *task, task_state_t state, c
     for (size_t i = 0; i < task->waiter_count; i++) {
         job_t *job = task->waiters[i];
         s_job_add_message(job, message);
+        s_part_done(self, task, job);
         job->pending--;
         if (job->pending == 0 && !job->building)
             s_job_complete(self, job);
@@ -502,7 +592,9 @@ static void s_task_finish(discovery_t *self, task_t *task, task_state_t state, c
 
 static void s_task_fail(discovery_t *self, task_t *task, const char *error)
 {
-    char *message = s_printf_alloc(MSG_ERROR, task->provider_key, error);
+    char *message =
+        s_printf_alloc(task->kind == DISCOVERY_JOB_VERIFY ? MSG_VERIFY_ERROR : MSG_ERROR,
+                       task->provider_key, error);
     s_task_finish(self, task, TASK_ERROR, message);
 }
 
@@ -538,18 +630,101 @@ static int s_collect(const task_t *task, model_state_t want, model_state_t also,
     return 0;
 }
 
-static void s_task_succeed(discovery_t *self, task_t *task)
+/* Room for one more pending update. 0, or -1 on ENOMEM. */
+static int s_reserve_update(discovery_t *self)
 {
     discovery_outcome_t *p = &self->pending;
     if (p->update_count == self->update_cap) {
         size_t cap = self->update_cap ? self->update_cap * 2 : 8;
         discovery_update_t *grown = realloc(p->updates, cap * sizeof *grown);
-        if (grown == NULL) {
+        if (grown == NULL)
+            return -1;
+        p->updates = grown;
+        self->update_cap = cap;
+    }
+    return 0;
+}
+
+/* A verify task probed all its targets. Invalid models that answered (include_invalid) go to
+ * the writer as one update: valid += them, invalid_models -= them (as the registry holds them
+ * now), and the fresh list as the cache. */
+static void s_verify_succeed(discovery_t *self, task_t *task)
+{
+    size_t returned = 0;
+    for (size_t i = 0; i < task->model_count; i++)
+        if (task->model_states[i] == MODEL_VALID && task->was_invalid[i])
+            returned++;
+    if (returned > 0) {
+        const provider_t *provider = self->current ? registry_get(self->current, task->provider_key,
+                                                                  strlen(task->provider_key))
+                                                   : NULL;
+        discovery_update_t update;
+        memset(&update, 0, sizeof update);
+        bool oom = s_reserve_update(self) != 0;
+        size_t invalid_total = provider ? provider_invalid_count(provider) : 0;
+        if (!oom) {
+            update.provider_key = s_strdup(task->provider_key);
+            update.valid = calloc(returned, sizeof *update.valid);
+            update.invalid = calloc(invalid_total ? invalid_total : 1, sizeof *update.invalid);
+            oom = update.provider_key == NULL || update.valid == NULL || update.invalid == NULL;
+        }
+        for (size_t i = 0; !oom && i < task->model_count; i++) {
+            if (task->model_states[i] != MODEL_VALID || !task->was_invalid[i])
+                continue;
+            if ((update.valid[update.valid_count] = s_strdup(task->models[i])) == NULL)
+                oom = true;
+            else
+                update.valid_count++;
+        }
+        for (size_t i = 0; !oom && i < invalid_total; i++) {
+            const char *name = provider_invalid_at(provider, i);
+            bool back = false;
+            for (size_t j = 0; j < update.valid_count && !back; j++)
+                back = strcmp(update.valid[j], name) == 0;
+            if (back)
+                continue;
+            if ((update.invalid[update.invalid_count] = s_strdup(name)) == NULL)
+                oom = true;
+            else
+                update.invalid_count++;
+        }
+        if (oom) {
+            s_update_clear(&update);
             s_task_fail(self, task, "out of memory");
             return;
         }
-        p->updates = grown;
-        self->update_cap = cap;
+        if (provider != NULL) {
+            /* The fresh list becomes the cache, as a discovery's would. */
+            update.cached = task->listed;
+            update.cached_count = task->listed_count;
+            update.cached_at = task->listed_at;
+            task->listed = NULL;
+            task->listed_count = 0;
+            self->pending.updates[self->pending.update_count++] = update;
+            for (size_t i = 0; i < task->waiter_count; i++)
+                task->waiters[i]->made_update = true;
+            s_wake(self);
+        } else {
+            s_update_clear(&update); /* removed meanwhile: nothing to return to */
+        }
+    }
+    char *message = task->list_only
+                        ? s_printf_alloc(MSG_LISTED, task->discovered, task->provider_key)
+                        : s_printf_alloc(MSG_VERIFIED, task->checked, task->provider_key, task->ok,
+                                         task->failed, task->transient);
+    s_task_finish(self, task, TASK_OK, message);
+}
+
+static void s_task_succeed(discovery_t *self, task_t *task)
+{
+    if (task->kind == DISCOVERY_JOB_VERIFY) {
+        s_verify_succeed(self, task);
+        return;
+    }
+    discovery_outcome_t *p = &self->pending;
+    if (s_reserve_update(self) != 0) {
+        s_task_fail(self, task, "out of memory");
+        return;
     }
     discovery_update_t update;
     memset(&update, 0, sizeof update);
@@ -618,6 +793,12 @@ static void s_task_begin_validation(discovery_t *self, task_t *task, const provi
         return;
     }
     for (size_t i = 0; i < count; i++) {
+        /* Ignored (reading 2): in neither list, in none of the counts, never probed. */
+        if (s_ignored(self, task, names[i])) {
+            task->model_states[i] = MODEL_IGNORED;
+            task->discovered--;
+            continue;
+        }
         /* Already known to be invalid: counted as invalid, never probed again. */
         if (provider != NULL && provider_is_invalid(provider, names[i], strlen(names[i]))) {
             task->model_states[i] = MODEL_KNOWN_INVALID;
@@ -636,12 +817,35 @@ static bool s_cache_fresh(const discovery_t *self, const provider_t *provider, d
     return listed_at > 0 && now - listed_at < self->settings.cache_duration_s;
 }
 
-/* Starts a new running task for provider (usable key in api_key, adopted). */
-static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider,
-                         bool force_refresh, double now)
+/* Sends the list request of task (state listing). The task may be freed on return. */
+static void s_task_send_list(discovery_t *self, task_t *task)
 {
-    s_task_mark_running(self, task);
-    if (!force_refresh && s_cache_fresh(self, provider, now)) {
+    task->state = TASK_LISTING;
+    task->from_cache = false;
+    discovery_job_t job = {
+        .task = task->id,
+        .req = 0,
+        .kind = DISCOVERY_KIND_LIST,
+        .base_api_url = task->base_api_url,
+        .api_key = task->api_key,
+        .model = NULL,
+    };
+    if (discovery_job_send(self->jobs, &job) != 0)
+        s_task_fail(self, task, "could not queue the model list request");
+    else
+        task->in_flight = 1;
+}
+
+/* Starts a running task that was admitted (usable key in api_key). provider may be NULL (it
+ * was removed while the task was queued): then the task lists, and its update is dropped. */
+static void s_task_start(discovery_t *self, task_t *task, const provider_t *provider, double now)
+{
+    task->active = true;
+    self->active_tasks++;
+    /* A verify task always lists: verification is about what the provider says now. */
+    if (task->kind == DISCOVERY_JOB_DISCOVER && !task->force_refresh && provider != NULL &&
+        s_cache_fresh(self, provider, now)) {
+        task->from_cache = true;
         size_t count = provider_cached_count(provider);
         char **names = calloc(count ? count : 1, sizeof *names);
         if (names == NULL) {
@@ -663,19 +867,178 @@ static void s_task_start(discovery_t *self, task_t *task, const provider_t *prov
                                 provider_cache_timestamp(provider));
         return;
     }
-    task->state = TASK_LISTING;
-    discovery_job_t job = {
-        .task = task->id,
-        .req = 0,
-        .kind = DISCOVERY_KIND_LIST,
-        .base_api_url = task->base_api_url,
-        .api_key = task->api_key,
-        .model = NULL,
-    };
-    if (discovery_job_send(self->jobs, &job) != 0)
-        s_task_fail(self, task, "could not queue the model list request");
+    s_task_send_list(self, task);
+}
+
+/* Starts queued tasks, oldest first, while slots are free. current gives each its provider
+ * as it is now (the cache and invalid_models it starts from). */
+static void s_admit(discovery_t *self, const registry_t *current, double now)
+{
+    while (self->queue_head != NULL && self->active_tasks < self->max_active) {
+        task_t *task = self->queue_head;
+        self->queue_head = task->queue_next;
+        if (self->queue_head == NULL)
+            self->queue_tail = NULL;
+        task->queue_next = NULL;
+        const provider_t *provider =
+            current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
+        s_task_start(self, task, provider, now);
+    }
+}
+
+/* A job with force_refresh joins a task that is validating the cached list: the cache must
+ * not satisfy it, so the task starts over from a fresh list under a new id (answers still
+ * due for the old id are then dropped as late ones). Every job waiting for the task gets the
+ * fresh result. */
+static void s_task_restart_fresh(discovery_t *self, task_t *task)
+{
+    s_task_unmark_running(self, task);
+    task->id = ++self->next_task_id;
+    task->refs--; /* s_task_mark_running takes the running reference again */
+    s_task_mark_running(self, task);
+    s_task_release_models(task);
+    task->discovered = 0;
+    task->next_model = 0;
+    task->in_flight = 0;
+    task->validated = 0;
+    task->valid = 0;
+    task->invalid = 0;
+    task->cached_at = 0;
+    task->force_refresh = true;
+    s_task_send_list(self, task);
+}
+
+/* The probe targets of a verify task without an observer: valid_models, plus invalid_models
+ * with include_invalid, restricted to the job's names. 0, or -1 on ENOMEM. */
+static int s_default_targets(const task_t *task, const provider_t *provider, char ***out,
+                             size_t *out_count)
+{
+    *out = NULL;
+    *out_count = 0;
+    if (provider == NULL)
+        return 0;
+    size_t valid = provider_model_count(provider);
+    size_t invalid = task->include_invalid ? provider_invalid_count(provider) : 0;
+    char **names = calloc(valid + invalid ? valid + invalid : 1, sizeof *names);
+    if (names == NULL)
+        return -1;
+    size_t n = 0;
+    for (size_t i = 0; i < valid + invalid; i++) {
+        const char *name =
+            i < valid ? provider_model_long(provider, i) : provider_invalid_at(provider, i - valid);
+        bool wanted = task->only_count == 0;
+        for (size_t j = 0; j < task->only_count && !wanted; j++)
+            wanted = strcmp(task->only[j], name) == 0;
+        if (!wanted)
+            continue;
+        if ((names[n] = s_strdup(name)) == NULL) {
+            s_free_names(names, n);
+            return -1;
+        }
+        n++;
+    }
+    *out = names;
+    *out_count = n;
+    return 0;
+}
+
+/* A verify task's list arrived (names adopted): keep it as the fresh list, ask for the
+ * targets, and start probing them. */
+static void s_verify_after_list(discovery_t *self, task_t *task, const provider_t *provider,
+                                char **names, size_t count, double now)
+{
+    task->listed = names;
+    task->listed_count = count;
+    task->listed_at = now;
+    task->discovered = 0;
+    for (size_t i = 0; i < count; i++)
+        if (!s_ignored(self, task, names[i]))
+            task->discovered++;
+    task->state = TASK_VALIDATING;
+    if (task->list_only) {
+        s_task_succeed(self, task);
+        return;
+    }
+    char **targets = NULL;
+    size_t target_count = 0;
+    int rc;
+    if (self->has_observer && self->observer.verify_targets != NULL)
+        rc = self->observer.verify_targets(self->observer.ctx, task->provider_key,
+                                           task->include_invalid, (const char *const *)task->only,
+                                           task->only_count, &targets, &target_count);
     else
-        task->in_flight = 1;
+        rc = s_default_targets(task, provider, &targets, &target_count);
+    if (rc != 0) {
+        s_free_names(targets, target_count);
+        s_task_fail(self, task, "could not choose the models to verify");
+        return;
+    }
+    task->models = targets;
+    task->model_count = target_count;
+    task->model_states = calloc(target_count ? target_count : 1, 1);
+    task->was_invalid = calloc(target_count ? target_count : 1, sizeof *task->was_invalid);
+    if (task->model_states == NULL || task->was_invalid == NULL) {
+        s_task_fail(self, task, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < target_count; i++) {
+        if (targets[i] == NULL || s_ignored(self, task, targets[i])) {
+            task->model_states[i] = MODEL_IGNORED;
+            continue;
+        }
+        task->was_invalid[i] =
+            provider != NULL && provider_is_invalid(provider, targets[i], strlen(targets[i]));
+    }
+    s_task_pump(self, task);
+}
+
+static void s_on_list_result(discovery_t *self, const registry_t *current, task_t *task,
+                             discovery_result_t *result, double now)
+{
+    task->in_flight = 0;
+    if (result->status != DISCOVERY_RESULT_OK) {
+        const char *error = result->error ? result->error : "model listing failed";
+        if (self->has_observer && self->observer.on_list_failed != NULL)
+            self->observer.on_list_failed(self->observer.ctx, task->provider_key, result->verdict,
+                                          result->http_status, error, now);
+        s_task_fail(self, task, error);
+        return;
+    }
+    char **names = result->models;
+    size_t count = result->model_count;
+    if (names == NULL) {
+        names = calloc(1, sizeof *names);
+        if (names == NULL) {
+            s_task_fail(self, task, "out of memory");
+            return;
+        }
+    }
+    if (self->has_observer && self->observer.on_list_ok != NULL) {
+        model_meta_t *metas = result->metas;
+        model_meta_t *empty = NULL;
+        if (metas == NULL)
+            metas = empty = calloc(count ? count : 1, sizeof *metas);
+        if (metas != NULL)
+            self->observer.on_list_ok(self->observer.ctx, task->provider_key, count,
+                                      (const char *const *)names, metas, now);
+        free(empty);
+    }
+    /* The names are adopted below; the metadata (sized by model_count) is released now,
+     * while the count still says how many entries it has. */
+    if (result->metas != NULL) {
+        for (size_t i = 0; i < result->model_count; i++)
+            model_meta_clear(&result->metas[i]);
+        free(result->metas);
+        result->metas = NULL;
+    }
+    result->models = NULL;
+    result->model_count = 0;
+    const provider_t *provider =
+        current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
+    if (task->kind == DISCOVERY_JOB_VERIFY)
+        s_verify_after_list(self, task, provider, names, count, now);
+    else
+        s_task_begin_validation(self, task, provider, names, count, now);
 }
 
 static void s_on_result(discovery_t *self, const registry_t *current, discovery_result_t *result,
@@ -685,27 +1048,8 @@ static void s_on_result(discovery_t *self, const registry_t *current, discovery_
     if (task == NULL)
         return; /* late answer for a task that already failed */
     if (result->kind == DISCOVERY_KIND_LIST) {
-        if (task->state != TASK_LISTING)
-            return;
-        task->in_flight = 0;
-        if (result->status != DISCOVERY_RESULT_OK) {
-            s_task_fail(self, task, result->error ? result->error : "model listing failed");
-            return;
-        }
-        const provider_t *provider =
-            current ? registry_get(current, task->provider_key, strlen(task->provider_key)) : NULL;
-        char **names = result->models;
-        size_t count = result->model_count;
-        result->models = NULL;
-        result->model_count = 0;
-        if (names == NULL) {
-            names = calloc(1, sizeof *names);
-            if (names == NULL) {
-                s_task_fail(self, task, "out of memory");
-                return;
-            }
-        }
-        s_task_begin_validation(self, task, provider, names, count, now);
+        if (task->state == TASK_LISTING)
+            s_on_list_result(self, current, task, result, now);
         return;
     }
     if (task->state != TASK_VALIDATING || result->req >= task->model_count ||
@@ -713,6 +1057,37 @@ static void s_on_result(discovery_t *self, const registry_t *current, discovery_
         return;
     size_t index = (size_t)result->req;
     task->in_flight--;
+    if (self->has_observer && self->observer.on_probe != NULL)
+        self->observer.on_probe(self->observer.ctx, task->provider_key, task->models[index],
+                                result->verdict, result->http_status, result->latency_ms,
+                                result->error ? result->error : "", now);
+    if (task->kind == DISCOVERY_JOB_VERIFY) {
+        task->checked++;
+        switch (result->status) {
+        case DISCOVERY_RESULT_OK:
+            task->model_states[index] = MODEL_VALID;
+            task->ok++;
+            break;
+        case DISCOVERY_RESULT_INVALID:
+            task->model_states[index] = MODEL_INVALID;
+            task->failed++;
+            break;
+        case DISCOVERY_RESULT_ERROR:
+            task->model_states[index] = MODEL_UNDECIDED;
+            if (result->verdict == DISCOVERY_VERDICT_AUTH_ERROR) {
+                /* The key was refused: the provider's part is an error, no model changes. */
+                s_task_fail(self, task, result->error);
+                return;
+            }
+            /* Transient (retries exhausted) or another error: no verdict on the model, and
+             * not the job's failure (reading 6). */
+            if (result->verdict == DISCOVERY_VERDICT_TRANSIENT)
+                task->transient++;
+            break;
+        }
+        s_task_pump(self, task);
+        return;
+    }
     switch (result->status) {
     case DISCOVERY_RESULT_OK:
         task->model_states[index] = MODEL_VALID;
@@ -771,6 +1146,10 @@ discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, in
         workers = 1;
     if (workers > CONFIG_MAX_WORKERS)
         workers = CONFIG_MAX_WORKERS;
+    size_t limit = settings->per_provider_limit > 0 ? (size_t)settings->per_provider_limit : 1;
+    self->max_active = (size_t)workers * DISCOVERY_MAX_TRANSFERS / limit;
+    if (self->max_active == 0)
+        self->max_active = 1;
     char jobs_endpoint[DISCOVERY_ENDPOINT_SIZE];
     char results_endpoint[DISCOVERY_ENDPOINT_SIZE];
     inproc_endpoint(jobs_endpoint, sizeof jobs_endpoint, "discovery-jobs");
@@ -854,26 +1233,71 @@ static void s_set_error(int *code, char *err, size_t err_size, pm_error_t value,
     }
 }
 
-/* Adds provider to job: joins its running task, or starts a new (or skipped) one. */
-static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *provider,
-                              bool force_refresh, double now)
+/* What a job asks for, whatever its kind. Borrowed strings. */
+typedef struct {
+    discovery_job_kind_t kind;
+    bool force_refresh;   /* discover */
+    bool list_only;       /* verify: a scheduled re-list */
+    bool include_invalid; /* verify */
+    const char *const *models;
+    size_t model_count;
+    bool persist_on_success;
+    const char *by;
+} job_spec_t;
+
+/* Copies the job's model names into a verify task. 0, or -1 on ENOMEM. */
+static int s_task_set_only(task_t *task, const job_spec_t *spec)
 {
+    if (spec->model_count == 0 || spec->models == NULL)
+        return 0;
+    task->only = calloc(spec->model_count, sizeof *task->only);
+    if (task->only == NULL)
+        return -1;
+    for (size_t i = 0; i < spec->model_count; i++) {
+        if (spec->models[i] == NULL)
+            continue;
+        if ((task->only[task->only_count] = s_strdup(spec->models[i])) == NULL)
+            return -1;
+        task->only_count++;
+    }
+    return 0;
+}
+
+/* Adds provider to job: joins its running task (discovery only), or starts a new (or
+ * skipped) one. */
+static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *provider,
+                              const job_spec_t *spec, double now)
+{
+    bool force_refresh = spec->force_refresh;
     const char *key = provider_key(provider);
-    task_t *task = s_running_by_key(self, key);
+    task_t *task = spec->kind == DISCOVERY_JOB_DISCOVER ? s_running_by_key(self, key) : NULL;
     bool fresh = task == NULL;
     if (fresh) {
         task = s_task_new(self, key);
         if (task == NULL)
             return -1;
+        task->kind = spec->kind;
+        task->list_only = spec->list_only;
+        task->include_invalid = spec->include_invalid;
     } else {
         task->refs++;
     }
     /* The job holds its reference from here on, whatever happens to the task. */
     job->tasks[job->task_count++] = task;
+    if (fresh && s_task_set_only(task, spec) != 0)
+        return -1;
     if (!fresh) {
         if (s_task_add_waiter(task, job) != 0)
             return -1;
         job->pending++;
+        if (force_refresh) {
+            if (task->state == TASK_QUEUED)
+                task->force_refresh = true; /* it will list when it starts */
+            else if (task->from_cache)
+                s_task_restart_fresh(self, task);
+            /* Listing, or validating a list just fetched from the provider: that list is
+             * as fresh as a forced one would be, so the job shares it. */
+        }
         return 0;
     }
 
@@ -885,6 +1309,7 @@ static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *p
         task->state = TASK_SKIPPED;
         task->message = s_printf_alloc(MSG_SKIPPING, key);
         s_job_add_message(job, task->message);
+        s_part_done(self, task, job);
         return 0;
     }
     task->api_key = api_key;
@@ -892,20 +1317,36 @@ static int s_job_add_provider(discovery_t *self, job_t *job, const provider_t *p
     if (task->base_api_url == NULL || s_task_add_waiter(task, job) != 0)
         return -1;
     job->pending++;
-    s_task_start(self, task, provider, force_refresh, now);
+    task->force_refresh = force_refresh;
+    s_task_mark_running(self, task);
+    if (self->queue_head == NULL && self->active_tasks < self->max_active) {
+        s_task_start(self, task, provider, now);
+    } else {
+        task->state = TASK_QUEUED;
+        if (self->queue_tail != NULL)
+            self->queue_tail->queue_next = task;
+        else
+            self->queue_head = task;
+        self->queue_tail = task;
+    }
     return 0;
 }
 
-static job_t *s_job_new(discovery_t *self, size_t provider_count, bool persist_on_success)
+static job_t *s_job_new(discovery_t *self, size_t provider_count, const job_spec_t *spec)
 {
     job_t *job = calloc(1, sizeof *job);
     if (job == NULL)
         return NULL;
     job->tasks = calloc(provider_count ? provider_count : 1, sizeof *job->tasks);
-    if (job->tasks == NULL) {
+    job->by = spec->by ? s_strdup(spec->by) : NULL;
+    if (job->tasks == NULL || (spec->by != NULL && job->by == NULL)) {
+        free(job->tasks);
+        free(job->by);
         free(job);
         return NULL;
     }
+    job->kind = spec->kind;
+    bool persist_on_success = spec->persist_on_success;
     self->job_counter++;
     snprintf(job->id, sizeof job->id, "j%08x-%llu", (unsigned)self->job_nonce,
              (unsigned long long)self->job_counter);
@@ -914,9 +1355,9 @@ static job_t *s_job_new(discovery_t *self, size_t provider_count, bool persist_o
     return job;
 }
 
-int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
-                    bool force_refresh, bool persist_on_success, double now, char *job_id,
-                    int *code, char *err, size_t err_size)
+static int s_start_job(discovery_t *self, const registry_t *current, const char *provider_key,
+                       const job_spec_t *spec, double now, char *job_id, int *code, char *err,
+                       size_t err_size)
 {
     const provider_t *only = NULL;
     if (provider_key != NULL) {
@@ -932,7 +1373,7 @@ int discovery_start(discovery_t *self, const registry_t *current, const char *pr
         return -1;
     }
     size_t count = only ? 1 : registry_count(current);
-    job_t *job = s_job_new(self, count, persist_on_success);
+    job_t *job = s_job_new(self, count, spec);
     if (job == NULL)
         goto oom;
     /* Linked first: a provider's task may end while the job is still being built. */
@@ -943,9 +1384,9 @@ int discovery_start(discovery_t *self, const registry_t *current, const char *pr
     self->jobs_tail = job;
     self->running_jobs++;
     int rc = 0;
+    self->current = current;
     for (size_t i = 0; i < count && rc == 0; i++)
-        rc = s_job_add_provider(self, job, only ? only : registry_at(current, i), force_refresh,
-                                now);
+        rc = s_job_add_provider(self, job, only ? only : registry_at(current, i), spec, now);
     job->building = false;
     /* Copied now: completing the job below may already drop older finished jobs. */
     snprintf(job_id, DISCOVERY_JOB_ID_SIZE, "%s", job->id);
@@ -961,6 +1402,9 @@ int discovery_start(discovery_t *self, const registry_t *current, const char *pr
     } else if (job->pending == 0) {
         s_job_complete(self, job);
     }
+    /* A task that ended at once (a cached list with nothing to probe) freed its slot. */
+    s_admit(self, current, now);
+    self->current = NULL;
     if (code != NULL)
         *code = PM_OK;
     return 0;
@@ -969,11 +1413,36 @@ oom:
     return -1;
 }
 
+int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
+                    bool force_refresh, bool persist_on_success, double now, char *job_id,
+                    int *code, char *err, size_t err_size)
+{
+    job_spec_t spec = {.kind = DISCOVERY_JOB_DISCOVER,
+                       .force_refresh = force_refresh,
+                       .persist_on_success = persist_on_success};
+    return s_start_job(self, current, provider_key, &spec, now, job_id, code, err, err_size);
+}
+
+int discovery_start_verify(discovery_t *self, const registry_t *current, const char *provider_key,
+                           const char *const *models, size_t model_count, bool include_invalid,
+                           bool persist_on_success, const char *by, double now, char *job_id,
+                           int *code, char *err, size_t err_size)
+{
+    job_spec_t spec = {.kind = DISCOVERY_JOB_VERIFY,
+                       .include_invalid = include_invalid,
+                       .models = models,
+                       .model_count = models != NULL ? model_count : 0,
+                       .persist_on_success = persist_on_success,
+                       .by = by};
+    return s_start_job(self, current, provider_key, &spec, now, job_id, code, err, err_size);
+}
+
 int discovery_handle(discovery_t *self, const registry_t *current, double now,
                      discovery_outcome_t *outcome)
 {
     int rc = 0;
     self->in_handle = true;
+    self->current = current;
     for (int n = 0; n < DISCOVERY_MAX_RESULTS_PER_HANDLE; n++) {
         discovery_result_t result;
         int got = discovery_result_recv(self->results, &result, ZMQ_DONTWAIT);
@@ -992,7 +1461,10 @@ int discovery_handle(discovery_t *self, const registry_t *current, double now,
         s_on_result(self, current, &result, now);
         discovery_result_clear(&result);
     }
+    /* Tasks that ended made room for queued ones. */
+    s_admit(self, current, now);
     self->in_handle = false;
+    self->current = NULL;
 
     /* Hand over what is queued; updates of providers removed meanwhile are dropped. */
     discovery_outcome_t *p = &self->pending;
@@ -1056,22 +1528,106 @@ void discovery_job_persisted(discovery_t *self, const char *job_id, bool ok, con
     s_job_mark_done(self, job);
 }
 
-long discovery_next_timeout_ms(discovery_t *self, double now)
+/* Milliseconds from now until `at` (0 when due), rounded up: waking early would only spin. */
+static long s_ms_until(double at, double now)
 {
-    if (self->settings.on_start && !self->start_job_done)
-        return 0;
-    if (self->settings.interval_minutes <= 0)
-        return -1;
-    if (!self->periodic_armed) {
-        self->next_periodic = now + self->settings.interval_minutes * 60.0;
-        self->periodic_armed = true;
-    }
-    double ms = (self->next_periodic - now) * 1000.0;
+    double ms = (at - now) * 1000.0;
     if (ms <= 0)
         return 0;
     if (ms >= (double)LONG_MAX)
         return LONG_MAX;
-    return (long)ms + 1; /* round up: waking early would only spin */
+    return (long)ms + 1;
+}
+
+/* The earlier of two timeouts where -1 means none. */
+static long s_min_timeout(long a, long b)
+{
+    if (a < 0)
+        return b;
+    if (b < 0)
+        return a;
+    return a < b ? a : b;
+}
+
+/* One v1.1 schedule (interval in minutes, 0 = never): arms it one interval after the first
+ * look, then gives the time left. */
+static long s_schedule_timeout(double interval_minutes, bool *armed, double *next, double now)
+{
+    if (!(interval_minutes > 0))
+        return -1;
+    if (!*armed) {
+        *next = now + interval_minutes * 60.0;
+        *armed = true;
+    }
+    return s_ms_until(*next, now);
+}
+
+long discovery_next_timeout_ms(discovery_t *self, double now)
+{
+    if (self->settings.on_start && !self->start_job_done)
+        return 0;
+    long timeout = -1;
+    if (self->settings.interval_minutes > 0) {
+        if (!self->periodic_armed) {
+            self->next_periodic = now + self->settings.interval_minutes * 60.0;
+            self->periodic_armed = true;
+        }
+        timeout = s_ms_until(self->next_periodic, now);
+    }
+    timeout =
+        s_min_timeout(timeout, s_schedule_timeout(self->settings.list_interval_minutes,
+                                                  &self->list_armed, &self->next_list_run, now));
+    timeout = s_min_timeout(timeout,
+                            s_schedule_timeout(self->settings.verify_interval_minutes,
+                                               &self->verify_armed, &self->next_verify_run, now));
+    return timeout;
+}
+
+/* True when the job is known and not done. */
+static bool s_job_running(discovery_t *self, const char *job_id)
+{
+    if (job_id[0] == '\0')
+        return false;
+    job_t *job = s_job_find(self, job_id, strlen(job_id));
+    return job != NULL && !job->done;
+}
+
+/* Fires one v1.1 schedule when due: a verify-kind job by "scheduler", unless the previous
+ * run of this schedule is still running (then this run is skipped, not postponed). */
+static void s_schedule_tick(discovery_t *self, const registry_t *current, double now,
+                            double interval_minutes, bool *armed, double *next, char *last_job,
+                            bool list_only)
+{
+    if (!(interval_minutes > 0))
+        return;
+    double interval = interval_minutes * 60.0;
+    if (!*armed) {
+        *next = now + interval;
+        *armed = true;
+        return;
+    }
+    if (now < *next)
+        return;
+    /* After a long stall run once, not once per missed interval. */
+    *next += interval;
+    if (*next <= now)
+        *next = now + interval;
+    if (s_job_running(self, last_job)) {
+        log_info("discovery: scheduled %s run skipped: the previous one is still running",
+                 list_only ? "list" : "verify");
+        return;
+    }
+    job_spec_t spec = {.kind = DISCOVERY_JOB_VERIFY,
+                       .list_only = list_only,
+                       .persist_on_success = false,
+                       .by = SCHEDULER_BY};
+    int code = 0;
+    char err[128];
+    char job_id[DISCOVERY_JOB_ID_SIZE];
+    if (s_start_job(self, current, NULL, &spec, now, job_id, &code, err, sizeof err) == 0)
+        snprintf(last_job, DISCOVERY_JOB_ID_SIZE, "%s", job_id);
+    else
+        log_warn("discovery: scheduled %s run not started: %s", list_only ? "list" : "verify", err);
 }
 
 void discovery_tick(discovery_t *self, const registry_t *current, double now)
@@ -1079,10 +1635,16 @@ void discovery_tick(discovery_t *self, const registry_t *current, double now)
     char job_id[DISCOVERY_JOB_ID_SIZE];
     int code = 0;
     char err[128];
+    job_spec_t spec = {
+        .kind = DISCOVERY_JOB_DISCOVER, .persist_on_success = true, .by = SCHEDULER_BY};
     if (self->settings.on_start && !self->start_job_done) {
         self->start_job_done = true;
-        discovery_start(self, current, NULL, false, true, now, job_id, &code, err, sizeof err);
+        s_start_job(self, current, NULL, &spec, now, job_id, &code, err, sizeof err);
     }
+    s_schedule_tick(self, current, now, self->settings.list_interval_minutes, &self->list_armed,
+                    &self->next_list_run, self->list_job, true);
+    s_schedule_tick(self, current, now, self->settings.verify_interval_minutes, &self->verify_armed,
+                    &self->next_verify_run, self->verify_job, false);
     if (self->settings.interval_minutes <= 0)
         return;
     double interval = self->settings.interval_minutes * 60.0;
@@ -1097,7 +1659,7 @@ void discovery_tick(discovery_t *self, const registry_t *current, double now)
     self->next_periodic += interval;
     if (self->next_periodic <= now)
         self->next_periodic = now + interval;
-    discovery_start(self, current, NULL, false, true, now, job_id, &code, err, sizeof err);
+    s_start_job(self, current, NULL, &spec, now, job_id, &code, err, sizeof err);
 }
 
 static void s_pack_key(msgpack_packer *pk, const char *key)
@@ -1112,9 +1674,11 @@ int discovery_pack_status(discovery_t *self, const char *job_id, size_t len, msg
     job_t *job = s_job_find(self, job_id, len);
     if (job == NULL)
         return -1;
-    msgpack_pack_map(pk, 6);
+    msgpack_pack_map(pk, 7);
     s_pack_key(pk, "job");
     s_pack_key(pk, job->id);
+    s_pack_key(pk, "kind");
+    s_pack_key(pk, job->kind == DISCOVERY_JOB_VERIFY ? "verify" : "discover");
     s_pack_key(pk, "state");
     s_pack_key(pk, job->done ? "done" : "running");
     s_pack_key(pk, "success");
@@ -1134,17 +1698,33 @@ int discovery_pack_status(discovery_t *self, const char *job_id, size_t len, msg
     for (size_t i = 0; i < job->task_count; i++) {
         const task_t *task = job->tasks[i];
         s_pack_key(pk, task->provider_key);
-        msgpack_pack_map(pk, 6);
-        s_pack_key(pk, "state");
-        s_pack_key(pk, s_task_state_names[task->state]);
-        s_pack_key(pk, "discovered");
-        msgpack_pack_uint64(pk, task->discovered);
-        s_pack_key(pk, "validated");
-        msgpack_pack_uint64(pk, task->validated);
-        s_pack_key(pk, "valid");
-        msgpack_pack_uint64(pk, task->valid);
-        s_pack_key(pk, "invalid");
-        msgpack_pack_uint64(pk, task->invalid);
+        if (job->kind == DISCOVERY_JOB_VERIFY) {
+            msgpack_pack_map(pk, 7);
+            s_pack_key(pk, "state");
+            s_pack_key(pk, s_task_state_names[task->state]);
+            s_pack_key(pk, "discovered");
+            msgpack_pack_uint64(pk, task->discovered);
+            s_pack_key(pk, "checked");
+            msgpack_pack_uint64(pk, task->checked);
+            s_pack_key(pk, "ok");
+            msgpack_pack_uint64(pk, task->ok);
+            s_pack_key(pk, "failed");
+            msgpack_pack_uint64(pk, task->failed);
+            s_pack_key(pk, "transient");
+            msgpack_pack_uint64(pk, task->transient);
+        } else {
+            msgpack_pack_map(pk, 6);
+            s_pack_key(pk, "state");
+            s_pack_key(pk, s_task_state_names[task->state]);
+            s_pack_key(pk, "discovered");
+            msgpack_pack_uint64(pk, task->discovered);
+            s_pack_key(pk, "validated");
+            msgpack_pack_uint64(pk, task->validated);
+            s_pack_key(pk, "valid");
+            msgpack_pack_uint64(pk, task->valid);
+            s_pack_key(pk, "invalid");
+            msgpack_pack_uint64(pk, task->invalid);
+        }
         s_pack_key(pk, "message");
         s_pack_key(pk, task->message ? task->message : "");
     }

@@ -1,6 +1,6 @@
 /*
- * discovery_worker: the worker pool's thread body (libcurl multi + jansson), the job/result
- * message codec and the response classification table. See discovery_worker.h.
+ * discovery_worker: the worker pool's thread body (libcurl multi + jansson). See
+ * discovery_worker.h; messages are discovery_msg's, verdicts discovery_classify's.
  *
  * One event loop per thread: curl_multi_poll() waits on curl's sockets plus the ZMQ_FD of the
  * job and control sockets. ZMQ_FD is edge-triggered, so after every wake-up the loop reads
@@ -15,7 +15,6 @@
 #include <curl/curl.h>
 #include <errno.h>
 #include <jansson.h>
-#include <msgpack.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -32,453 +31,8 @@
 #define WORKER_USER_AGENT "provider-manager/" PM_VERSION
 #define WORKER_IDLE_POLL_MS 1000 /* upper bound of one wait when nothing is due */
 #define WORKER_STOP_MESSAGE "stop"
-#define WORKER_MAX_JOB_MESSAGE 16384   /* url + key + model + framing, with room to spare */
 #define WORKER_UPSTREAM_DETAIL_MAX 200 /* bytes of an upstream error message quoted in ours */
 #define WORKER_PROBE_PROMPT "Hi"
-
-/* ============================================================ classification (one table) */
-
-/* How the transfer itself ended, before any HTTP status is looked at. */
-typedef enum {
-    TRANSPORT_COMPLETED = 0, /* curl_code 0: a full response was received */
-    TRANSPORT_RETRYABLE,     /* timeouts, refused / reset connections, DNS hiccups */
-    TRANSPORT_FAILED         /* any other curl failure (TLS verification, bad URL, ...) */
-} transport_t;
-
-typedef enum {
-    BODY_ANY = 0,
-    BODY_MODEL_MISSING /* the error says the model does not exist / cannot chat */
-} body_match_t;
-
-typedef struct {
-    transport_t transport;
-    long status_min; /* inclusive; ignored unless transport is COMPLETED */
-    long status_max;
-    body_match_t body;
-    discovery_verdict_t verdict;
-} classify_row_t;
-
-/* First matching row wins. The only place where HTTP outcomes get a meaning. */
-static const classify_row_t s_classify_table[] = {
-    {TRANSPORT_RETRYABLE, 0, 0, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_FAILED, 0, 0, BODY_ANY, DISCOVERY_VERDICT_ERROR},
-    /* 2xx: valid, whatever the body says (finish_reason "length" included). */
-    {TRANSPORT_COMPLETED, 200, 299, BODY_ANY, DISCOVERY_VERDICT_VALID},
-    {TRANSPORT_COMPLETED, 404, 404, BODY_ANY, DISCOVERY_VERDICT_INVALID_MODEL},
-    {TRANSPORT_COMPLETED, 400, 400, BODY_MODEL_MISSING, DISCOVERY_VERDICT_INVALID_MODEL},
-    {TRANSPORT_COMPLETED, 422, 422, BODY_MODEL_MISSING, DISCOVERY_VERDICT_INVALID_MODEL},
-    {TRANSPORT_COMPLETED, 400, 400, BODY_ANY, DISCOVERY_VERDICT_ERROR},
-    {TRANSPORT_COMPLETED, 422, 422, BODY_ANY, DISCOVERY_VERDICT_ERROR},
-    {TRANSPORT_COMPLETED, 401, 401, BODY_ANY, DISCOVERY_VERDICT_AUTH_ERROR},
-    {TRANSPORT_COMPLETED, 403, 403, BODY_ANY, DISCOVERY_VERDICT_AUTH_ERROR},
-    {TRANSPORT_COMPLETED, 408, 408, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_COMPLETED, 409, 409, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_COMPLETED, 425, 425, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_COMPLETED, 429, 429, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_COMPLETED, 500, 599, BODY_ANY, DISCOVERY_VERDICT_TRANSIENT},
-    {TRANSPORT_COMPLETED, 0, 999, BODY_ANY, DISCOVERY_VERDICT_ERROR},
-};
-
-/* Phrases that, next to the word "model", mean "this model does not exist here / cannot
- * chat". Matched case-insensitively. */
-static const char *const s_model_missing_phrases[] = {
-    "does not exist",
-    "not found",
-    "not_found",
-    "not supported",
-    "not_supported",
-    "invalid model",
-    "invalid_model",
-    "unknown model",
-    "not a valid model",
-    "not a chat model",
-    "does not support chat",
-    "no such model",
-};
-
-static transport_t s_transport_class(int curl_code)
-{
-    switch (curl_code) {
-    case CURLE_OK:
-        return TRANSPORT_COMPLETED;
-    case CURLE_COULDNT_RESOLVE_PROXY:
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_OPERATION_TIMEDOUT:
-    case CURLE_SEND_ERROR:
-    case CURLE_RECV_ERROR:
-    case CURLE_GOT_NOTHING:
-    case CURLE_PARTIAL_FILE:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-    case CURLE_HTTP3:
-        return TRANSPORT_RETRYABLE;
-    default:
-        return TRANSPORT_FAILED;
-    }
-}
-
-/* True when [hay, hay+hay_len) contains needle, ASCII case-insensitively. */
-static bool s_contains_ci(const char *hay, size_t hay_len, const char *needle)
-{
-    size_t needle_len = strlen(needle);
-    if (hay == NULL || needle_len == 0 || needle_len > hay_len)
-        return false;
-    for (size_t i = 0; i + needle_len <= hay_len; i++) {
-        size_t j = 0;
-        while (j < needle_len) {
-            unsigned char a = (unsigned char)hay[i + j];
-            unsigned char b = (unsigned char)needle[j];
-            if (a >= 'A' && a <= 'Z')
-                a = (unsigned char)(a - 'A' + 'a');
-            if (a != b)
-                break;
-            j++;
-        }
-        if (j == needle_len)
-            return true;
-    }
-    return false;
-}
-
-static bool s_text_says_model_missing(const char *text, size_t len)
-{
-    if (!s_contains_ci(text, len, "model"))
-        return false;
-    for (size_t i = 0; i < sizeof s_model_missing_phrases / sizeof *s_model_missing_phrases; i++)
-        if (s_contains_ci(text, len, s_model_missing_phrases[i]))
-            return true;
-    return false;
-}
-
-static bool s_json_string_says_model_missing(const json_t *value)
-{
-    return json_is_string(value) &&
-           s_text_says_model_missing(json_string_value(value), json_string_length(value));
-}
-
-/* The error texts of an OpenAI-style error body: error.message, error.code, a string
- * "error", "message", "detail" (or FastAPI's detail[].msg). Falls back to the raw body when
- * it is not JSON or has none of these. */
-static bool s_body_says_model_missing(const char *body, size_t len)
-{
-    if (body == NULL || len == 0)
-        return false;
-    json_error_t jerr;
-    json_t *root = json_loadb(body, len, 0, &jerr);
-    if (root == NULL || !json_is_object(root)) {
-        json_decref(root);
-        return s_text_says_model_missing(body, len);
-    }
-    bool found_field = false;
-    bool missing = false;
-    json_t *error = json_object_get(root, "error");
-    if (json_is_object(error)) {
-        json_t *message = json_object_get(error, "message");
-        json_t *code = json_object_get(error, "code");
-        found_field = json_is_string(message) || json_is_string(code);
-        missing =
-            s_json_string_says_model_missing(message) || s_json_string_says_model_missing(code);
-    }
-    const char *top_fields[] = {"error", "message", "detail"};
-    for (size_t i = 0; i < sizeof top_fields / sizeof *top_fields && !missing; i++) {
-        json_t *value = json_object_get(root, top_fields[i]);
-        if (json_is_string(value)) {
-            found_field = true;
-            missing = s_json_string_says_model_missing(value);
-        }
-    }
-    json_t *detail = json_object_get(root, "detail");
-    if (!missing && json_is_array(detail)) {
-        size_t index;
-        json_t *item;
-        json_array_foreach(detail, index, item)
-        {
-            json_t *msg = json_object_get(item, "msg");
-            if (json_is_string(msg)) {
-                found_field = true;
-                if (s_json_string_says_model_missing(msg)) {
-                    missing = true;
-                    break;
-                }
-            }
-        }
-    }
-    json_decref(root);
-    if (!found_field)
-        return s_text_says_model_missing(body, len);
-    return missing;
-}
-
-discovery_verdict_t discovery_classify(long http_status, int curl_code, const char *body,
-                                       size_t len)
-{
-    transport_t transport = s_transport_class(curl_code);
-    for (size_t i = 0; i < sizeof s_classify_table / sizeof *s_classify_table; i++) {
-        const classify_row_t *row = &s_classify_table[i];
-        if (row->transport != transport)
-            continue;
-        if (transport == TRANSPORT_COMPLETED &&
-            (http_status < row->status_min || http_status > row->status_max))
-            continue;
-        if (row->body == BODY_MODEL_MISSING && !s_body_says_model_missing(body, len))
-            continue;
-        return row->verdict;
-    }
-    return DISCOVERY_VERDICT_ERROR; /* unreachable: the table ends with catch-all rows */
-}
-
-const char *discovery_verdict_name(discovery_verdict_t verdict)
-{
-    switch (verdict) {
-    case DISCOVERY_VERDICT_VALID:
-        return "valid";
-    case DISCOVERY_VERDICT_INVALID_MODEL:
-        return "invalid_model";
-    case DISCOVERY_VERDICT_AUTH_ERROR:
-        return "auth_error";
-    case DISCOVERY_VERDICT_TRANSIENT:
-        return "transient";
-    case DISCOVERY_VERDICT_ERROR:
-        return "error";
-    }
-    return "error";
-}
-
-/* ============================================================================ messages */
-
-static const char *s_kind_name(discovery_kind_t kind)
-{
-    return kind == DISCOVERY_KIND_PROBE ? "probe" : "list";
-}
-
-static const char *s_status_name(discovery_result_status_t status)
-{
-    switch (status) {
-    case DISCOVERY_RESULT_OK:
-        return "ok";
-    case DISCOVERY_RESULT_INVALID:
-        return "invalid";
-    case DISCOVERY_RESULT_ERROR:
-        return "error";
-    }
-    return "error";
-}
-
-static int s_pack_cstr(msgpack_packer *pk, const char *s)
-{
-    if (s == NULL)
-        return msgpack_pack_nil(pk);
-    size_t len = strlen(s);
-    if (msgpack_pack_str(pk, len) != 0)
-        return -1;
-    return msgpack_pack_str_body(pk, s, len);
-}
-
-/* Sends the packed buffer as one message and frees it. zmq copies the bytes: a zero-copy
- * hand-over would be cheaper, but it moves heap memory between threads through libzmq's
- * lock-free queues, which ThreadSanitizer cannot see, and the messages are small. */
-static int s_send_sbuffer(void *socket, msgpack_sbuffer *sbuf, int flags)
-{
-    int rc;
-    while ((rc = zmq_send(socket, sbuf->data, sbuf->size, flags)) < 0 && errno == EINTR)
-        ;
-    int saved = errno;
-    /* A job holds an API key: leave no copy of it in freed memory. */
-    if (sbuf->data != NULL)
-        explicit_bzero(sbuf->data, sbuf->size);
-    msgpack_sbuffer_destroy(sbuf);
-    msgpack_sbuffer_init(sbuf);
-    errno = saved;
-    return rc < 0 ? -1 : 0;
-}
-
-int discovery_job_send(void *socket, const discovery_job_t *job)
-{
-    msgpack_sbuffer sbuf;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sbuf);
-    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
-    int rc = 0;
-    rc |= msgpack_pack_map(&pk, 6);
-    rc |= s_pack_cstr(&pk, "task");
-    rc |= msgpack_pack_uint64(&pk, job->task);
-    rc |= s_pack_cstr(&pk, "req");
-    rc |= msgpack_pack_uint64(&pk, job->req);
-    rc |= s_pack_cstr(&pk, "kind");
-    rc |= s_pack_cstr(&pk, s_kind_name(job->kind));
-    rc |= s_pack_cstr(&pk, "url");
-    rc |= s_pack_cstr(&pk, job->base_api_url);
-    rc |= s_pack_cstr(&pk, "key");
-    rc |= s_pack_cstr(&pk, job->api_key);
-    rc |= s_pack_cstr(&pk, "model");
-    rc |= s_pack_cstr(&pk, job->model);
-    if (rc != 0) {
-        /* The buffer may hold the key: wipe it before giving the memory back. */
-        if (sbuf.data != NULL)
-            explicit_bzero(sbuf.data, sbuf.size);
-        msgpack_sbuffer_destroy(&sbuf);
-        errno = ENOMEM;
-        return -1;
-    }
-    if (s_send_sbuffer(socket, &sbuf, ZMQ_DONTWAIT) != 0)
-        return -1;
-    return 0;
-}
-
-static const msgpack_object *s_map_get(const msgpack_object *map, const char *key)
-{
-    if (map == NULL || map->type != MSGPACK_OBJECT_MAP)
-        return NULL;
-    size_t key_len = strlen(key);
-    for (uint32_t i = 0; i < map->via.map.size; i++) {
-        const msgpack_object_kv *kv = &map->via.map.ptr[i];
-        if (kv->key.type == MSGPACK_OBJECT_STR && kv->key.via.str.size == key_len &&
-            memcmp(kv->key.via.str.ptr, key, key_len) == 0)
-            return &kv->val;
-    }
-    return NULL;
-}
-
-static bool s_obj_is_str(const msgpack_object *obj, const char *text)
-{
-    size_t len = strlen(text);
-    return obj != NULL && obj->type == MSGPACK_OBJECT_STR && obj->via.str.size == len &&
-           memcmp(obj->via.str.ptr, text, len) == 0;
-}
-
-static int s_obj_u64(const msgpack_object *obj, uint64_t *out)
-{
-    if (obj == NULL || obj->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
-        return -1;
-    *out = obj->via.u64;
-    return 0;
-}
-
-static long s_obj_long(const msgpack_object *obj)
-{
-    if (obj != NULL && obj->type == MSGPACK_OBJECT_POSITIVE_INTEGER && obj->via.u64 < 1000000)
-        return (long)obj->via.u64;
-    return 0;
-}
-
-/* A NUL-terminated copy of a str object; *out = NULL for nil/absent. -1 on a wrong type,
- * an embedded NUL or ENOMEM. */
-static int s_obj_strdup(const msgpack_object *obj, char **out)
-{
-    *out = NULL;
-    if (obj == NULL || obj->type == MSGPACK_OBJECT_NIL)
-        return 0;
-    if (obj->type != MSGPACK_OBJECT_STR)
-        return -1;
-    if (memchr(obj->via.str.ptr, '\0', obj->via.str.size) != NULL)
-        return -1;
-    char *copy = malloc(obj->via.str.size + 1);
-    if (copy == NULL)
-        return -1;
-    memcpy(copy, obj->via.str.ptr, obj->via.str.size);
-    copy[obj->via.str.size] = '\0';
-    *out = copy;
-    return 0;
-}
-
-void discovery_result_clear(discovery_result_t *result)
-{
-    if (result == NULL)
-        return;
-    free(result->model);
-    free(result->error);
-    for (size_t i = 0; i < result->model_count; i++)
-        free(result->models[i]);
-    free(result->models);
-    memset(result, 0, sizeof *result);
-}
-
-static int s_result_decode(discovery_result_t *result, const char *data, size_t size)
-{
-    msgpack_unpacked unpacked;
-    msgpack_unpacked_init(&unpacked);
-    size_t offset = 0;
-    int rc = -1;
-    if (msgpack_unpack_next(&unpacked, data, size, &offset) != MSGPACK_UNPACK_SUCCESS ||
-        offset != size)
-        goto cleanup;
-    const msgpack_object *root = &unpacked.data;
-    if (root->type != MSGPACK_OBJECT_MAP)
-        goto cleanup;
-    if (s_obj_u64(s_map_get(root, "task"), &result->task) != 0 ||
-        s_obj_u64(s_map_get(root, "req"), &result->req) != 0)
-        goto cleanup;
-    const msgpack_object *kind = s_map_get(root, "kind");
-    if (s_obj_is_str(kind, "list"))
-        result->kind = DISCOVERY_KIND_LIST;
-    else if (s_obj_is_str(kind, "probe"))
-        result->kind = DISCOVERY_KIND_PROBE;
-    else
-        goto cleanup;
-    const msgpack_object *outcome = s_map_get(root, "outcome");
-    if (s_obj_is_str(outcome, "ok"))
-        result->status = DISCOVERY_RESULT_OK;
-    else if (s_obj_is_str(outcome, "invalid"))
-        result->status = DISCOVERY_RESULT_INVALID;
-    else if (s_obj_is_str(outcome, "error"))
-        result->status = DISCOVERY_RESULT_ERROR;
-    else
-        goto cleanup;
-    result->http_status = s_obj_long(s_map_get(root, "status"));
-    result->attempts = (int)s_obj_long(s_map_get(root, "attempts"));
-    if (s_obj_strdup(s_map_get(root, "model"), &result->model) != 0 ||
-        s_obj_strdup(s_map_get(root, "error"), &result->error) != 0)
-        goto cleanup;
-    if (result->status == DISCOVERY_RESULT_ERROR && result->error == NULL)
-        goto cleanup;
-    const msgpack_object *models = s_map_get(root, "models");
-    if (models != NULL && models->type == MSGPACK_OBJECT_ARRAY && models->via.array.size > 0) {
-        uint32_t count = models->via.array.size;
-        if (count > DISCOVERY_MAX_LISTED_MODELS)
-            goto cleanup;
-        result->models = calloc(count, sizeof *result->models);
-        if (result->models == NULL)
-            goto cleanup;
-        for (uint32_t i = 0; i < count; i++) {
-            char *name = NULL;
-            if (s_obj_strdup(&models->via.array.ptr[i], &name) != 0 || name == NULL)
-                goto cleanup;
-            result->models[result->model_count++] = name;
-        }
-    }
-    rc = 0;
-cleanup:
-    msgpack_unpacked_destroy(&unpacked);
-    if (rc != 0)
-        discovery_result_clear(result);
-    return rc;
-}
-
-int discovery_result_recv(void *socket, discovery_result_t *result, int flags)
-{
-    memset(result, 0, sizeof *result);
-    zmq_msg_t msg;
-    if (zmq_msg_init(&msg) != 0)
-        return -1;
-    if (zmq_msg_recv(&msg, socket, flags) < 0) {
-        int saved = errno;
-        zmq_msg_close(&msg);
-        errno = saved;
-        return -1;
-    }
-    int rc;
-    if (zmq_msg_size(&msg) == 0) {
-        rc = 1;
-    } else {
-        rc = s_result_decode(result, zmq_msg_data(&msg), zmq_msg_size(&msg));
-        if (rc != 0)
-            errno = EPROTO;
-    }
-    zmq_msg_close(&msg);
-    return rc;
-}
 
 /* ============================================================================== worker */
 
@@ -511,6 +65,7 @@ typedef struct transfer_t {
     size_t body_max;
     bool too_large;
     int attempts;
+    double latency_ms;           /* of the last finished attempt */
     long long retry_deadline_ms; /* 0 until the first transient failure */
     long long due_ms;            /* when waiting: the time of the next attempt */
     char curl_error[CURL_ERROR_SIZE];
@@ -713,70 +268,59 @@ static int s_transfer_add(worker_loop_t *loop, transfer_t *t)
 
 /* ------------------------------------------------------------------------ results out */
 
+/* A parsed model list: distinct ids in listed order and their metadata (owned). */
+typedef struct {
+    size_t count;
+    char **ids;
+    model_meta_t *metas;
+} model_list_t;
+
+static void s_model_list_clear(model_list_t *list)
+{
+    for (size_t i = 0; i < list->count; i++) {
+        free(list->ids[i]);
+        model_meta_clear(&list->metas[i]);
+    }
+    free(list->ids);
+    free(list->metas);
+    list->ids = NULL;
+    list->metas = NULL;
+    list->count = 0;
+}
+
 typedef struct {
     discovery_result_status_t status;
+    discovery_verdict_t verdict;
     const char *error;
-    json_t *models; /* list OK: array of strings (borrowed) */
+    model_list_t *models; /* list OK (borrowed) */
 } outcome_t;
 
-/* Sends the result of t. Blocking is fine: the results pipe has no high-water mark, and its
- * size is bounded by the jobs the coordinator handed out. -1 on a zmq error (ETERM). */
+/* Sends the result of t. -1 on a zmq error (ETERM). */
 static int s_send_result(worker_loop_t *loop, const transfer_t *t, long http_status,
                          const outcome_t *outcome)
 {
-    msgpack_sbuffer sbuf;
-    msgpack_packer pk;
-    msgpack_sbuffer_init(&sbuf);
-    msgpack_packer_init(&pk, &sbuf, msgpack_sbuffer_write);
-    int rc = 0;
-    rc |= msgpack_pack_map(&pk, 9);
-    rc |= s_pack_cstr(&pk, "task");
-    rc |= msgpack_pack_uint64(&pk, t->task);
-    rc |= s_pack_cstr(&pk, "req");
-    rc |= msgpack_pack_uint64(&pk, t->req);
-    rc |= s_pack_cstr(&pk, "kind");
-    rc |= s_pack_cstr(&pk, s_kind_name(t->kind));
-    rc |= s_pack_cstr(&pk, "outcome");
-    rc |= s_pack_cstr(&pk, s_status_name(outcome->status));
-    rc |= s_pack_cstr(&pk, "status");
-    rc |= msgpack_pack_long(&pk, http_status);
-    rc |= s_pack_cstr(&pk, "attempts");
-    rc |= msgpack_pack_int(&pk, t->attempts);
-    rc |= s_pack_cstr(&pk, "model");
-    rc |= s_pack_cstr(&pk, t->model);
-    rc |= s_pack_cstr(&pk, "error");
-    rc |= s_pack_cstr(&pk, outcome->error);
-    rc |= s_pack_cstr(&pk, "models");
+    /* The strings are borrowed for the send only: this result is never cleared. */
+    discovery_result_t result = {
+        .task = t->task,
+        .req = t->req,
+        .kind = t->kind,
+        .status = outcome->status,
+        .verdict = outcome->verdict,
+        .http_status = http_status,
+        .attempts = t->attempts,
+        .latency_ms = t->latency_ms,
+        .model = t->model,
+        .error = (char *)outcome->error,
+    };
     if (outcome->models != NULL) {
-        size_t count = json_array_size(outcome->models);
-        rc |= msgpack_pack_array(&pk, count);
-        for (size_t i = 0; i < count; i++)
-            rc |= s_pack_cstr(&pk, json_string_value(json_array_get(outcome->models, i)));
-    } else {
-        rc |= msgpack_pack_nil(&pk);
+        result.model_count = outcome->models->count;
+        /* A list of zero models still sends an (empty) array, unlike "no list". */
+        static char *s_no_ids[1];
+        static model_meta_t s_no_metas[1];
+        result.models = outcome->models->ids ? outcome->models->ids : s_no_ids;
+        result.metas = outcome->models->metas ? outcome->models->metas : s_no_metas;
     }
-    if (rc != 0) {
-        msgpack_sbuffer_destroy(&sbuf);
-        /* Out of memory: still answer, or the coordinator would wait forever. */
-        msgpack_sbuffer_init(&sbuf);
-        rc = 0;
-        rc |= msgpack_pack_map(&pk, 5);
-        rc |= s_pack_cstr(&pk, "task");
-        rc |= msgpack_pack_uint64(&pk, t->task);
-        rc |= s_pack_cstr(&pk, "req");
-        rc |= msgpack_pack_uint64(&pk, t->req);
-        rc |= s_pack_cstr(&pk, "kind");
-        rc |= s_pack_cstr(&pk, s_kind_name(t->kind));
-        rc |= s_pack_cstr(&pk, "outcome");
-        rc |= s_pack_cstr(&pk, "error");
-        rc |= s_pack_cstr(&pk, "error");
-        rc |= s_pack_cstr(&pk, "out of memory");
-        if (rc != 0) {
-            msgpack_sbuffer_destroy(&sbuf);
-            return -1;
-        }
-    }
-    return s_send_sbuffer(loop->self->results, &sbuf, 0);
+    return discovery_result_send(loop->self->results, &result);
 }
 
 /* Copies text into out, replacing control bytes by spaces and every occurrence of secret by
@@ -831,28 +375,58 @@ static void s_upstream_detail(const transfer_t *t, char *out, size_t out_size)
     json_decref(root);
 }
 
-/* Parses an OpenAI model list into an array of distinct ids in listed order. NULL with a
- * message in err on failure. */
-static json_t *s_parse_model_list(const char *body, size_t len, char *err, size_t err_size)
+/* The metadata of one /models entry: its top-level scalar fields offered to model_meta
+ * (nested objects such as OpenRouter's top_provider are not read). 0, or -1 on ENOMEM. */
+static int s_entry_meta(const json_t *entry, model_meta_t *meta)
 {
+    const char *key;
+    json_t *value;
+    json_object_foreach((json_t *)entry, key, value)
+    {
+        size_t key_len = strlen(key);
+        if (!model_meta_known(key, key_len))
+            continue;
+        model_meta_field_t field = {.name = key, .name_len = key_len, .type = MODEL_META_OTHER};
+        if (json_is_integer(value)) {
+            field.type = MODEL_META_INT;
+            field.int_value = (long long)json_integer_value(value);
+        } else if (json_is_string(value)) {
+            field.type = MODEL_META_STR;
+            field.str = json_string_value(value);
+            field.str_len = json_string_length(value);
+        }
+        if (model_meta_offer(meta, &field) != 0)
+            return -1;
+    }
+    return 0;
+}
+
+/* Parses an OpenAI model list into distinct ids in listed order (*list, owned). 0, or -1
+ * with a message in err. */
+static int s_parse_model_list(const char *body, size_t len, model_list_t *list, char *err,
+                              size_t err_size)
+{
+    memset(list, 0, sizeof *list);
     json_error_t jerr;
     json_t *root = json_loadb(body ? body : "", len, 0, &jerr);
-    json_t *ids = NULL;
     json_t *seen = NULL;
     if (root == NULL) {
         snprintf(err, err_size, "malformed model list: %s", jerr.text);
-        return NULL;
+        return -1;
     }
     json_t *data = json_object_get(root, "data");
     if (!json_is_array(data)) {
         snprintf(err, err_size, "malformed model list: no \"data\" array");
-        goto cleanup;
+        goto fail;
     }
-    ids = json_array();
+    size_t entries = json_array_size(data);
+    size_t cap = entries < DISCOVERY_MAX_LISTED_MODELS ? entries : DISCOVERY_MAX_LISTED_MODELS;
+    list->ids = calloc(cap ? cap : 1, sizeof *list->ids);
+    list->metas = calloc(cap ? cap : 1, sizeof *list->metas);
     seen = json_object(); /* jansson's hash table as a set of the ids already taken */
-    if (ids == NULL || seen == NULL) {
+    if (list->ids == NULL || list->metas == NULL || seen == NULL) {
         snprintf(err, err_size, "out of memory");
-        goto cleanup;
+        goto fail;
     }
     size_t index;
     json_t *entry;
@@ -868,25 +442,34 @@ static json_t *s_parse_model_list(const char *body, size_t len, char *err, size_
             continue;
         if (json_object_get(seen, id_text) != NULL)
             continue;
-        if (json_array_size(ids) >= DISCOVERY_MAX_LISTED_MODELS) {
+        if (list->count >= DISCOVERY_MAX_LISTED_MODELS) {
             snprintf(err, err_size, "model list too long (more than %d models)",
                      DISCOVERY_MAX_LISTED_MODELS);
-            goto cleanup;
+            goto fail;
         }
-        if (json_object_set_new(seen, id_text, json_true()) != 0 ||
-            json_array_append(ids, id) != 0) {
+        char *copy = malloc(id_len + 1);
+        if (copy == NULL || json_object_set_new(seen, id_text, json_true()) != 0) {
+            free(copy);
             snprintf(err, err_size, "out of memory");
-            goto cleanup;
+            goto fail;
+        }
+        memcpy(copy, id_text, id_len + 1);
+        list->ids[list->count] = copy;
+        /* Counted before its metadata, so that a failure below frees it. */
+        model_meta_t *meta = &list->metas[list->count++];
+        if (s_entry_meta(entry, meta) != 0) {
+            snprintf(err, err_size, "out of memory");
+            goto fail;
         }
     }
     json_decref(seen);
     json_decref(root);
-    return ids;
-cleanup:
+    return 0;
+fail:
     json_decref(seen);
-    json_decref(ids);
     json_decref(root);
-    return NULL;
+    s_model_list_clear(list);
+    return -1;
 }
 
 /* Schedules a retry of t when its verdict is transient and attempts and budget remain. */
@@ -930,9 +513,13 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
     long http_status = 0;
     curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &http_status);
     t->attempts++;
+    curl_off_t total_us = 0;
+    if (curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME_T, &total_us) == CURLE_OK && total_us >= 0)
+        t->latency_ms = (double)total_us / 1000.0;
     char error[DISCOVERY_ERROR_SIZE];
     char detail[WORKER_UPSTREAM_DETAIL_MAX + 56];
-    outcome_t outcome = {DISCOVERY_RESULT_ERROR, error, NULL};
+    model_list_t models = {0, NULL, NULL};
+    outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, error, NULL};
     error[0] = '\0';
 
     if (t->too_large || code == CURLE_FILESIZE_EXCEEDED) {
@@ -942,6 +529,11 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
             discovery_classify(http_status, (int)code, t->body, t->body_len);
         if (verdict == DISCOVERY_VERDICT_TRANSIENT && s_schedule_retry(loop, t))
             return 0;
+        /* A list that answers "not found" is an error like any other. */
+        outcome.verdict =
+            t->kind == DISCOVERY_KIND_LIST && verdict == DISCOVERY_VERDICT_INVALID_MODEL
+                ? DISCOVERY_VERDICT_ERROR
+                : verdict;
         const char *curl_text = t->curl_error[0] ? t->curl_error : curl_easy_strerror(code);
         switch (verdict) {
         case DISCOVERY_VERDICT_VALID:
@@ -949,10 +541,12 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
                 outcome.status = DISCOVERY_RESULT_OK;
                 outcome.error = NULL;
             } else {
-                outcome.models = s_parse_model_list(t->body, t->body_len, error, sizeof error);
-                if (outcome.models != NULL) {
+                if (s_parse_model_list(t->body, t->body_len, &models, error, sizeof error) == 0) {
+                    outcome.models = &models;
                     outcome.status = DISCOVERY_RESULT_OK;
                     outcome.error = NULL;
+                } else {
+                    outcome.verdict = DISCOVERY_VERDICT_ERROR; /* a malformed list */
                 }
             }
             break;
@@ -991,7 +585,7 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
         }
     }
     int rc = s_send_result(loop, t, http_status, &outcome);
-    json_decref(outcome.models);
+    s_model_list_clear(&models);
     s_transfer_free(loop, t);
     return rc;
 }
@@ -1001,60 +595,44 @@ static int s_transfer_done(worker_loop_t *loop, transfer_t *t, CURLcode code)
  * with an error so that the coordinator never waits for it. */
 static int s_start_job(worker_loop_t *loop, const void *data, size_t size)
 {
-    if (size == 0)
+    discovery_job_msg_t job;
+    int decoded = discovery_job_decode(data, size, &job);
+    if (decoded < 0)
         return 0;
-    msgpack_unpacked unpacked;
-    msgpack_unpacked_init(&unpacked);
-    size_t offset = 0;
-    char *url = NULL;
-    int rc = 0;
-    transfer_t *t = NULL;
-    if (msgpack_unpack_next(&unpacked, data, size, &offset) != MSGPACK_UNPACK_SUCCESS)
-        goto cleanup;
-    const msgpack_object *root = &unpacked.data;
-    t = calloc(1, sizeof *t);
-    if (t == NULL)
-        goto cleanup;
-    const msgpack_object *kind = s_map_get(root, "kind");
-    if (s_obj_u64(s_map_get(root, "task"), &t->task) != 0 ||
-        s_obj_u64(s_map_get(root, "req"), &t->req) != 0)
-        goto cleanup;
-    if (s_obj_is_str(kind, "list"))
-        t->kind = DISCOVERY_KIND_LIST;
-    else if (s_obj_is_str(kind, "probe"))
-        t->kind = DISCOVERY_KIND_PROBE;
-    else
-        goto cleanup;
-    /* From here on the job can be answered, so it is linked into the loop. */
+    transfer_t *t = calloc(1, sizeof *t);
+    if (t == NULL) {
+        /* Cannot even hold the job: answer through a stack transfer, so the coordinator
+         * does not wait for ever. */
+        transfer_t failed = {.task = job.task, .req = job.req, .kind = job.kind};
+        outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, "out of memory",
+                             NULL};
+        discovery_job_msg_clear(&job);
+        return s_send_result(loop, &failed, 0, &outcome);
+    }
+    t->task = job.task;
+    t->req = job.req;
+    t->kind = job.kind;
+    t->api_key = job.api_key; /* adopted, like model */
+    t->model = job.model;
+    job.api_key = NULL;
+    job.model = NULL;
     t->next = loop->head;
     if (loop->head != NULL)
         loop->head->prev = t;
     loop->head = t;
     loop->count++;
     const char *failure = NULL;
-    if (size > WORKER_MAX_JOB_MESSAGE || s_obj_strdup(s_map_get(root, "url"), &url) != 0 ||
-        s_obj_strdup(s_map_get(root, "key"), &t->api_key) != 0 ||
-        s_obj_strdup(s_map_get(root, "model"), &t->model) != 0 || url == NULL ||
-        t->api_key == NULL || (t->kind == DISCOVERY_KIND_PROBE && t->model == NULL))
+    if (decoded != 0)
         failure = "invalid discovery job";
-    else if (s_transfer_setup(loop, t, url) != 0 || s_transfer_add(loop, t) != 0)
+    else if (s_transfer_setup(loop, t, job.base_api_url) != 0 || s_transfer_add(loop, t) != 0)
         failure = "could not start the HTTP request";
+    discovery_job_msg_clear(&job);
+    int rc = 0;
     if (failure != NULL) {
-        outcome_t outcome = {DISCOVERY_RESULT_ERROR, failure, NULL};
+        outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR, failure, NULL};
         rc = s_send_result(loop, t, 0, &outcome);
         s_transfer_free(loop, t);
     }
-    t = NULL;
-cleanup:
-    if (t != NULL) {
-        s_wipe_free(t->api_key);
-        free(t->model);
-        free(t);
-    }
-    free(url);
-    /* The message held the key: msgpack's zone copies nothing here, but the zmq buffer
-     * does; the caller wipes it. */
-    msgpack_unpacked_destroy(&unpacked);
     return rc;
 }
 
@@ -1121,8 +699,8 @@ static int s_fire_timers(worker_loop_t *loop)
         if (!t->in_multi) {
             if (t->due_ms <= now) {
                 if (s_transfer_add(loop, t) != 0) {
-                    outcome_t outcome = {DISCOVERY_RESULT_ERROR, "could not retry the HTTP request",
-                                         NULL};
+                    outcome_t outcome = {DISCOVERY_RESULT_ERROR, DISCOVERY_VERDICT_ERROR,
+                                         "could not retry the HTTP request", NULL};
                     int rc = s_send_result(loop, t, 0, &outcome);
                     s_transfer_free(loop, t);
                     if (rc != 0)

@@ -12,86 +12,19 @@
  *
  * A job is one HTTP request: "list" (GET {base}/models) or "probe" (POST
  * {base}/chat/completions with a one-word prompt). Every job yields exactly one result.
- * Messages are msgpack maps; discovery_job_send() and discovery_result_recv() are the only
- * code that knows their layout. The API key travels inside the job (inproc only) and never
- * appears in a result, an error text or a log line.
+ * The messages are discovery_msg's; the meaning of an answer is discovery_classify's. The API
+ * key travels inside the job (inproc only) and never appears in a result, an error text or a
+ * log line.
  */
 #ifndef PM_DISCOVERY_WORKER_H
 #define PM_DISCOVERY_WORKER_H
 
 #include "config.h"
-#include <stddef.h>
-#include <stdint.h>
+#include "discovery_classify.h"
+#include "discovery_msg.h"
 
-#define DISCOVERY_MAX_MODEL_ID_LEN 1024    /* longer ids in a model list are skipped */
-#define DISCOVERY_MAX_LISTED_MODELS 100000 /* a longer model list is an error */
 #define DISCOVERY_MAX_TRANSFERS 256 /* transfers one worker runs (or waits to retry) at once */
 #define DISCOVERY_RETRY_BASE_MS 200 /* first backoff ceiling; doubles per attempt */
-#define DISCOVERY_ERROR_SIZE 512    /* error texts are truncated to this */
-
-/* What one HTTP exchange means, decided by discovery_classify(). */
-typedef enum {
-    DISCOVERY_VERDICT_VALID = 0,     /* 2xx */
-    DISCOVERY_VERDICT_INVALID_MODEL, /* the upstream says this model does not exist / chat */
-    DISCOVERY_VERDICT_AUTH_ERROR,    /* 401 / 403: the whole provider fails */
-    DISCOVERY_VERDICT_TRANSIENT,     /* worth retrying: 408/409/425/429/5xx, timeouts, ... */
-    DISCOVERY_VERDICT_ERROR          /* anything else */
-} discovery_verdict_t;
-
-/* The classification table, as a pure function. http_status is the response code (0 when
- * none was received), curl_code a CURLcode (0 = the transfer completed), body/len the
- * response body (may be NULL/0; never needs a NUL). A failed transfer (curl_code != 0) is
- * classified by its curl code alone. */
-discovery_verdict_t discovery_classify(long http_status, int curl_code, const char *body,
-                                       size_t len);
-/* "valid", "invalid_model", "auth_error", "transient", "error". Static strings. */
-const char *discovery_verdict_name(discovery_verdict_t verdict);
-
-/* ------------------------------------------------------------------------------- messages */
-
-typedef enum { DISCOVERY_KIND_LIST = 0, DISCOVERY_KIND_PROBE } discovery_kind_t;
-
-typedef enum {
-    DISCOVERY_RESULT_OK = 0,  /* list: models filled; probe: the model works */
-    DISCOVERY_RESULT_INVALID, /* probe only: the model does not exist or cannot chat */
-    DISCOVERY_RESULT_ERROR    /* error filled; for a probe it fails the whole provider */
-} discovery_result_status_t;
-
-/* A job as the coordinator describes it. Borrowed strings. */
-typedef struct {
-    uint64_t task; /* the coordinator's task id, echoed in the result */
-    uint64_t req;  /* the coordinator's request id within the task, echoed */
-    discovery_kind_t kind;
-    const char *base_api_url; /* a trailing '/' is ignored */
-    const char *api_key;      /* sent as "Authorization: Bearer <key>" */
-    const char *model;        /* probe only (NULL for a list) */
-} discovery_job_t;
-
-/* Packs job and sends it on socket (a PUSH connected to workers) without blocking.
- * 0, or -1 with errno set by zmq (EAGAIN when no worker can take it). */
-int discovery_job_send(void *socket, const discovery_job_t *job);
-
-/* A decoded result. Owned strings; free with discovery_result_clear(). */
-typedef struct {
-    uint64_t task;
-    uint64_t req;
-    discovery_kind_t kind;
-    discovery_result_status_t status;
-    long http_status;   /* of the last attempt; 0 when no response was received */
-    int attempts;       /* HTTP requests made, retries included */
-    char *model;        /* probe: the model; NULL for a list */
-    char *error;        /* status ERROR: a message without secrets; else NULL */
-    size_t model_count; /* list OK: distinct ids in listed order */
-    char **models;
-} discovery_result_t;
-
-void discovery_result_clear(discovery_result_t *result);
-
-/* Receives one result from socket (a PULL). flags as zmq_msg_recv (ZMQ_DONTWAIT).
- * 0 with *result filled; 1 when the message was an empty frame (a wake-up the coordinator
- * sends itself; *result is zeroed); -1 on a zmq error (errno: EAGAIN, ETERM, EINTR, ...) or
- * when the message cannot be decoded (errno EPROTO). */
-int discovery_result_recv(void *socket, discovery_result_t *result, int flags);
 
 /* --------------------------------------------------------------------------------- worker */
 

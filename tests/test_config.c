@@ -813,6 +813,56 @@ static void test_build_warnings_reach_the_callback(void **state)
     registry_destroy(&reg);
 }
 
+/* v1.1 schedules: discovery.list_interval_minutes (default 60) and verify_interval_minutes
+ * (default 0), fractions accepted, from the file and the environment (which wins); negative,
+ * NaN, infinite and non-numeric values refused with the setting's name. */
+static void test_discovery_schedules(void **state)
+{
+    fixture_t *fx = *state;
+    s_env_count = 0;
+    assert_int_equal(s_load_args(fx, NULL), 0);
+    assert_true(fx->cfg.discovery.list_interval_minutes == 60.0);
+    assert_true(fx->cfg.discovery.verify_interval_minutes == 0.0);
+    config_clear(&fx->cfg);
+
+    s_write(fx->config, "discovery:\n"
+                        "  list_interval_minutes: 0.02\n"
+                        "  verify_interval_minutes: 1.5\n");
+    if (s_load_args(fx, "--config", fx->config, NULL) != 0)
+        fail_msg("%s", fx->err);
+    assert_true(fx->cfg.discovery.list_interval_minutes == 0.02);
+    assert_true(fx->cfg.discovery.verify_interval_minutes == 1.5);
+    config_clear(&fx->cfg);
+
+    s_setenv("PM_DISCOVERY_LIST_INTERVAL_MINUTES", "0");
+    s_setenv("PM_DISCOVERY_VERIFY_INTERVAL_MINUTES", "0.05");
+    if (s_load_args(fx, "--config", fx->config, NULL) != 0)
+        fail_msg("%s", fx->err);
+    assert_true(fx->cfg.discovery.list_interval_minutes == 0.0);
+    assert_true(fx->cfg.discovery.verify_interval_minutes == 0.05);
+    config_clear(&fx->cfg);
+
+    const char *bad[] = {"-1", "nan", "NaN", "inf", "-0.5", "soon", "1e9"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        s_env_count = 0;
+        s_setenv("PM_DISCOVERY_VERIFY_INTERVAL_MINUTES", bad[i]);
+        if (s_load_args(fx, NULL) != -1)
+            fail_msg("PM_DISCOVERY_VERIFY_INTERVAL_MINUTES=%s accepted", bad[i]);
+        assert_non_null(strstr(fx->err, "PM_DISCOVERY_VERIFY_INTERVAL_MINUTES must be a number"));
+        config_clear(&fx->cfg);
+
+        s_env_count = 0;
+        char text[128];
+        snprintf(text, sizeof text, "discovery:\n  list_interval_minutes: %s\n", bad[i]);
+        s_write(fx->config, text);
+        if (s_load_args(fx, "--config", fx->config, NULL) != -1)
+            fail_msg("list_interval_minutes: %s accepted", bad[i]);
+        assert_non_null(strstr(fx->err, "discovery.list_interval_minutes must be a number"));
+        config_clear(&fx->cfg);
+    }
+    s_env_count = 0;
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -833,6 +883,7 @@ int main(void)
         T(test_env_key_on_baseline_without_file),
         T(test_corrupt_persisted_file_is_an_error),
         T(test_build_warnings_reach_the_callback),
+        T(test_discovery_schedules),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -10,6 +10,7 @@
 #include <cmocka.h>
 
 #include "discovery.h"
+#include "discovery_worker.h"
 #include "fake_upstream.h"
 #include "pm_proto.h"
 #include "registry.h"
@@ -238,7 +239,7 @@ static void s_status(env_t *e, const char *job_id, status_t *st)
     assert_int_equal(off, st->sbuf.size); /* exactly one object */
     st->root = &st->unpacked.data;
     assert_int_equal(st->root->type, MSGPACK_OBJECT_MAP);
-    assert_int_equal(st->root->via.map.size, 6);
+    assert_int_equal(st->root->via.map.size, 7);
     s_assert_str(s_get(st->root, "job"), job_id);
 }
 
@@ -805,6 +806,19 @@ static void test_periodic_and_on_start(void **state)
     s_end(e);
 }
 
+/* The state of provider key in job_status right now. */
+static bool s_provider_state_is(env_t *e, const char *job, const char *key, const char *want)
+{
+    status_t st;
+    s_status(e, job, &st);
+    const msgpack_object *task_state = s_get(s_get(s_get(st.root, "providers"), key), "state");
+    bool is = task_state != NULL && task_state->type == MSGPACK_OBJECT_STR &&
+              task_state->via.str.size == strlen(want) &&
+              memcmp(task_state->via.str.ptr, want, strlen(want)) == 0;
+    s_status_clear(&st);
+    return is;
+}
+
 /* Destroying the coordinator while requests hang in the workers. */
 static void test_destroy_while_running(void **state)
 {
@@ -817,20 +831,654 @@ static void test_destroy_while_running(void **state)
     s_seal(e);
     char job[DISCOVERY_JOB_ID_SIZE];
     s_start(e, NULL, false, true, job);
-    for (int i = 0; i < 50; i++) {
+    bool validating = false;
+    for (int i = 0; i < 250 && !validating; i++) {
         s_round(e, 20);
-        status_t st;
-        s_status(e, job, &st);
-        const msgpack_object *p = s_get(s_get(st.root, "providers"), "h");
-        const msgpack_object *task_state = s_get(p, "state");
-        bool validating = task_state->via.str.size == strlen("validating") &&
-                          memcmp(task_state->via.str.ptr, "validating", 10) == 0;
-        s_status_clear(&st);
-        if (validating)
-            break;
+        validating = s_provider_state_is(e, job, "h", "validating");
     }
+    assert_true(validating);
+    /* The probes really hang in the workers while the coordinator is destroyed. */
+    long inflight = 0;
+    for (int i = 0; i < 250 && inflight < 4; i++) {
+        json_t *stats = fake_upstream_scenario(&e->fake, "h");
+        inflight = fake_stat_int(stats, "inflight");
+        json_decref(stats);
+        if (inflight < 4)
+            usleep(20000);
+    }
+    assert_int_equal(inflight, 4); /* per_provider_limit */
     assert_int_equal(discovery_running(e->disc), 1);
     s_end(e);
+}
+
+/* A provider whose task cannot get a worker slot yet is "queued" (regression: the state was
+ * never produced), with an empty message, and starts when a slot frees. */
+static void test_queued_until_a_slot_frees(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    /* One task's worth of transfer slots in the whole pool: the second provider must wait. */
+    settings.per_provider_limit = WORKERS * DISCOVERY_MAX_TRANSFERS;
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"q1\":{\"models\":[\"a\"],"
+            "\"rules\":[{\"kind\":\"list\",\"delay_ms\":300}]},"
+            "\"q2\":{\"models\":[\"b\"]}}}");
+    s_add_provider(e, "q1", "q1", KEY, NULL, 0);
+    s_add_provider(e, "q2", "q2", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_provider(&st, "q1", "listing", 0, 0, 0, 0, "");
+    s_assert_provider(&st, "q2", "queued", 0, 0, 0, 0, "");
+    s_status_clear(&st);
+    /* A second job for q2 joins the queued task (no second task, no second list). */
+    char second[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "q2", false, false, second);
+    assert_true(s_provider_state_is(e, second, "q2", "queued"));
+    s_drive(e);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_assert_provider(&st, "q1", "ok", 1, 1, 1, 0,
+                      "Successfully discovered 1 valid and 0 invalid models for q1");
+    s_assert_provider(&st, "q2", "ok", 1, 1, 1, 0,
+                      "Successfully discovered 1 valid and 0 invalid models for q2");
+    s_status_clear(&st);
+    json_t *q1 = fake_upstream_scenario(&e->fake, "q1");
+    json_t *q2 = fake_upstream_scenario(&e->fake, "q2");
+    assert_int_equal(fake_stat_int(q2, "list"), 1);
+    /* q2 started only once q1 had ended: its list came after q1's probe. */
+    assert_true(fake_stat_arrival(q2, "list", 0) > fake_stat_arrival(q1, "probe:a", 0));
+    json_decref(q1);
+    json_decref(q2);
+
+    /* force_refresh joining a queued task: the task lists when it starts, although q2's
+     * cache is fresh now. */
+    s_start(e, "q1", true, false, job);
+    s_start(e, "q2", false, false, job);
+    assert_true(s_provider_state_is(e, job, "q2", "queued"));
+    s_start(e, "q2", true, false, second);
+    s_drive(e);
+    q2 = fake_upstream_scenario(&e->fake, "q2");
+    assert_int_equal(fake_stat_int(q2, "list"), 2);
+    json_decref(q2);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_status_clear(&st);
+    s_end(e);
+}
+
+/* A force_refresh job that joins a task validating the cached list is not satisfied by the
+ * cache (regression: it was): the task starts over from a fresh list. */
+static void test_force_refresh_joining_cached_task(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"fr\":{\"models\":[\"a\",\"b\"],"
+            "\"rules\":[{\"kind\":\"probe\",\"delay_ms\":300}]}}}");
+    s_add_provider(e, "fr", "fr", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, job); /* lists and fills the cache */
+    s_drive(e);
+    json_t *stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    json_decref(stats);
+
+    e->now += 10;
+    char cached[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, false, cached); /* validates the cached list */
+    assert_true(s_provider_state_is(e, cached, "fr", "validating"));
+    /* A plain join shares the cached run. */
+    char plain[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "fr", false, false, plain);
+    stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 1);
+    json_decref(stats);
+    /* A forced join restarts it from the provider's list. */
+    char forced[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, "fr", true, false, forced);
+    assert_true(s_provider_state_is(e, forced, "fr", "listing"));
+    s_drive(e);
+    stats = fake_upstream_scenario(&e->fake, "fr");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    json_decref(stats);
+    const char *line = "Successfully discovered 2 valid and 0 invalid models for fr";
+    const char *ids[] = {cached, plain, forced};
+    for (size_t i = 0; i < 3; i++) {
+        status_t st;
+        s_status(e, ids[i], &st);
+        s_assert_done(&st, true, false);
+        s_assert_provider(&st, "fr", "ok", 2, 2, 2, 0, line);
+        s_assert_messages(&st, &line, 1);
+        s_status_clear(&st);
+    }
+    /* The cache now carries the fresh list's time. */
+    assert_true(provider_cache_timestamp(s_provider(e, "fr")) == e->now);
+    s_end(e);
+}
+
+/* ============================================================== observer and verify jobs */
+
+#define REC_MAX 64
+
+/* A test observer that records every call, and answers verify_targets / is_ignored from
+ * what the test set. */
+typedef struct {
+    int list_ok;
+    char list_ok_key[REC_MAX][32];
+    size_t list_ok_n[REC_MAX];
+    model_meta_t first_meta[REC_MAX]; /* copy of metas[0] */
+    char first_model[REC_MAX][32];
+    int list_failed;
+    discovery_verdict_t list_failed_verdict[REC_MAX];
+    long list_failed_status[REC_MAX];
+    char list_failed_message[REC_MAX][256];
+    int probes;
+    char probe_model[REC_MAX][32];
+    discovery_verdict_t probe_verdict[REC_MAX];
+    long probe_status[REC_MAX];
+    double probe_latency[REC_MAX];
+    int targets_calls;
+    bool targets_include_invalid;
+    size_t targets_only_count;
+    const char *targets[8]; /* the provider's "valid" set for verify_targets */
+    size_t target_count;
+    const char *invalid_targets[8]; /* added with include_invalid */
+    size_t invalid_target_count;
+    const char *ignored; /* one ignored model name, or NULL */
+    int ignored_calls;
+    int parts;
+    char part_key[REC_MAX][32];
+    char part_job[REC_MAX][DISCOVERY_JOB_ID_SIZE];
+    int part_kind[REC_MAX];
+    char part_by[REC_MAX][32]; /* "" when NULL */
+} recorder_t;
+
+static void r_list_ok(void *ctx, const char *key, size_t n, const char *const *models,
+                      const model_meta_t *metas, double now)
+{
+    (void)now;
+    recorder_t *r = ctx;
+    assert_true(r->list_ok < REC_MAX);
+    snprintf(r->list_ok_key[r->list_ok], 32, "%s", key);
+    r->list_ok_n[r->list_ok] = n;
+    assert_non_null(metas);
+    if (n > 0) {
+        snprintf(r->first_model[r->list_ok], 32, "%s", models[0]);
+        assert_int_equal(model_meta_copy(&r->first_meta[r->list_ok], &metas[0]), 0);
+    }
+    r->list_ok++;
+}
+
+static void r_list_failed(void *ctx, const char *key, discovery_verdict_t verdict, long http_status,
+                          const char *message, double now)
+{
+    (void)key;
+    (void)now;
+    recorder_t *r = ctx;
+    assert_true(r->list_failed < REC_MAX);
+    r->list_failed_verdict[r->list_failed] = verdict;
+    r->list_failed_status[r->list_failed] = http_status;
+    snprintf(r->list_failed_message[r->list_failed], 256, "%s", message);
+    r->list_failed++;
+}
+
+static void r_probe(void *ctx, const char *key, const char *model, discovery_verdict_t verdict,
+                    long http_status, double latency_ms, const char *message, double now)
+{
+    (void)key;
+    (void)now;
+    recorder_t *r = ctx;
+    assert_non_null(message);
+    assert_null(strstr(message, KEY));
+    assert_true(r->probes < REC_MAX);
+    snprintf(r->probe_model[r->probes], 32, "%s", model);
+    r->probe_verdict[r->probes] = verdict;
+    r->probe_status[r->probes] = http_status;
+    r->probe_latency[r->probes] = latency_ms;
+    r->probes++;
+}
+
+static bool s_named(const char *const *only, size_t only_count, const char *name)
+{
+    if (only_count == 0)
+        return true;
+    for (size_t i = 0; i < only_count; i++)
+        if (strcmp(only[i], name) == 0)
+            return true;
+    return false;
+}
+
+static int r_targets(void *ctx, const char *key, bool include_invalid, const char *const *only,
+                     size_t only_count, char ***out, size_t *out_count)
+{
+    (void)key;
+    recorder_t *r = ctx;
+    r->targets_calls++;
+    r->targets_include_invalid = include_invalid;
+    r->targets_only_count = only_count;
+    char **names = calloc(16, sizeof *names);
+    assert_non_null(names);
+    size_t n = 0;
+    for (size_t i = 0; i < r->target_count; i++)
+        if (s_named(only, only_count, r->targets[i]))
+            names[n++] = strdup(r->targets[i]);
+    for (size_t i = 0; include_invalid && i < r->invalid_target_count; i++)
+        if (s_named(only, only_count, r->invalid_targets[i]))
+            names[n++] = strdup(r->invalid_targets[i]);
+    *out = names;
+    *out_count = n;
+    return 0;
+}
+
+static bool r_ignored(void *ctx, const char *key, const char *model)
+{
+    (void)key;
+    recorder_t *r = ctx;
+    r->ignored_calls++;
+    return r->ignored != NULL && strcmp(r->ignored, model) == 0;
+}
+
+static void r_part_done(void *ctx, const char *key, const char *job_id, int job_kind,
+                        const char *by)
+{
+    recorder_t *r = ctx;
+    assert_true(r->parts < REC_MAX);
+    snprintf(r->part_key[r->parts], 32, "%s", key);
+    snprintf(r->part_job[r->parts], DISCOVERY_JOB_ID_SIZE, "%s", job_id);
+    r->part_kind[r->parts] = job_kind;
+    snprintf(r->part_by[r->parts], 32, "%s", by ? by : "");
+    r->parts++;
+}
+
+static void s_observe(env_t *e, recorder_t *r)
+{
+    discovery_observer_t observer = {.ctx = r,
+                                     .on_list_ok = r_list_ok,
+                                     .on_list_failed = r_list_failed,
+                                     .on_probe = r_probe,
+                                     .verify_targets = r_targets,
+                                     .is_ignored = r_ignored,
+                                     .on_part_done = r_part_done};
+    discovery_set_observer(e->disc, &observer);
+}
+
+static void s_recorder_clear(recorder_t *r)
+{
+    for (int i = 0; i < r->list_ok; i++)
+        model_meta_clear(&r->first_meta[i]);
+}
+
+/* The index of model's probe record, or fails. */
+static int s_probe_index(const recorder_t *r, const char *model)
+{
+    int found = -1;
+    for (int i = 0; i < r->probes; i++)
+        if (strcmp(r->probe_model[i], model) == 0) {
+            if (found >= 0)
+                fail_msg("model %s probed twice", model);
+            found = i;
+        }
+    if (found < 0)
+        fail_msg("model %s never probed", model);
+    return found;
+}
+
+static void s_start_verify(env_t *e, const char *provider, const char *const *models,
+                           size_t model_count, bool include_invalid, bool persist, char *job_id)
+{
+    int code = -1;
+    char err[256] = "";
+    if (discovery_start_verify(e->disc, e->reg, provider, models, model_count, include_invalid,
+                               persist, "alice", e->now, job_id, &code, err, sizeof err) != 0)
+        fail_msg("discovery_start_verify failed: %s", err);
+    assert_int_equal(code, PM_OK);
+}
+
+static void s_assert_verify_provider(const status_t *st, const char *key, const char *state,
+                                     uint64_t discovered, uint64_t checked, uint64_t ok,
+                                     uint64_t failed, uint64_t transient, const char *message)
+{
+    s_assert_str(s_get(st->root, "kind"), "verify");
+    const msgpack_object *p = s_get(s_get(st->root, "providers"), key);
+    if (p == NULL)
+        fail_msg("provider %s missing from job_status", key);
+    assert_int_equal(p->via.map.size, 7);
+    s_assert_str(s_get(p, "state"), state);
+    assert_int_equal(s_uint(s_get(p, "discovered")), discovered);
+    assert_int_equal(s_uint(s_get(p, "checked")), checked);
+    assert_int_equal(s_uint(s_get(p, "ok")), ok);
+    assert_int_equal(s_uint(s_get(p, "failed")), failed);
+    assert_int_equal(s_uint(s_get(p, "transient")), transient);
+    assert_null(s_get(p, "validated"));
+    if (message != NULL)
+        s_assert_str(s_get(p, "message"), message);
+}
+
+/* Discovery calls the hooks: the provider's list with normalised metadata (not a cached
+ * one), each probe's verdict and latency, ignored models never probed nor counted, and one
+ * part-done per job and provider. */
+static void test_observer_sees_discovery(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"obs\":{\"rules\":["
+            "{\"kind\":\"list\",\"json\":{\"object\":\"list\",\"data\":["
+            "{\"id\":\"m0\",\"context_window\":8192,\"owned_by\":\"acme\",\"created\":1700000000},"
+            "{\"id\":\"m1\"},{\"id\":\"emb\"}]}},"
+            "{\"kind\":\"probe\",\"model\":\"m1\",\"status\":404}]},"
+            "\"locked\":{\"models\":[\"x\"]}}}");
+    recorder_t r = {.ignored = "emb"};
+    s_observe(e, &r);
+    s_add_provider(e, "obs", "obs", KEY, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    s_start(e, NULL, false, true, job);
+    s_drive(e);
+
+    assert_int_equal(r.list_ok, 1);
+    assert_string_equal(r.list_ok_key[0], "obs");
+    assert_int_equal(r.list_ok_n[0], 3); /* every entry, the ignored one too */
+    assert_string_equal(r.first_model[0], "m0");
+    assert_true(r.first_meta[0].has_context_length);
+    assert_int_equal(r.first_meta[0].context_length, 8192);
+    assert_string_equal(r.first_meta[0].owned_by, "acme");
+    assert_int_equal(r.first_meta[0].created, 1700000000);
+    assert_int_equal(r.probes, 2);
+    int m0 = s_probe_index(&r, "m0");
+    int m1 = s_probe_index(&r, "m1");
+    assert_int_equal(r.probe_verdict[m0], DISCOVERY_VERDICT_VALID);
+    assert_int_equal(r.probe_status[m0], 200);
+    assert_true(r.probe_latency[m0] > 0.0);
+    assert_int_equal(r.probe_verdict[m1], DISCOVERY_VERDICT_INVALID_MODEL);
+    assert_int_equal(r.probe_status[m1], 404);
+    assert_int_equal(r.parts, 1);
+    assert_string_equal(r.part_key[0], "obs");
+    assert_string_equal(r.part_job[0], job);
+    assert_int_equal(r.part_kind[0], DISCOVERY_JOB_DISCOVER);
+    assert_int_equal(r.list_failed, 0);
+
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_str(s_get(st.root, "kind"), "discover");
+    s_assert_provider(&st, "obs", "ok", 2, 2, 1, 1,
+                      "Successfully discovered 1 valid and 1 invalid models for obs");
+    s_status_clear(&st);
+    const provider_t *p = s_provider(e, "obs");
+    const char *valid[] = {"m0"};
+    s_assert_models(p, valid, 1);
+    const char *invalid[] = {"m1"};
+    s_assert_invalid(p, invalid, 1);
+    json_t *stats = fake_upstream_scenario(&e->fake, "obs");
+    assert_int_equal(fake_stat_probes(stats, "emb"), 0);
+    json_decref(stats);
+
+    /* From the cache: no list hook; the probes still report. */
+    s_start(e, "obs", false, false, job);
+    s_drive(e);
+    assert_int_equal(r.list_ok, 1);
+    assert_int_equal(r.probes, 3); /* m0 again; m1 is invalid now */
+    assert_int_equal(r.parts, 2);
+    s_end(e);
+
+    /* A refused list. */
+    recorder_t r2 = {0};
+    s_begin(e, &settings, "{\"scenarios\":{\"locked\":{\"models\":[\"x\"]}}}");
+    s_observe(e, &r2);
+    s_add_provider(e, "locked", "locked", "sk-wrong-secret", NULL, 0);
+    s_seal(e);
+    s_start(e, NULL, false, true, job);
+    s_drive(e);
+    assert_int_equal(r2.list_failed, 1);
+    assert_int_equal(r2.list_failed_verdict[0], DISCOVERY_VERDICT_AUTH);
+    assert_int_equal(r2.list_failed_status[0], 401);
+    assert_string_equal(r2.list_failed_message[0], "authentication failed (HTTP 401)");
+    assert_int_equal(r2.list_ok, 0);
+    assert_int_equal(r2.parts, 1);
+    s_end(e);
+    s_recorder_clear(&r);
+    s_recorder_clear(&r2);
+}
+
+#define VERIFY_CONFIG                                                                              \
+    "{\"scenarios\":{\"v\":{\"models\":[\"a\",\"b\",\"c\",\"x\",\"new\"],\"rules\":["              \
+    "{\"kind\":\"probe\",\"model\":\"b\",\"status\":404},"                                         \
+    "{\"kind\":\"probe\",\"model\":\"c\",\"status\":503}]}}}"
+
+/* Adds provider "v" (scenario v) with valid_models a, b, c and invalid_models x. */
+static void s_add_verify_provider(env_t *e)
+{
+    char url[256];
+    snprintf(url, sizeof url, "%s/v/v1", e->fake.origin);
+    provider_t *p = provider_new("v", "v", url);
+    assert_non_null(p);
+    assert_int_equal(provider_set_api_key(p, KEY), 0);
+    const char *valid[] = {"a", "b", "c"};
+    assert_int_equal(provider_merge_valid_models(p, valid, 3), 0);
+    const char *invalid[] = {"x"};
+    assert_int_equal(provider_set_invalid_models(p, invalid, 1), 0);
+    assert_int_equal(registry_put(e->reg, &p), 0);
+}
+
+/* verify_models: re-list (bypassing a fresh cache), probe the observer's targets; counts;
+ * transient does not fail the job; include_invalid returns an answering invalid model. */
+static void test_verify_job(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings, VERIFY_CONFIG);
+    recorder_t r = {.targets = {"a", "b", "c"},
+                    .target_count = 3,
+                    .invalid_targets = {"x"},
+                    .invalid_target_count = 1};
+    s_observe(e, &r);
+    s_add_verify_provider(e);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE];
+    /* A discovery first, so that the cache is fresh: verify must list anyway. */
+    s_start(e, "v", false, false, job);
+    s_drive(e);
+    int lists_before = r.list_ok;
+    int probes_before = r.probes;
+    int updates_before = e->update_calls;
+    int parts_before = r.parts;
+
+    s_start_verify(e, NULL, NULL, 0, false, true, job);
+    s_drive(e);
+    assert_int_equal(r.list_ok, lists_before + 1);
+    assert_int_equal(r.list_ok_n[lists_before], 5);
+    assert_int_equal(r.targets_calls, 1);
+    assert_false(r.targets_include_invalid);
+    assert_int_equal(r.targets_only_count, 0);
+    assert_int_equal(r.probes, probes_before + 3);
+    json_t *stats = fake_upstream_scenario(&e->fake, "v");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    assert_int_equal(fake_stat_probes(stats, "c"), 2 * 2); /* 2 attempts, twice */
+    json_decref(stats);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, true, true); /* transient does not fail a verify job */
+    s_assert_verify_provider(&st, "v", "ok", 5, 3, 1, 1, 1,
+                             "Successfully verified 3 models for v: 1 ok, 1 failed, 1 transient");
+    s_status_clear(&st);
+    assert_int_equal(e->update_calls, updates_before); /* no model changed */
+    assert_int_equal(r.parts, parts_before + 1);
+    assert_string_equal(r.part_job[parts_before], job);
+    assert_int_equal(r.part_kind[parts_before], DISCOVERY_JOB_VERIFY);
+    assert_string_equal(r.part_by[parts_before], "alice");
+    int c = -1;
+    for (int i = probes_before; i < r.probes; i++)
+        if (strcmp(r.probe_model[i], "c") == 0)
+            c = i;
+    assert_true(c >= 0);
+    assert_int_equal(r.probe_verdict[c], DISCOVERY_VERDICT_TRANSIENT);
+    assert_int_equal(r.probe_status[c], 503);
+
+    /* include_invalid, restricted to named models: x answers and returns; the job persists
+     * although persist_on_success is false, because it changed valid_models. */
+    int persists_before = e->persist_calls;
+    const char *named[] = {"x", "nope"};
+    s_start_verify(e, "v", named, 2, true, false, job);
+    s_drive(e);
+    assert_true(r.targets_include_invalid);
+    assert_int_equal(r.targets_only_count, 2);
+    assert_int_equal(e->update_calls, updates_before + 1);
+    assert_int_equal(e->persist_calls, persists_before + 1);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, true);
+    s_assert_verify_provider(&st, "v", "ok", 5, 1, 1, 0, 0,
+                             "Successfully verified 1 models for v: 1 ok, 0 failed, 0 transient");
+    s_status_clear(&st);
+    const provider_t *p = s_provider(e, "v");
+    const char *valid[] = {"a", "b", "c", "x"}; /* a returning model goes to the end */
+    s_assert_models(p, valid, 4);
+    assert_int_equal(provider_invalid_count(p), 0);
+    s_end(e);
+    s_recorder_clear(&r);
+}
+
+/* Reading 6: a 401 list or a 401 probe fails the job and changes nothing; providers without a
+ * key are skipped; unknown provider: not_found. Without an observer the targets are
+ * valid_models. */
+static void test_verify_failures_and_defaults(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"v\":{\"models\":[\"a\",\"b\",\"c\",\"x\"]},"
+            "\"pa\":{\"models\":[\"a\",\"b\"],"
+            "\"rules\":[{\"kind\":\"probe\",\"model\":\"a\",\"status\":401}]}}}");
+    recorder_t r = {.targets = {"a", "b"}, .target_count = 2};
+    s_observe(e, &r);
+    s_add_provider(e, "locked", "v", "sk-wrong-secret", NULL, 0);
+    s_add_provider(e, "pa", "pa", KEY, NULL, 0);
+    s_add_provider(e, "nokey", "v", NULL, NULL, 0);
+    s_seal(e);
+    char job[DISCOVERY_JOB_ID_SIZE] = "";
+    int code = 0;
+    char err[128] = "";
+    assert_int_equal(discovery_start_verify(e->disc, e->reg, "nope", NULL, 0, false, true, NULL,
+                                            e->now, job, &code, err, sizeof err),
+                     -1);
+    assert_int_equal(code, PM_ERR_NOT_FOUND);
+    assert_string_equal(err, "Provider 'nope' not found");
+
+    s_start_verify(e, NULL, NULL, 0, false, true, job);
+    s_drive(e);
+    assert_int_equal(e->update_calls, 0);
+    assert_int_equal(e->persist_calls, 0);
+    status_t st;
+    s_status(e, job, &st);
+    s_assert_done(&st, false, false);
+    s_assert_verify_provider(&st, "locked", "error", 0, 0, 0, 0, 0,
+                             "Error verifying models for locked: authentication failed (HTTP 401)");
+    const msgpack_object *pa = s_get(s_get(st.root, "providers"), "pa");
+    s_assert_str(s_get(pa, "state"), "error");
+    s_assert_str(s_get(pa, "message"),
+                 "Error verifying models for pa: authentication failed (HTTP 401)");
+    assert_true(s_uint(s_get(pa, "checked")) >= 1);
+    assert_int_equal(s_uint(s_get(pa, "failed")), 0);
+    s_assert_verify_provider(&st, "nokey", "skipped", 0, 0, 0, 0, 0,
+                             "Skipping nokey: No valid API key configured");
+    s_status_clear(&st);
+    assert_int_equal(r.list_failed, 1);
+    assert_int_equal(r.list_failed_verdict[0], DISCOVERY_VERDICT_AUTH);
+    int a = s_probe_index(&r, "a");
+    assert_int_equal(r.probe_verdict[a], DISCOVERY_VERDICT_AUTH);
+    assert_int_equal(r.probe_status[a], 401);
+    assert_int_equal(r.parts, 3); /* locked, pa, nokey: each part ended once */
+    assert_int_equal(provider_model_count(s_provider(e, "pa")), 0);
+    s_end(e);
+    s_recorder_clear(&r);
+
+    /* No observer: valid_models are the targets (invalid ones only with include_invalid). */
+    s_begin(e, &settings, VERIFY_CONFIG);
+    s_add_verify_provider(e);
+    s_seal(e);
+    s_start_verify(e, "v", NULL, 0, false, false, job);
+    s_drive(e);
+    s_status(e, job, &st);
+    s_assert_done(&st, true, false);
+    s_assert_verify_provider(&st, "v", "ok", 5, 3, 1, 1, 1, NULL);
+    s_status_clear(&st);
+    json_t *stats = fake_upstream_scenario(&e->fake, "v");
+    assert_int_equal(fake_stat_probes(stats, "x"), 0);
+    assert_int_equal(fake_stat_probes(stats, "new"), 0);
+    json_decref(stats);
+    s_end(e);
+}
+
+/* v1.1 schedules: a list run (verify kind, no probe) one interval after start, by
+ * "scheduler"; a run is skipped while the previous one runs; a verify run probes. */
+static void test_scheduled_runs(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    settings.list_interval_minutes = 0.5; /* 30 s of the test's clock */
+    s_begin(e, &settings,
+            "{\"scenarios\":{\"v\":{\"models\":[\"a\",\"b\",\"c\",\"x\",\"new\"],"
+            "\"rules\":[{\"kind\":\"list\",\"times\":1,\"delay_ms\":400}]}}}");
+    recorder_t r = {.targets = {"a"}, .target_count = 1};
+    s_observe(e, &r);
+    s_add_verify_provider(e);
+    s_seal(e);
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), 30001);
+    discovery_tick(e->disc, e->reg, e->now); /* arms, starts nothing */
+    assert_int_equal(discovery_running(e->disc), 0);
+    e->now += 30;
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), 0);
+    discovery_tick(e->disc, e->reg, e->now);
+    assert_int_equal(discovery_running(e->disc), 1);
+    /* Due again while the first (slow list) still runs: skipped. */
+    e->now += 30;
+    discovery_tick(e->disc, e->reg, e->now);
+    assert_int_equal(discovery_running(e->disc), 1);
+    s_drive(e);
+    assert_int_equal(r.parts, 1);
+    assert_int_equal(r.part_kind[0], DISCOVERY_JOB_VERIFY);
+    assert_string_equal(r.part_by[0], "scheduler");
+    assert_int_equal(r.list_ok, 1);
+    assert_int_equal(r.targets_calls, 0); /* a list-only run probes nothing */
+    assert_int_equal(r.probes, 0);
+    status_t st;
+    s_status(e, r.part_job[0], &st);
+    s_assert_done(&st, true, false);
+    s_assert_verify_provider(&st, "v", "ok", 5, 0, 0, 0, 0, "Successfully listed 5 models for v");
+    s_status_clear(&st);
+    /* The next run comes one interval later. */
+    e->now += 30;
+    discovery_tick(e->disc, e->reg, e->now);
+    s_drive(e);
+    assert_int_equal(r.parts, 2);
+    json_t *stats = fake_upstream_scenario(&e->fake, "v");
+    assert_int_equal(fake_stat_int(stats, "list"), 2);
+    assert_int_equal(fake_stat_int(stats, "requests"), 2);
+    json_decref(stats);
+    s_end(e);
+    s_recorder_clear(&r);
+
+    /* A verify schedule probes; fractions of a minute are fine. */
+    settings = s_settings();
+    settings.verify_interval_minutes = 0.05;
+    s_begin(e, &settings, VERIFY_CONFIG);
+    recorder_t rv = {.targets = {"a"}, .target_count = 1};
+    s_observe(e, &rv);
+    s_add_verify_provider(e);
+    s_seal(e);
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), 3001);
+    e->now += 3;
+    discovery_tick(e->disc, e->reg, e->now);
+    s_drive(e);
+    assert_int_equal(rv.parts, 1);
+    assert_string_equal(rv.part_by[0], "scheduler");
+    assert_int_equal(rv.probes, 1);
+    assert_int_equal(rv.probe_verdict[0], DISCOVERY_VERDICT_VALID);
+    s_end(e);
+    s_recorder_clear(&rv);
 }
 
 int main(void)
@@ -848,6 +1496,12 @@ int main(void)
         cmocka_unit_test(test_job_history_bounded),
         cmocka_unit_test(test_periodic_and_on_start),
         cmocka_unit_test(test_destroy_while_running),
+        cmocka_unit_test(test_queued_until_a_slot_frees),
+        cmocka_unit_test(test_force_refresh_joining_cached_task),
+        cmocka_unit_test(test_observer_sees_discovery),
+        cmocka_unit_test(test_verify_job),
+        cmocka_unit_test(test_verify_failures_and_defaults),
+        cmocka_unit_test(test_scheduled_runs),
     };
     curl_global_init(CURL_GLOBAL_DEFAULT);
     int failed = cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,8 +1,7 @@
 /*
- * test_discovery_worker: the classification table row by row, the job/result codec, and one
- * real worker thread against tests/fake_upstream.py (list, probe, retries, timeouts, caps,
- * redirects, secrets). Timing is checked on the fake's own arrival timestamps, never by
- * timing the test itself.
+ * test_discovery_worker: one real worker thread against tests/fake_upstream.py (list, probe,
+ * retries, timeouts, caps, redirects, secrets). Timing is checked on the fake's own arrival
+ * timestamps, never by timing the test itself.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -18,122 +17,6 @@
 
 #define KEY "good-key"
 #define RESULT_TIMEOUT_MS 20000
-
-/* ============================================================================ classify */
-
-static void test_classify_success(void **state)
-{
-    (void)state;
-    const char *length = "{\"choices\":[{\"finish_reason\":\"length\",\"message\":{}}]}";
-    assert_int_equal(discovery_classify(200, 0, length, strlen(length)), DISCOVERY_VERDICT_VALID);
-    assert_int_equal(discovery_classify(201, 0, NULL, 0), DISCOVERY_VERDICT_VALID);
-    assert_int_equal(discovery_classify(299, 0, "", 0), DISCOVERY_VERDICT_VALID);
-}
-
-static void test_classify_not_found(void **state)
-{
-    (void)state;
-    const char *body = "{\"error\":{\"message\":\"rate\"}}";
-    assert_int_equal(discovery_classify(404, 0, NULL, 0), DISCOVERY_VERDICT_INVALID_MODEL);
-    assert_int_equal(discovery_classify(404, 0, body, strlen(body)),
-                     DISCOVERY_VERDICT_INVALID_MODEL);
-}
-
-static void s_expect(long status, const char *body, discovery_verdict_t verdict)
-{
-    discovery_verdict_t got = discovery_classify(status, 0, body, body ? strlen(body) : 0);
-    if (got != verdict)
-        fail_msg("HTTP %ld %s: got %s, expected %s", status, body ? body : "(null)",
-                 discovery_verdict_name(got), discovery_verdict_name(verdict));
-}
-
-static void test_classify_bad_request_model_missing(void **state)
-{
-    (void)state;
-    const char *missing[] = {
-        "{\"error\":{\"message\":\"The model `gpt-x` does not exist\",\"type\":\"invalid\"}}",
-        "{\"error\":{\"message\":\"oops\",\"code\":\"model_not_found\"}}",
-        "{\"error\":{\"message\":\"Model Not Found: x\"}}",
-        "{\"error\":{\"message\":\"This model is NOT SUPPORTED for chat\"}}",
-        "{\"error\":{\"message\":\"Invalid model: x\"}}",
-        "{\"error\":{\"message\":\"x is not a chat model\"}}",
-        "{\"error\":{\"message\":\"this model does not support chat completions\"}}",
-        "{\"error\":\"model x not found\"}",
-        "{\"detail\":\"Unknown model x\"}",
-        "{\"detail\":[{\"loc\":[\"body\",\"model\"],\"msg\":\"invalid model id\"}]}",
-        "model xyz does not exist",                     /* not JSON: the raw body */
-        "{\"unrelated\":\"the model does not exist\"}", /* JSON without error fields: raw */
-    };
-    for (size_t i = 0; i < sizeof missing / sizeof *missing; i++) {
-        s_expect(400, missing[i], DISCOVERY_VERDICT_INVALID_MODEL);
-        s_expect(422, missing[i], DISCOVERY_VERDICT_INVALID_MODEL);
-    }
-}
-
-static void test_classify_bad_request_other(void **state)
-{
-    (void)state;
-    const char *other[] = {
-        NULL,
-        "",
-        "{\"error\":{\"message\":\"max_tokens is too large\"}}",
-        "{\"error\":{\"message\":\"API key not found\"}}", /* no "model": not a model verdict */
-        "{\"error\":{\"message\":\"bad\",\"type\":\"invalid_model_request\"}}", /* type ignored */
-        "{\"error\":{\"message\":\"temperature not supported\"}}",
-        "bad request",
-    };
-    for (size_t i = 0; i < sizeof other / sizeof *other; i++) {
-        s_expect(400, other[i], DISCOVERY_VERDICT_ERROR);
-        s_expect(422, other[i], DISCOVERY_VERDICT_ERROR);
-    }
-}
-
-static void test_classify_auth(void **state)
-{
-    (void)state;
-    /* Even when the body talks about a model, 401/403 fail the provider. */
-    s_expect(401, "{\"error\":{\"message\":\"model not found\"}}", DISCOVERY_VERDICT_AUTH_ERROR);
-    s_expect(401, NULL, DISCOVERY_VERDICT_AUTH_ERROR);
-    s_expect(403, "forbidden", DISCOVERY_VERDICT_AUTH_ERROR);
-}
-
-static void test_classify_transient_status(void **state)
-{
-    (void)state;
-    const long statuses[] = {408, 409, 425, 429, 500, 502, 503, 504, 599};
-    for (size_t i = 0; i < sizeof statuses / sizeof *statuses; i++)
-        s_expect(statuses[i], "{\"error\":{\"message\":\"model not found\"}}",
-                 DISCOVERY_VERDICT_TRANSIENT);
-}
-
-static void test_classify_transport(void **state)
-{
-    (void)state;
-    const int transient[] = {CURLE_OPERATION_TIMEDOUT,   CURLE_COULDNT_CONNECT,
-                             CURLE_COULDNT_RESOLVE_HOST, CURLE_SEND_ERROR,
-                             CURLE_RECV_ERROR,           CURLE_GOT_NOTHING,
-                             CURLE_PARTIAL_FILE,         CURLE_SSL_CONNECT_ERROR};
-    for (size_t i = 0; i < sizeof transient / sizeof *transient; i++) {
-        assert_int_equal(discovery_classify(0, transient[i], NULL, 0), DISCOVERY_VERDICT_TRANSIENT);
-        /* A failed transfer is judged by its curl code, whatever status was seen. */
-        assert_int_equal(discovery_classify(200, transient[i], NULL, 0),
-                         DISCOVERY_VERDICT_TRANSIENT);
-    }
-    const int fatal[] = {CURLE_PEER_FAILED_VERIFICATION, CURLE_URL_MALFORMAT,
-                         CURLE_UNSUPPORTED_PROTOCOL, CURLE_WRITE_ERROR, CURLE_FILESIZE_EXCEEDED};
-    for (size_t i = 0; i < sizeof fatal / sizeof *fatal; i++)
-        assert_int_equal(discovery_classify(200, fatal[i], NULL, 0), DISCOVERY_VERDICT_ERROR);
-}
-
-static void test_classify_anything_else(void **state)
-{
-    (void)state;
-    const long statuses[] = {0, 100, 199, 301, 302, 304, 402, 405, 410, 418, 451, 499, 600};
-    for (size_t i = 0; i < sizeof statuses / sizeof *statuses; i++)
-        s_expect(statuses[i], "{\"error\":{\"message\":\"model not found\"}}",
-                 DISCOVERY_VERDICT_ERROR);
-    assert_string_equal(discovery_verdict_name(DISCOVERY_VERDICT_INVALID_MODEL), "invalid_model");
-}
 
 /* ======================================================================== worker harness */
 
@@ -303,6 +186,12 @@ static void test_list_ok_dedup_and_filters(void **state)
     assert_string_equal(r.models[1], "a");
     assert_string_equal(r.models[2], max_id);
     assert_string_equal(r.models[3], "c/d:e");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_true(r.latency_ms >= 20.0); /* the scenario's latency is part of it */
+    /* Entries without metadata carry none. */
+    assert_non_null(r.metas);
+    for (size_t i = 0; i < r.model_count; i++)
+        assert_true(model_meta_empty(&r.metas[i]));
     discovery_result_clear(&r);
 
     /* A trailing slash on base_api_url is not doubled. */
@@ -327,6 +216,56 @@ static void test_list_ok_dedup_and_filters(void **state)
     assert_non_null(ua);
     assert_string_equal(ua, "provider-manager/" PM_VERSION);
     json_decref(stats);
+}
+
+/* Per-model metadata from the entries, normalised (v1.1): OpenAI, OpenRouter-like and
+ * Groq-like spellings, precedence, wrong types and nested fields ignored. */
+static void test_list_metadata(void **state)
+{
+    harness_t *h = *state;
+    s_configure(h, "{\"scenarios\":{\"meta\":{\"rules\":[{\"kind\":\"list\",\"json\":"
+                   "{\"object\":\"list\",\"data\":["
+                   "{\"id\":\"openai\",\"object\":\"model\",\"created\":1686935002,"
+                   "\"owned_by\":\"openai\"},"
+                   "{\"id\":\"router\",\"context_length\":128000,\"context_window\":5,"
+                   "\"top_provider\":{\"max_completion_tokens\":999,\"context_length\":7}},"
+                   "{\"id\":\"groq\",\"context_window\":131072,\"max_completion_tokens\":32768,"
+                   "\"max_output_tokens\":1,\"owned_by\":\"Meta\",\"active\":true},"
+                   "{\"id\":\"other\",\"max_context_length\":4096,\"max_output_tokens\":512},"
+                   "{\"id\":\"wrong\",\"context_length\":\"128k\",\"created\":1.5,"
+                   "\"owned_by\":42,\"max_completion_tokens\":-3},"
+                   "{\"id\":\"openai\",\"owned_by\":\"duplicate\"}]}}]}}}");
+    config_discovery_t settings = s_default_settings();
+    s_start_worker(h, &settings);
+    discovery_result_t r;
+    s_run(h, DISCOVERY_KIND_LIST, "meta", NULL, KEY, &r);
+    assert_int_equal(r.status, DISCOVERY_RESULT_OK);
+    assert_int_equal(r.model_count, 5);
+    assert_non_null(r.metas);
+    const model_meta_t *m = &r.metas[0]; /* openai: the first entry of a duplicate wins */
+    assert_string_equal(r.models[0], "openai");
+    assert_true(m->has_created);
+    assert_int_equal(m->created, 1686935002);
+    assert_string_equal(m->owned_by, "openai");
+    assert_false(m->has_context_length);
+    assert_false(m->has_max_output_tokens);
+    m = &r.metas[1]; /* router: context_length beats context_window; nested ignored */
+    assert_true(m->has_context_length);
+    assert_int_equal(m->context_length, 128000);
+    assert_false(m->has_max_output_tokens);
+    assert_null(m->owned_by);
+    m = &r.metas[2]; /* groq */
+    assert_int_equal(m->context_length, 131072);
+    assert_true(m->has_max_output_tokens);
+    assert_int_equal(m->max_output_tokens, 32768);
+    assert_string_equal(m->owned_by, "Meta");
+    assert_false(m->has_created);
+    m = &r.metas[3];
+    assert_int_equal(m->context_length, 4096);
+    assert_int_equal(m->max_output_tokens, 512);
+    assert_true(model_meta_empty(&r.metas[4])); /* every field of the wrong type */
+    discovery_result_clear(&r);
+    s_stop_worker(h);
 }
 
 static void test_list_errors(void **state)
@@ -357,6 +296,8 @@ static void test_list_errors(void **state)
     s_run(h, DISCOVERY_KIND_LIST, "nodata", NULL, KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "malformed model list: no \"data\" array");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
+    assert_null(r.models);
     discovery_result_clear(&r);
 
     /* For a list, "not found" is an error, not an invalid model. */
@@ -364,6 +305,7 @@ static void test_list_errors(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_int_equal(r.http_status, 404);
     assert_string_equal(r.error, "HTTP 404: fake error 404");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
     discovery_result_clear(&r);
 
     /* The upstream's message is quoted, with the key scrubbed out. */
@@ -394,6 +336,8 @@ static void test_list_errors(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "authentication failed (HTTP 401)");
     assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_AUTH);
+    assert_int_equal(r.http_status, 401);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -427,12 +371,17 @@ static void test_probe_verdicts(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_OK);
     assert_string_equal(r.model, "works");
     assert_null(r.error);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_int_equal(r.http_status, 200);
+    assert_true(r.latency_ms > 0.0);
+    assert_null(r.metas);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "gone", KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_INVALID);
     assert_int_equal(r.http_status, 404);
     assert_null(r.error);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_INVALID_MODEL);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "nf", KEY, &r);
@@ -444,6 +393,7 @@ static void test_probe_verdicts(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "HTTP 400: max_tokens too big for ***");
     assert_int_equal(r.attempts, 1);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_ERROR);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "p", "big", KEY, &r);
@@ -454,6 +404,7 @@ static void test_probe_verdicts(void **state)
     s_run(h, DISCOVERY_KIND_PROBE, "p", "works", "wrong-key", &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "authentication failed (HTTP 401)");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_AUTH);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -596,16 +547,22 @@ static void test_server_errors_retried(void **state)
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_int_equal(r.attempts, 3);
     assert_string_equal(r.error, "HTTP 500 after 3 attempts");
+    /* Retries exhausted: still an error result (v1), whose verdict says transient. */
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_TRANSIENT);
+    assert_int_equal(r.http_status, 500);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_LIST, "down", NULL, KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_ERROR);
     assert_string_equal(r.error, "HTTP 500 after 3 attempts");
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_TRANSIENT);
     discovery_result_clear(&r);
 
     s_run(h, DISCOVERY_KIND_PROBE, "flaky", "m", KEY, &r);
     assert_int_equal(r.status, DISCOVERY_RESULT_OK);
     assert_int_equal(r.attempts, 3);
+    assert_int_equal(r.verdict, DISCOVERY_VERDICT_VALID);
+    assert_true(r.latency_ms > 0.0);
     discovery_result_clear(&r);
     s_stop_worker(h);
 
@@ -690,29 +647,28 @@ static void test_destroy_with_transfers_in_flight(void **state)
     for (int i = 0; i < 5; i++)
         s_send(h, DISCOVERY_KIND_PROBE, "hang", "m", KEY);
     /* Wait until the fake saw them all, so they really are in flight. */
-    for (int tries = 0; tries < 200; tries++) {
+    long seen = 0;
+    long inflight = 0;
+    for (int tries = 0; tries < 500; tries++) {
         json_t *stats = fake_upstream_scenario(&h->fake, "hang");
-        long seen = fake_stat_probes(stats, "m");
+        seen = fake_stat_probes(stats, "m");
+        inflight = fake_stat_int(stats, "inflight");
         json_decref(stats);
-        if (seen == 5)
+        if (seen == 5 && inflight == 5)
             break;
         usleep(20000);
     }
+    /* Otherwise the destroy below would not be tested with anything in flight. */
+    assert_int_equal(seen, 5);
+    assert_int_equal(inflight, 5);
     s_stop_worker(h);
 }
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_classify_success),
-        cmocka_unit_test(test_classify_not_found),
-        cmocka_unit_test(test_classify_bad_request_model_missing),
-        cmocka_unit_test(test_classify_bad_request_other),
-        cmocka_unit_test(test_classify_auth),
-        cmocka_unit_test(test_classify_transient_status),
-        cmocka_unit_test(test_classify_transport),
-        cmocka_unit_test(test_classify_anything_else),
         cmocka_unit_test(test_list_ok_dedup_and_filters),
+        cmocka_unit_test(test_list_metadata),
         cmocka_unit_test(test_list_errors),
         cmocka_unit_test(test_probe_verdicts),
         cmocka_unit_test(test_probe_concurrency_in_one_thread),

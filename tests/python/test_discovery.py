@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from pmharness import DaemonTestCase
 
-JOB_KEYS = {"job", "state", "success", "persisted", "providers", "messages"}
+JOB_KEYS = {"job", "kind", "state", "success", "persisted", "providers", "messages"}
 PROVIDER_JOB_KEYS = {"state", "discovered", "validated", "valid", "invalid", "message"}
 PROVIDER_STATES = {"queued", "listing", "validating", "ok", "skipped", "error"}
 PERSISTED_LINE = "Provider configurations persisted to YAML"
