@@ -119,6 +119,9 @@ static const char *const s_op_names[PM_OP_COUNT_] = {
     [PM_OP_REMOVE_PROVIDER] = "remove_provider",
     [PM_OP_SET_SHORT_NAME] = "set_short_name",
     [PM_OP_HEALTH] = "health",
+    [PM_OP_MODEL_STATUS] = "model_status",
+    [PM_OP_PROVIDER_STATUS] = "provider_status",
+    [PM_OP_VERIFY_MODELS] = "verify_models",
 };
 
 const char *pm_op_name(pm_op_t op)
@@ -167,13 +170,13 @@ pm_op_t pm_op_from_name(const char *name, size_t len)
     case 10:
         return S_OP_AMONG(PM_OP_FIND_MODEL, PM_OP_JOB_STATUS);
     case 12:
-        return S_OP_AMONG(PM_OP_SET_PROVIDER);
+        return S_OP_AMONG(PM_OP_SET_PROVIDER, PM_OP_MODEL_STATUS);
     case 13:
-        return S_OP_AMONG(PM_OP_MERGED_MODELS);
+        return S_OP_AMONG(PM_OP_MERGED_MODELS, PM_OP_VERIFY_MODELS);
     case 14:
         return S_OP_AMONG(PM_OP_VALIDATE_MODEL, PM_OP_GET_SHORT_NAME, PM_OP_SET_SHORT_NAME);
     case 15:
-        return S_OP_AMONG(PM_OP_DISCOVER_MODELS, PM_OP_REMOVE_PROVIDER);
+        return S_OP_AMONG(PM_OP_DISCOVER_MODELS, PM_OP_REMOVE_PROVIDER, PM_OP_PROVIDER_STATUS);
     case 19:
         return S_OP_AMONG(PM_OP_GET_PROVIDER_CONFIG, PM_OP_VALID_SCOPED_MODELS);
     case 20:
@@ -196,6 +199,9 @@ bool pm_op_is_write(pm_op_t op)
     case PM_OP_SET_PROVIDER:
     case PM_OP_REMOVE_PROVIDER:
     case PM_OP_SET_SHORT_NAME:
+    case PM_OP_MODEL_STATUS:
+    case PM_OP_PROVIDER_STATUS:
+    case PM_OP_VERIFY_MODELS:
         return true;
     default:
         return false;
@@ -206,8 +212,9 @@ bool pm_op_safe_to_resend(pm_op_t op)
 {
     if ((int)op < 0 || op >= PM_OP_COUNT_)
         return false;
-    /* job_status reaches the writer but changes nothing. */
-    return !pm_op_is_write(op) || op == PM_OP_JOB_STATUS;
+    /* job_status, model_status and provider_status reach the writer but change nothing. */
+    return !pm_op_is_write(op) || op == PM_OP_JOB_STATUS || op == PM_OP_MODEL_STATUS ||
+           op == PM_OP_PROVIDER_STATUS;
 }
 
 /* ------------------------------------------------------------------------------ UTF-8 */

@@ -76,6 +76,10 @@ typedef enum {
     PM_OP_REMOVE_PROVIDER,
     PM_OP_SET_SHORT_NAME,
     PM_OP_HEALTH,
+    /* v1.1: model status (answered by the writer, which owns the status table and jobs) */
+    PM_OP_MODEL_STATUS,
+    PM_OP_PROVIDER_STATUS,
+    PM_OP_VERIFY_MODELS,
     PM_OP_COUNT_
 } pm_op_t;
 
@@ -85,7 +89,8 @@ const char *pm_op_name(pm_op_t op);
  * (only len bytes are read); NULL is unknown. */
 pm_op_t pm_op_from_name(const char *name, size_t len);
 /* True for ops that change state or reach the writer (discover_models, job_status,
- * persist_provider_configs, set_provider, remove_provider, set_short_name). */
+ * persist_provider_configs, set_provider, remove_provider, set_short_name, and v1.1's
+ * model_status, provider_status, verify_models). */
 bool pm_op_is_write(pm_op_t op);
 /* True for ops that a client may resend after a lost reply, because running them twice has
  * the effect of running them once: every read, and job_status (a read that goes through the

@@ -853,6 +853,9 @@ static void test_op_names(void **state)
         "remove_provider",
         "set_short_name",
         "health",
+        "model_status",
+        "provider_status",
+        "verify_models",
     };
     for (int op = 0; op < PM_OP_COUNT_; op++) {
         const char *name = pm_op_name((pm_op_t)op);
@@ -883,15 +886,19 @@ static void test_op_names(void **state)
     for (int op = 0; op < PM_OP_COUNT_; op++) {
         bool write = op == PM_OP_DISCOVER_MODELS || op == PM_OP_JOB_STATUS ||
                      op == PM_OP_PERSIST_PROVIDER_CONFIGS || op == PM_OP_SET_PROVIDER ||
-                     op == PM_OP_REMOVE_PROVIDER || op == PM_OP_SET_SHORT_NAME;
+                     op == PM_OP_REMOVE_PROVIDER || op == PM_OP_SET_SHORT_NAME ||
+                     op == PM_OP_MODEL_STATUS || op == PM_OP_PROVIDER_STATUS ||
+                     op == PM_OP_VERIFY_MODELS;
         if (pm_op_is_write((pm_op_t)op) != write)
             fail_msg("pm_op_is_write(%s) should be %d", expected[op], write);
     }
     assert_false(pm_op_is_write(PM_OP_COUNT_));
 
-    /* Safe to resend: every read, and job_status (a read through the writer); no write. */
+    /* Safe to resend: every read, and the reads that go through the writer (job_status,
+     * model_status, provider_status); no write. */
     for (int op = 0; op < PM_OP_COUNT_; op++) {
-        bool safe = op == PM_OP_JOB_STATUS || !pm_op_is_write((pm_op_t)op);
+        bool safe = op == PM_OP_JOB_STATUS || op == PM_OP_MODEL_STATUS ||
+                    op == PM_OP_PROVIDER_STATUS || !pm_op_is_write((pm_op_t)op);
         if (pm_op_safe_to_resend((pm_op_t)op) != safe)
             fail_msg("pm_op_safe_to_resend(%s) should be %d", expected[op], safe);
     }
@@ -899,6 +906,9 @@ static void test_op_names(void **state)
     assert_true(pm_op_safe_to_resend(PM_OP_HEALTH));
     assert_false(pm_op_safe_to_resend(PM_OP_SET_PROVIDER));
     assert_false(pm_op_safe_to_resend(PM_OP_DISCOVER_MODELS));
+    assert_false(pm_op_safe_to_resend(PM_OP_VERIFY_MODELS));
+    assert_true(pm_op_safe_to_resend(PM_OP_MODEL_STATUS));
+    assert_true(pm_op_is_write(PM_OP_VERIFY_MODELS));
     assert_false(pm_op_safe_to_resend(PM_OP_COUNT_));
     assert_false(pm_op_safe_to_resend((pm_op_t)-1));
 }
