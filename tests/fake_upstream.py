@@ -11,7 +11,8 @@ GET  /<scenario>/v1/models                 the model list ({"object": "list", "d
 POST /<scenario>/v1/chat/completions       a probe (a chat completion, finish_reason "length")
 
 Config (JSON):
-{"scenarios": {"<name>": {
+{"idle_timeout_s": S,             optional: close a keep-alive connection idle for S seconds
+ "scenarios": {"<name>": {
     "models": ["a", {"id": "b", ...}]  model ids listed (a map is served as the entry), or
     "model_count": N              ids model-000 .. model-(N-1)
     "meta": {"a": {...}}          extra fields of a model's /models entry (merged over the
@@ -236,6 +237,11 @@ class State:
                                          "requests": s["requests"]}
                                   for name, s in self.stats.items()}}
 
+    def idle_timeout(self):
+        with self.lock:
+            value = self.config.get("idle_timeout_s")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
     def config_copy(self):
         with self.lock:
             return json.loads(json.dumps(self.config))
@@ -299,6 +305,11 @@ class Handler(BaseHTTPRequestHandler):
     def setup(self):
         super().setup()
         self.server.state.connected()
+        # Real servers close a keep-alive connection that stays idle (nginx: 75 s); a client
+        # must notice that and reconnect. Off unless the config sets idle_timeout_s.
+        idle = self.server.state.idle_timeout()
+        if idle:
+            self.connection.settimeout(idle)
 
     # ------------------------------------------------------------------ plumbing
     def _read_body(self):

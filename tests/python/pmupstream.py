@@ -47,6 +47,10 @@ class FakeUpstream:
     def stats(self):
         return self._get("/_stats")
 
+    def config(self):
+        """The fake's current config (every run-time change applied)."""
+        return self._get("/_config")
+
     def configure(self, config):
         """Replaces the whole config and resets every counter."""
         return self._post("/_config", config)

@@ -12,6 +12,7 @@ fails at its first v1.1 request instead of hanging.
 Run: PM_DAEMON=.../provider-manager python3 -m unittest -v test_model_status  (in tests/python)
 """
 
+import http.client
 import json
 import os
 import re
@@ -381,6 +382,124 @@ class StatusTestCase(unittest.TestCase):
 
 def ids(records):
     return [r["model"] for r in records]
+
+
+# ---------------------------------------------------------------- the fake itself
+
+class FakeUpstreamTest(unittest.TestCase):
+    """The fake's run-time controls do what the tests above rely on (no daemon needed)."""
+
+    def setUp(self):
+        self.up = FakeUpstream({"scenarios": {
+            "p": {"models": ["a", "b", {"id": "raw", "top_provider": {"context_length": 1}}],
+                  "key": "k", "meta": {"a": {"context_length": 8192, "created": 1700000000,
+                                             "owned_by": "org", "unknown_field": [1]}}},
+            "q": {"model_count": 2, "key": "k"}}})
+        self.addCleanup(self.up.close)
+        self.conn = http.client.HTTPConnection("127.0.0.1", self.up.port, timeout=5)
+        self.addCleanup(self.conn.close)
+
+    def request(self, method, path, body=None, conn=None):
+        conn = conn or self.conn
+        headers = {"Authorization": "Bearer k", "Content-Type": "application/json"}
+        conn.request(method, path, body=None if body is None else json.dumps(body),
+                     headers=headers)
+        r = conn.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+
+    def models(self, scenario="p"):
+        status, _, body = self.request("GET", "/%s/v1/models" % scenario)
+        self.assertEqual(status, 200)
+        return json.loads(body)["data"]
+
+    def probe(self, model, scenario="p", conn=None):
+        return self.request("POST", "/%s/v1/chat/completions" % scenario,
+                            {"model": model, "messages": [], "max_tokens": 1}, conn)
+
+    def test_metadata_in_model_entries(self):
+        data = self.models()
+        self.assertEqual(data[0], {"id": "a", "object": "model", "owned_by": "org",
+                                   "context_length": 8192, "created": 1700000000,
+                                   "unknown_field": [1]})
+        self.assertEqual(data[1], {"id": "b", "object": "model", "owned_by": "fake"})
+        self.assertEqual(data[2], {"id": "raw", "top_provider": {"context_length": 1}})
+        self.up.update("p", set_meta={"b": {"context_window": 32768,
+                                            "max_completion_tokens": 8192}, "a": None})
+        data = self.models()
+        self.assertEqual(data[0], {"id": "a", "object": "model", "owned_by": "fake"})
+        self.assertEqual(data[1]["context_window"], 32768)
+        self.assertEqual(data[1]["max_completion_tokens"], 8192)
+
+    def test_run_time_lists_and_behaviours_keep_the_counters(self):
+        self.models()
+        self.assertEqual(self.probe("a")[0], 200)
+        self.up.set_models("p", ["a", "c"])
+        self.up.update("p", add_models=["d"], remove_models=["a"])
+        self.assertEqual([m["id"] for m in self.models()], ["c", "d"])
+        expect = {"not_found": 404, "does_not_exist": 400, "unauthorized": 401,
+                  "forbidden": 403, "server_error": 500, "ok": 200}
+        for behaviour, status in expect.items():
+            self.up.set_behaviour("p", "c", behaviour)
+            got, _, body = self.probe("c")
+            self.assertEqual(got, status, behaviour)
+            if behaviour in ("not_found", "does_not_exist"):
+                self.assertIn("`c` does not exist", json.loads(body)["error"]["message"])
+        self.up.set_behaviour("p", "c", {"do": "rate_limited", "retry_after": 7})
+        status, headers, _ = self.probe("c")
+        self.assertEqual((status, headers.get("Retry-After")), (429, "7"))
+        self.up.set_behaviour("p", "c", {"do": "slow", "delay_ms": 200})
+        t0 = time.monotonic()
+        self.assertEqual(self.probe("c")[0], 200)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.2)
+        self.up.set_list_behaviour("p", "server_error")
+        self.assertEqual(self.request("GET", "/p/v1/models")[0], 500)
+        self.assertEqual(self.up.counts("p"), (3, {"a": 1, "c": 8}))
+        self.assertEqual(self.up.counts("q"), (0, {}))
+
+    def test_close_and_hang_end_without_an_answer(self):
+        self.up.set_behaviour("p", "a", "close")
+        with self.assertRaises((http.client.HTTPException, ConnectionError)):
+            self.probe("a")
+        self.up.set_behaviour("p", "a", "slow")
+        quick = http.client.HTTPConnection("127.0.0.1", self.up.port, timeout=0.3)
+        self.addCleanup(quick.close)
+        with self.assertRaises(TimeoutError):
+            self.probe("a", conn=quick)
+        quick.close()
+        deadline = time.monotonic() + 5
+        while self.up.stats()["scenarios"]["p"]["inflight"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertEqual(self.up.stats()["scenarios"]["p"]["inflight"], 0,
+                         "a hung answer lets go once its client left")
+        answers = self.up.stats()["scenarios"]["p"]["answers"]["probe:a"]
+        self.assertEqual(answers, {"close": 1, "hang": 1})
+        self.assertEqual(self.up.probes("p", "a"), 2)
+
+    def test_per_scenario_reset_and_keep_alive(self):
+        for _ in range(3):
+            self.models("p")
+            self.probe("model-001", scenario="q")
+        self.assertEqual(self.up.counts("q"), (0, {"model-001": 3}))
+        stats = self.up.stats()["scenarios"]
+        self.assertEqual((stats["p"]["connections"], stats["q"]["connections"]), (1, 1),
+                         "HTTP/1.1 keep-alive: one connection carried every request")
+        self.up.reset("q")
+        self.assertEqual(self.up.counts("q"), (0, {}))
+        self.assertEqual(self.up.lists("p"), 3)
+        self.up.reset()
+        self.assertEqual(self.up.lists("p"), 0)
+
+    def test_idle_keep_alive_connections_are_closed_when_configured(self):
+        config = self.up.config()
+        config["idle_timeout_s"] = 0.3
+        self.up.configure(config)
+        self.models()
+        time.sleep(0.8)
+        with self.assertRaises((http.client.HTTPException, ConnectionError)):
+            self.models()
+        self.conn.close()
+        self.models()
+        self.assertEqual(self.up.stats()["scenarios"]["p"]["connections"], 2)
 
 
 # ---------------------------------------------------------------- health, shapes, metadata
