@@ -76,7 +76,6 @@ import json
 import select
 import signal
 import socket
-import socketserver
 import sys
 import threading
 import time

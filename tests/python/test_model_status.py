@@ -1050,27 +1050,31 @@ class JobTest(StatusTestCase):
 class BadInputTest(StatusTestCase):
     SCENARIOS = {"p": {"models": ["a"], "key": KEY}}
 
+    # (op, args, message): the project's argument messages (proto/PROTOCOL.md, Arguments);
+    # None where the contract names no message (an unknown state: it must name the state).
+    STRING = "argument '%s' must be a string"
+    STRINGS = "argument '%s' must be an array of strings"
+    BOOLEAN = "argument '%s' must be a boolean"
     BAD = [
-        ("model_status", {"provider": 5}),
-        ("model_status", {"provider": ["p"]}),
-        ("model_status", {"model": 1.5}),
-        ("model_status", {"model": b"a"}),
-        ("model_status", {"states": "valid"}),
-        ("model_status", {"states": [1]}),
-        ("model_status", {"states": ["valid", None]}),
-        ("model_status", {"states": ["valid", "bogus"]}),
-        ("model_status", {"states": ["VALID"]}),
-        ("provider_status", {"provider": 1}),
-        ("provider_status", {"provider": {"p": 1}}),
-        ("verify_models", {"provider": 7}),
-        ("verify_models", {"models": "a"}),
-        ("verify_models", {"models": [1]}),
-        ("verify_models", {"models": {"a": 1}}),
-        ("verify_models", {"include_invalid": "yes"}),
-        ("verify_models", {"include_invalid": 1}),
-        ("verify_models", {"persist_on_success": "no"}),
-        ("verify_models", {"persist_on_success": None}),
-        ("job_status", {"job": 5}),
+        ("model_status", {"provider": 5}, STRING % "provider"),
+        ("model_status", {"provider": ["p"]}, STRING % "provider"),
+        ("model_status", {"model": 1.5}, STRING % "model"),
+        ("model_status", {"model": b"a"}, STRING % "model"),
+        ("model_status", {"states": "valid"}, STRINGS % "states"),
+        ("model_status", {"states": [1]}, STRINGS % "states"),
+        ("model_status", {"states": ["valid", None]}, STRINGS % "states"),
+        ("model_status", {"states": ["valid", "bogus"]}, None),
+        ("model_status", {"states": ["VALID"]}, None),
+        ("provider_status", {"provider": 1}, STRING % "provider"),
+        ("provider_status", {"provider": {"p": 1}}, STRING % "provider"),
+        ("verify_models", {"provider": 7}, STRING % "provider"),
+        ("verify_models", {"models": "a"}, STRINGS % "models"),
+        ("verify_models", {"models": [1]}, STRINGS % "models"),
+        ("verify_models", {"models": {"a": 1}}, STRINGS % "models"),
+        ("verify_models", {"include_invalid": "yes"}, BOOLEAN % "include_invalid"),
+        ("verify_models", {"include_invalid": 1}, BOOLEAN % "include_invalid"),
+        ("verify_models", {"persist_on_success": "no"}, BOOLEAN % "persist_on_success"),
+        ("job_status", {"job": 5}, STRING % "job"),
     ]
 
     def test_mistyped_arguments_are_bad_request_and_change_nothing(self):
@@ -1079,10 +1083,12 @@ class BadInputTest(StatusTestCase):
         self.discover("p")
         self.up.reset()
         before = (self.ok("health"), self.records(), self.provider_status())
-        for op, args in self.BAD:
+        for op, args, expected in self.BAD:
             code, message = self.err(op, args)
             self.assertEqual(code, "bad_request", (op, args, message))
             self.assertTrue(message, (op, args))
+            if expected is not None:
+                self.assertEqual(message, expected, (op, args))
         for op in ("model_status", "provider_status", "verify_models"):
             rep = self.c.call(op, ["not", "a", "map"])
             self.assertEqual(rep.get("error", {}).get("code"), "bad_request", (op, rep))
@@ -1111,6 +1117,11 @@ class BadInputTest(StatusTestCase):
         self.start({"p": {}})
         self.require_v11()
         self.discover("p")
+        # nil means "not given", as for every v1 argument.
+        self.assertEqual(self.ok("model_status", {"provider": None, "states": None}),
+                         self.ok("model_status", {}))
+        self.assertEqual(self.ok("provider_status", {"provider": None}),
+                         self.ok("provider_status", {}))
         self.assertEqual(self.ok("model_status", {"states": []}), [])
         self.assertEqual(self.ok("model_status", {"provider": "p", "states": []}), [])
         self.assertEqual(self.ok("model_status", {"model": "no-such"}), [])
