@@ -240,7 +240,18 @@ static int s_pack_event(msgpack_sbuffer *buf, const char *key, const status_chan
     return status_wire_pack_changes(&pk, key, changes);
 }
 
+static bool s_among(const char *key, const char *const *only, size_t only_count)
+{
+    if (!only)
+        return true;
+    for (size_t i = 0; i < only_count; i++)
+        if (strcmp(only[i], key) == 0)
+            return true;
+    return false;
+}
+
 int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double now,
+                         const char *const *only, size_t only_count,
                          status_keeper_publish_fn *publish, void *publish_arg)
 {
     self->reg = reg;
@@ -256,7 +267,7 @@ int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double no
     for (size_t i = 0; i < n; i++) {
         msgpack_sbuffer_init(&events[i]);
         const char *key = provider_key(registry_at(reg, i));
-        if (model_status_pending_changes(self->table, key) == 0)
+        if (model_status_pending_changes(self->table, key) == 0 || !s_among(key, only, only_count))
             continue;
         status_changes_t changes = {0};
         if (model_status_take_changes(self->table, key, &changes) < 0) {

@@ -64,11 +64,14 @@ int status_keeper_take_parts(status_keeper_t *self, char ***keys, size_t *count)
 int status_keeper_apply_prune(status_keeper_t *self, registry_t *next, const char *key);
 
 /* After the writer made reg (sealed) current: sync the table with it, journal everything that
- * changed, then publish one `models` event per provider with transitions. by: the caller's
- * name for the events (NULL: none). 1 when status_version moved, 0 when not, -1 when the
+ * changed, then publish one `models` event per provider with transitions. only[only_count]:
+ * the providers whose batch ends now (the parts of jobs that ended); the transitions of other
+ * providers stay queued for their own batch (a job's part still running). only NULL: every
+ * provider (a batch of writer requests). 1 when status_version moved, 0 when not, -1 when the
  * journal could not be written (then nothing is published; the table keeps the changes and
  * the next commit journals them again). */
 int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double now,
+                         const char *const *only, size_t only_count,
                          status_keeper_publish_fn *publish, void *publish_arg);
 
 /* Reload: new thresholds, prune policy and ignore globs; the transitions they cause are

@@ -184,9 +184,11 @@ static void s_publish_raw(void *arg, const char *topic, const void *body, size_t
 
 /* Commits model status after the registry changed (or a job part ended): sync, journal, then
  * one `models` event per provider; health learns the new status_version by a snapshot. */
-static void s_commit_status(writer_t *self, bool send_snapshot)
+static void s_commit_status(writer_t *self, const char *const *only, size_t only_count,
+                            bool send_snapshot)
 {
-    int rc = status_keeper_commit(self->status, self->current, s_now(), s_publish_raw, self);
+    int rc = status_keeper_commit(self->status, self->current, s_now(), only, only_count,
+                                  s_publish_raw, self);
     if (rc < 0)
         log_error("writer: model status not committed (kept for the next commit)");
     if (rc > 0 && send_snapshot)
@@ -558,15 +560,17 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
     }
 }
 
-/* Makes next current: state_version, snapshot, one event per change (keys in order). */
-static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count)
+/* Makes next current: state_version, model status (the batches of status_only, or every
+ * provider's when NULL), snapshot, one event per change (keys in order). */
+static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count,
+                           const char *const *status_only, size_t status_only_count)
 {
     registry_destroy(&self->current);
     self->current = *next_p;
     *next_p = NULL;
     uint64_t first = self->state_version + 1;
     self->state_version += key_count;
-    s_commit_status(self, false);
+    s_commit_status(self, status_only, status_only_count, false);
     s_send_snapshot(self);
     for (size_t i = 0; i < key_count; i++)
         s_publish_event(self, first + i, keys[i]);
@@ -634,7 +638,7 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
         }
     }
     if (ok && batch->next && key_count > 0)
-        s_make_current(self, &batch->next, keys, key_count);
+        s_make_current(self, &batch->next, keys, key_count, NULL, 0);
 }
 
 static void s_clear_batch(batch_t *batch)
@@ -778,14 +782,19 @@ static void s_handle_discovery(writer_t *self)
     if ((next && key_count) || persist)
         ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
     if (next && key_count && registry_sealed(next)) {
-        s_make_current(self, &next, keys, key_count);
+        static const char *const no_part[1] = {NULL};
+        s_make_current(self, &next, keys, key_count, parts ? (const char *const *)parts : no_part,
+                       part_count);
         made_current = true;
     }
     registry_destroy(&next);
     /* Status of the parts that changed no ProviderConfig: journalled and published before any
      * job of them can read done (job_status is answered by this thread, after this). */
-    if (!made_current)
-        s_commit_status(self, true);
+    if (!made_current) {
+        /* No part ended: journal what changed, publish nothing (NULL would mean "all"). */
+        static const char *const no_part[1] = {NULL};
+        s_commit_status(self, parts ? (const char *const *)parts : no_part, part_count, true);
+    }
     for (size_t i = 0; i < outcome.persist_count; i++)
         discovery_job_persisted(self->discovery, outcome.persists[i].job_id, ok, ok ? NULL : err);
     for (size_t i = 0; i < part_count; i++)
