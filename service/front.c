@@ -38,6 +38,7 @@ struct front_t {
     packed_t *packed; /* open addressing by provider pointer; capacity a power of two */
     size_t packed_capacity;
     msgpack_sbuffer reply;
+    size_t max_reply; /* PM_PROTO_MAX_REPLY_SIZE; lowered by tests */
     struct timespec started;
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
@@ -433,6 +434,23 @@ static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_pack
 
 /* ------------------------------------------------------------------------ socket loop */
 
+/* A read reply larger than the reply limit is never sent: no client could receive it (their
+ * ZMQ_MAXMSGSIZE is that limit, and a too-large message only drops the connection), so the
+ * caller gets `internal` saying why instead. */
+static void s_refuse_large_reply(front_t *self, msgpack_packer *pk, const msgpack_object *id)
+{
+    size_t size = self->reply.size;
+    char limit[48], message[128];
+    if (self->max_reply % (1024 * 1024) == 0)
+        snprintf(limit, sizeof limit, "%zu MiB", self->max_reply / (1024 * 1024));
+    else
+        snprintf(limit, sizeof limit, "%zu-byte", self->max_reply);
+    snprintf(message, sizeof message, "Reply of %zu bytes exceeds the %s reply limit", size, limit);
+    log_warn("front: %s", message);
+    self->reply.size = 0;
+    pm_reply_error(pk, id, PM_ERR_INTERNAL, message);
+}
+
 /* Sends the routing frames (up to and including the delimiter), then body. */
 static int s_send_reply(front_t *self, size_t envelope, const void *body, size_t size)
 {
@@ -505,6 +523,8 @@ static bool s_handle_client(front_t *self, bool *wrote)
             return true; /* the frames now belong to the writer's message */
         } else {
             s_dispatch_read(self, &req, &pk);
+            if (self->reply.size > self->max_reply)
+                s_refuse_large_reply(self, &pk, req.id);
         }
         pm_request_clear(&req);
     }
@@ -677,6 +697,7 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         return NULL;
     }
     msgpack_sbuffer_init(&self->reply);
+    self->max_reply = PM_PROTO_MAX_REPLY_SIZE;
     clock_gettime(CLOCK_MONOTONIC, &self->started);
     int zero = 0, linger = FRONT_REPLY_LINGER_MS;
     int64_t max_size = PM_PROTO_MAX_MESSAGE_SIZE;
@@ -711,6 +732,11 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
 fail:
     front_destroy(&self);
     return NULL;
+}
+
+void front_set_max_reply(front_t *self, size_t max_bytes)
+{
+    self->max_reply = max_bytes;
 }
 
 void front_destroy(front_t **self_p)
