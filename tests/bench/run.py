@@ -3,10 +3,15 @@
 costs grow with the registry.
 
 Tables (printed aligned to stdout, also written to <build>/bench/results.json):
-  A. Request path vs transport limit: bench_echo (a bare REP server sending a fixed reply of
-     the same bytes as the daemon's get_api_for_model_string reply) against the real daemon,
-     1 and 8 concurrent clients, tcp loopback and ipc: requests/s, p50/p99, server CPU per
-     request, service/echo ratios. Targets: throughput >= 0.9x echo, CPU/request <= 1.2x echo.
+  A. Request path vs transport limit: bench_echo (a bare single-threaded REP server sending a
+     fixed reply of the same bytes as the daemon's get_api_for_model_string reply) against the
+     real daemon, 1 and 8 concurrent clients, tcp loopback and ipc, for two shapes: the
+     headline "realistic" one (get_api_for_model_string("openai/gpt-4o") with 20 valid models
+     with short names, an API key and 6 invalid models: a 696-byte reply) and the earlier
+     "small" one (4 models, 319 bytes). req/s (median and range over the rounds), p50/p99,
+     server CPU per request, syscalls per request (strace -c -f on the server in a separate
+     pass), service/echo ratios. Targets (realistic shape): throughput >= 0.95x echo,
+     CPU/request <= 1.1x echo, syscalls/request <= 1.2x echo.
   B. Growth with the registry: 100 / 10,000 / 100,000 models over 10 and 100 providers:
      resolution p50 (unprefixed name only the LAST provider has; prefixed name), for
      get_api_for_model_string (the contract's reply carries the whole ProviderConfig) and
