@@ -28,6 +28,12 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
  * socket error). */
 int front_run(front_t *self, int stop_fd);
 
+/* Lowers the reply limit (PM_PROTO_MAX_REPLY_SIZE by default), so that a test can exercise
+ * the refusal of a too-large read reply without building a 64 MiB registry. Call it before
+ * front_run. A read whose reply would exceed the limit gets `internal`, "Reply of <n> bytes
+ * exceeds the 64 MiB reply limit", instead of the reply. */
+void front_set_max_reply(front_t *self, size_t max_bytes);
+
 void front_destroy(front_t **self_p);
 
 #endif
