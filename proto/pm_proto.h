@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #define PM_PROTO_VERSION 1
+#define PM_PROTO_VERSION_TEXT "1.1"             /* health.protocol: v1 plus the additive v1.1 */
 #define PM_PROTO_MAX_MESSAGE_SIZE (1024 * 1024) /* ZMQ_MAXMSGSIZE on both sides */
 #define PM_PROTO_MAX_DEPTH 16                   /* containers nested in a request */
 #define PM_PROTO_EVENTS_TOPIC "providers"

@@ -360,7 +360,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 7);
+    msgpack_pack_map(r->pk, 9);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -375,6 +375,11 @@ static void s_op_health(front_t *self, read_t *r)
     msgpack_pack_double(r->pk, uptime);
     pm_pack_str(r->pk, "jobs_running");
     msgpack_pack_int(r->pk, self->snapshot->jobs_running);
+    /* v1.1 (additive; v1 callers ignore unknown keys). */
+    pm_pack_str(r->pk, "protocol");
+    pm_pack_str(r->pk, PM_PROTO_VERSION_TEXT);
+    pm_pack_str(r->pk, "status_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->status_version);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
