@@ -950,7 +950,8 @@ static int s_cmd_find(s_ctx_t *ctx, int argc, char **argv)
 static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_width, bool bar,
                                  bool verify)
 {
-    /* A verification job's progress: probes finished out of the models listed. */
+    /* A verification job's progress: probes finished out of the models listed (a bound, as
+     * not every listed model is probed: the bar fills when the provider's part ends). */
     int64_t done = verify ? entry->checked : entry->validated;
     s_put(stdout, entry->key);
     s_pad(stdout, key_width - s_width(entry->key) + 2);
@@ -973,8 +974,9 @@ static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_widt
     s_put(stdout, entry->state);
     s_pad(stdout, s_width(entry->state) < 11 ? 11 - s_width(entry->state) : 1);
     if (verify)
-        printf(" %lld/%lld checked, %lld ok, %lld failed, %lld transient",
-               (long long)entry->checked, (long long)entry->discovered, (long long)entry->ok,
+        /* Not "checked/listed": a verification probes only some of the listed models. */
+        printf(" %lld listed, %lld checked, %lld ok, %lld failed, %lld transient",
+               (long long)entry->discovered, (long long)entry->checked, (long long)entry->ok,
                (long long)entry->failed, (long long)entry->transient);
     else
         printf(" %lld/%lld validated, %lld valid, %lld invalid", (long long)entry->validated,

@@ -1355,8 +1355,8 @@ static void test_pmctl_verify(void **state)
                      0);
     /* plain output (not a TTY): the job, each change of progress, the messages */
     s_assert_contains(out, "job v-9\n");
-    s_assert_contains(out, "acme  validating  1/4 checked, 1 ok, 0 failed, 0 transient\n");
-    s_assert_contains(out, "acme  ok          4/4 checked, 2 ok, 1 failed, 1 transient\n");
+    s_assert_contains(out, "acme  validating  4 listed, 1 checked, 1 ok, 0 failed, 0 transient\n");
+    s_assert_contains(out, "acme  ok          4 listed, 4 checked, 2 ok, 1 failed, 1 transient\n");
     s_assert_contains(out, "Verified 4 models of acme\n");
     free(out);
 
@@ -1383,7 +1383,7 @@ static void test_pmctl_verify(void **state)
     s_answer(suite->fake, VERIFY_DONE("true"));
     assert_int_equal(s_pmctl(suite, (const char *[]){"job", "v-9", NULL}, &out, NULL), 0);
     s_assert_contains(out, "kind           verify\n");
-    s_assert_contains(out, "4/4 checked, 2 ok, 1 failed, 1 transient");
+    s_assert_contains(out, "4 listed, 4 checked, 2 ok, 1 failed, 1 transient");
     free(out);
 }
 
