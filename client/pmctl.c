@@ -1538,8 +1538,11 @@ static int s_cmd_status(s_ctx_t *ctx, int argc, char **argv)
     for (size_t i = 0; i < list->count; i++) {
         const pm_model_status_t *r = &list->records[i];
         s_format_ago(r->last_ok_at, now, texts[i][0], TEXT);
+        /* A local model answers in a few ms: one decimal there, whole ms above. */
         if (isnan(r->latency_ms))
             snprintf(texts[i][1], TEXT, "-");
+        else if (r->latency_ms < 10)
+            snprintf(texts[i][1], TEXT, "%.1f ms", r->latency_ms);
         else
             snprintf(texts[i][1], TEXT, "%.0f ms", r->latency_ms);
         snprintf(texts[i][2], TEXT, "%lld", (long long)r->failures);
