@@ -1756,8 +1756,8 @@ static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
 
 static const s_command_t s_commands[] = {
     {"health", s_cmd_health, "", 0, NULL, "Show the service's health and counters.", NULL, true},
-    {"providers", s_cmd_providers, "", 0, NULL, "List the providers (API keys masked).", NULL,
-     true},
+    {"providers", s_cmd_providers, "", 0, NULL,
+     "List the providers (API keys masked) and their status.", NULL, true},
     {"provider", s_cmd_provider, "NAME", 1, NULL, "Show one provider (getitem).", NULL, true},
     {"models", s_cmd_models, "", 0, s_models_options,
      "List the available models (long names), of all providers or of one.", NULL, true},
