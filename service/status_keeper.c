@@ -15,8 +15,9 @@
 struct status_keeper_t {
     model_status_t *table;
     status_store_t *store;
-    const registry_t *reg; /* the writer's current registry, borrowed */
-    char **parts;          /* providers whose job part ended, not yet taken */
+    const registry_t *reg;    /* the writer's current registry, borrowed */
+    const registry_t *synced; /* the registry the table was last synced with (identity only) */
+    char **parts;             /* providers whose job part ended, not yet taken */
     size_t part_count;
     size_t part_alloc;
 };
@@ -255,8 +256,15 @@ int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double no
                          status_keeper_publish_fn *publish, void *publish_arg)
 {
     self->reg = reg;
-    if (model_status_sync(self->table, reg, now) < 0)
-        log_warn("status: out of memory syncing with the registry");
+    /* A sync walks the whole registry: only when it changed, never per discovery result (a
+     * sealed registry is immutable, and the writer holds it while it is current, so the same
+     * pointer means the same content). */
+    if (reg != self->synced) {
+        if (model_status_sync(self->table, reg, now) < 0)
+            log_warn("status: out of memory syncing with the registry");
+        else
+            self->synced = reg;
+    }
 
     /* Take every provider's batch: each non-empty one bumps status_version once. */
     size_t n = registry_count(reg);
@@ -330,6 +338,7 @@ status_keeper_t *status_keeper_new(const char *data_dir, const model_status_sett
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
+    self->synced = reg;
     /* Start-up transitions (models first seen in the providers file) are journalled but not
      * published: nobody can be subscribed yet. */
     for (size_t i = 0; i < registry_count(reg); i++) {
@@ -382,5 +391,8 @@ void status_keeper_set_registry(status_keeper_t *self, const registry_t *reg)
 
 int status_keeper_set_settings(status_keeper_t *self, const model_status_settings_t *settings)
 {
-    return model_status_set_settings(self->table, settings);
+    if (model_status_set_settings(self->table, settings) < 0)
+        return -1;
+    self->synced = NULL; /* new ignore globs / thresholds: the next commit syncs again */
+    return 0;
 }
