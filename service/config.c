@@ -27,7 +27,7 @@
 #include <strings.h>
 
 #ifndef PM_VERSION
-#define PM_VERSION "unknown"
+#error "PM_VERSION comes from CMake project(VERSION): build with CMake"
 #endif
 
 #ifndef PATH_MAX
@@ -277,7 +277,7 @@ static const s_option_t s_options[OPT_COUNT] = {
          "PUB endpoint of change events (default " CONFIG_DEFAULT_EVENTS_ENDPOINT ")"},
     [OPT_DATA_DIR] = {"data-dir", "DIR", "PM_DATA_DIR",
                       "directory of " STORE_FILE_NAME " (default " CONFIG_DEFAULT_DATA_DIR ")"},
-    [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "request workers, 1 to 64 (default 4)"},
+    [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "discovery worker threads, 1 to 64 (default 4)"},
     [OPT_LOG_LEVEL] = {"log-level", "LEVEL", "PM_LOG_LEVEL",
                        "error, warn, info or debug (default info)"},
     [OPT_CURVE_SECRET_KEY_FILE] = {"curve-secret-key-file", "FILE", "PM_CURVE_SECRET_KEY_FILE",

@@ -721,7 +721,7 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     }
     /* Connected only once the bind succeeded: the writer's PAIR takes one peer, and a peer
      * that connects and closes again races with the one that must then stop the writer
-     * (main.c, s_stop_writer), whose stop message would be lost and the daemon hang. */
+     * (writer_stop), whose stop message would be lost and the daemon hang. */
     self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
     if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||

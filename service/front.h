@@ -4,7 +4,7 @@
  * A ROUTER socket on the request endpoint behaves exactly like REP to REQ clients (and to
  * DEALER clients that send the empty delimiter). Reads are answered at once from the current
  * immutable snapshot, in this thread: a read is microseconds of work, and a hop to another
- * thread would cost more than the work (see README, Benchmarks). Writes go to the writer
+ * thread would cost more than the work (see docs/benchmarks.md). Writes go to the writer
  * thread over inproc; their replies come back the same way and are routed to the caller, so a
  * slow write (a persist of a big registry) never stalls a read.
  */
