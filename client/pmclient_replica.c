@@ -827,6 +827,66 @@ static int s_resolve(pmclient_replica_t *self, const char *model_string,
     return 0;
 }
 
+_Static_assert(PMCLIENT_REPLICA_MAX_KEY_LEN == PROVIDER_MAX_KEY_LEN, "key limit");
+_Static_assert(PMCLIENT_REPLICA_MAX_NAME_LEN == PROVIDER_MAX_NAME_LEN, "name limit");
+_Static_assert(PMCLIENT_REPLICA_MAX_URL_LEN == PROVIDER_MAX_URL_LEN, "URL limit");
+_Static_assert(PMCLIENT_REPLICA_MAX_API_KEY_LEN == PROVIDER_MAX_API_KEY_LEN, "API key limit");
+
+/* Copies text into a buffer of cap bytes; -1 when it does not fit (the registry's limits
+ * make that impossible, but a copy never overflows on trust). */
+static int s_copy_into(char *dest, size_t cap, const char *text)
+{
+    size_t len = strlen(text);
+    if (len >= cap)
+        return -1;
+    memcpy(dest, text, len + 1);
+    return 0;
+}
+
+int pmclient_replica_resolve(pmclient_replica_t *self, const char *model_string,
+                             pmclient_replica_target_t *out, pmclient_replica_error_t *err)
+{
+    if (!self || !model_string || !out) {
+        s_error(err, "bad_request", "missing argument 'model_string'");
+        return -1;
+    }
+    size_t len = strlen(model_string);
+    if (len > S_MAX_MODEL_STRING_LEN) {
+        s_error(err, "bad_request", "argument 'model_string' is longer than %d bytes",
+                S_MAX_MODEL_STRING_LEN);
+        return -1;
+    }
+    unsigned slot;
+    const s_state_t *state = s_begin(self, &slot, err);
+    if (!state)
+        return -1;
+    registry_resolution_t res;
+    registry_status_t status = registry_resolve(state->registry, model_string, len, &res);
+    int rc = -1;
+    if (status == REGISTRY_INVALID_FOR_PROVIDER) {
+        s_error(err, "invalid_model", "Invalid model for provider %s: %.*s", res.prefix,
+                (int)res.model_len, res.model);
+    } else if (status != REGISTRY_RESOLVED) {
+        s_error(err, "invalid_model", "Invalid model: %.*s", (int)res.model_len, res.model);
+    } else {
+        const char *api_key = provider_api_key(res.provider);
+        out->has_api_key = api_key != NULL;
+        out->state_version = state->version;
+        if (s_copy_into(out->provider, sizeof out->provider, provider_key(res.provider)) != 0 ||
+            s_copy_into(out->long_name, sizeof out->long_name, res.long_name) != 0 ||
+            s_copy_into(out->base_api_url, sizeof out->base_api_url,
+                        provider_base_api_url(res.provider)) != 0 ||
+            s_copy_into(out->api_key, sizeof out->api_key, api_key ? api_key : "") != 0)
+            s_error(err, "internal", "a resolved value exceeds the registry's limits");
+        else
+            rc = 0;
+    }
+    s_read_end(self, slot);
+    if (rc == 0)
+        s_ok(err);
+    return rc;
+}
+
 int pmclient_replica_get_api_for_model_string(pmclient_replica_t *self, const char *model_string,
                                               pm_provider_t **provider_out, char **long_name_out,
                                               pmclient_replica_error_t *err)

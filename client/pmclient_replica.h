@@ -128,6 +128,28 @@ int pmclient_replica_get_api_for_model_string(pmclient_replica_t *self, const ch
                                               pm_provider_t **provider_out, char **long_name_out,
                                               pmclient_replica_error_t *err);
 
+/* The limits of the registry core (the service's): a resolution's strings always fit. */
+#define PMCLIENT_REPLICA_MAX_KEY_LEN 64
+#define PMCLIENT_REPLICA_MAX_NAME_LEN 1024
+#define PMCLIENT_REPLICA_MAX_URL_LEN 2048
+#define PMCLIENT_REPLICA_MAX_API_KEY_LEN 4096
+
+/* What a caller needs to call a model: the provider's key, endpoint and key, and the long
+ * name. Filled in place, without allocating: the hot path of a caller that resolves on every
+ * request (get_api_for_model_string copies the whole ProviderConfig, every model included). */
+typedef struct {
+    char provider[PMCLIENT_REPLICA_MAX_KEY_LEN + 1];
+    char long_name[PMCLIENT_REPLICA_MAX_NAME_LEN + 1];
+    char base_api_url[PMCLIENT_REPLICA_MAX_URL_LEN + 1];
+    bool has_api_key;
+    char api_key[PMCLIENT_REPLICA_MAX_API_KEY_LEN + 1]; /* "" when !has_api_key */
+    int64_t state_version;                              /* of the state that answered */
+} pmclient_replica_target_t;
+
+/* get_api_for_model_string's rules and errors, the answer in *out (no allocation). */
+int pmclient_replica_resolve(pmclient_replica_t *self, const char *model_string,
+                             pmclient_replica_target_t *out, pmclient_replica_error_t *err);
+
 /* validate_model: the long name (caller frees). */
 int pmclient_replica_validate_model(pmclient_replica_t *self, const char *model_string,
                                     char **long_name_out, pmclient_replica_error_t *err);

@@ -739,6 +739,26 @@ static void test_results_equal_registry_resolve(void **state)
         pm_provider_free(&provider);
         free(name);
 
+        /* The allocation-free form answers the same. */
+        pmclient_replica_target_t *target = calloc(1, sizeof *target);
+        assert_non_null(target);
+        pmclient_replica_error_t err2;
+        rc = pmclient_replica_resolve(replica, in, target, &err2);
+        if (want == REGISTRY_RESOLVED) {
+            assert_int_equal(rc, 0);
+            assert_string_equal(target->long_name, res.long_name);
+            assert_string_equal(target->provider, provider_key(res.provider));
+            assert_string_equal(target->base_api_url, provider_base_api_url(res.provider));
+            assert_true(target->has_api_key);
+            assert_string_equal(target->api_key, provider_api_key(res.provider));
+            assert_int_equal(target->state_version, 0);
+        } else {
+            assert_int_equal(rc, -1);
+            assert_string_equal(err2.code, err.code);
+            assert_string_equal(err2.message, err.message);
+        }
+        free(target);
+
         /* find_model: the providers whose find_model knows the name, in order. */
         pm_matches_t *matches = NULL;
         assert_int_equal(pmclient_replica_find_model(replica, in, &matches, &err), 0);
@@ -797,6 +817,7 @@ typedef struct {
     atomic_bool *stop;
     long reads;
     long failures;
+    pmclient_replica_target_t target;
 } reader_t;
 
 static void *s_reader(void *arg)
@@ -818,7 +839,10 @@ static void *s_reader(void *arg)
         if (rc != 0 || strcmp(name, "stable") != 0)
             r->failures++;
         free(name);
-        r->reads += 2;
+        rc = pmclient_replica_resolve(r->replica, "stable", &r->target, &err);
+        if (rc != 0 || strcmp(r->target.provider, "churn") != 0)
+            r->failures++;
+        r->reads += 3;
     }
     return NULL;
 }
