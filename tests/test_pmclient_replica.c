@@ -8,8 +8,8 @@
  *
  * Covered: snapshot + events applied; a gap re-snapshots (counted); silence of 3 x heartbeat_ms
  * marks the replica stale, it keeps answering, and it re-syncs when the primary is back; an
- * epoch change re-snapshots; results identical to registry_resolve; readers on several
- * threads resolving while the replica applies 1,000 changes per second.
+ * epoch change re-snapshots; CURVE; results identical to registry_resolve; readers on
+ * several threads resolving while the replica applies 1,000 changes per second.
  */
 #include "pmclient_replica.h"
 
@@ -318,7 +318,15 @@ static registry_t *s_start_registry(void)
     return r;
 }
 
+/* server_secret: the fake's CURVE secret key (Z85), or NULL for a plain fake. */
+static fake_t *fake_new_curve(int heartbeat_ms, const char *server_secret);
+
 static fake_t *fake_new(int heartbeat_ms)
+{
+    return fake_new_curve(heartbeat_ms, NULL);
+}
+
+static fake_t *fake_new_curve(int heartbeat_ms, const char *server_secret)
 {
     fake_t *fake = calloc(1, sizeof *fake);
     assert_non_null(fake);
@@ -335,6 +343,14 @@ static fake_t *fake_new(int heartbeat_ms)
     int linger = 0;
     zmq_setsockopt(fake->router, ZMQ_LINGER, &linger, sizeof linger);
     zmq_setsockopt(fake->pub, ZMQ_LINGER, &linger, sizeof linger);
+    if (server_secret) {
+        int on = 1;
+        void *sockets[] = {fake->router, fake->pub};
+        for (int i = 0; i < 2; i++) {
+            assert_int_equal(zmq_setsockopt(sockets[i], ZMQ_CURVE_SERVER, &on, sizeof on), 0);
+            assert_int_equal(zmq_setsockopt(sockets[i], ZMQ_CURVE_SECRETKEY, server_secret, 41), 0);
+        }
+    }
     assert_int_equal(zmq_bind(fake->router, "tcp://127.0.0.1:*"), 0);
     assert_int_equal(zmq_bind(fake->pub, "tcp://127.0.0.1:*"), 0);
     size_t len = sizeof fake->router_ep;
@@ -678,6 +694,50 @@ static void test_epoch_change_resnapshots(void **state)
     fake_destroy(&fake);
 }
 
+/* CURVE: with the service's key the replica syncs and follows events; with another server
+ * key the handshake fails and it never syncs (and says so). */
+static void test_curve(void **state)
+{
+    (void)state;
+    char server_public[41], server_secret[41], client_public[41], client_secret[41];
+    char other_public[41], other_secret[41];
+    assert_int_equal(zmq_curve_keypair(server_public, server_secret), 0);
+    assert_int_equal(zmq_curve_keypair(client_public, client_secret), 0);
+    assert_int_equal(zmq_curve_keypair(other_public, other_secret), 0);
+    fake_t *fake = fake_new_curve(100, server_secret);
+    pmclient_replica_options_t options = {.timeout_ms = 300,
+                                          .heartbeat_ms = 200,
+                                          .backoff_max_ms = 200,
+                                          .server_public_z85 = server_public,
+                                          .client_public_z85 = client_public,
+                                          .client_secret_z85 = client_secret};
+    pmclient_replica_t *replica = pmclient_replica_new(fake->router_ep, fake->pub_ep, &options);
+    assert_non_null(replica);
+    assert_int_equal(pmclient_replica_wait(replica, 0, 10000), 0);
+    s_wait_subscribed(replica);
+    const char *m[] = {"over-curve"};
+    fake_change(fake, "secure", m, 1, NULL, true);
+    assert_int_equal(pmclient_replica_wait(replica, 1, 10000), 0);
+    s_assert_same_state(replica, fake);
+    assert_int_equal(s_stats(replica).events_applied, 1);
+    pmclient_replica_destroy(&replica);
+
+    options.server_public_z85 = other_public;
+    replica = pmclient_replica_new(fake->router_ep, fake->pub_ep, &options);
+    assert_non_null(replica);
+    assert_int_equal(pmclient_replica_wait(replica, 0, 1000), -1);
+    pmclient_replica_stats_t stats = s_stats(replica);
+    assert_false(stats.synced);
+    assert_true(stats.stale);
+    assert_int_equal(stats.heartbeats, 0);
+    pmclient_replica_destroy(&replica);
+
+    /* Keys are all given or none. */
+    pmclient_replica_options_t partial = {.server_public_z85 = server_public};
+    assert_null(pmclient_replica_new(fake->router_ep, fake->pub_ep, &partial));
+    fake_destroy(&fake);
+}
+
 /* Every answer equals what the service builds from registry_resolve on the same data. */
 static void test_results_equal_registry_resolve(void **state)
 {
@@ -909,6 +969,7 @@ int main(void)
         cmocka_unit_test(test_gap_resnapshots),
         cmocka_unit_test(test_silence_marks_stale_and_resyncs),
         cmocka_unit_test(test_epoch_change_resnapshots),
+        cmocka_unit_test(test_curve),
         cmocka_unit_test(test_results_equal_registry_resolve),
         cmocka_unit_test(test_readers_during_changes),
     };
