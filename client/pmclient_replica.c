@@ -47,6 +47,19 @@ typedef struct {
     char epoch[PMCLIENT_REPLICA_MAX_EPOCH_LEN + 1];
 } s_state_t;
 
+/* The thread's view of the stream: opened by pmclient_replica_new (so that a bad endpoint
+ * fails there), then used by the thread only (handed over by pthread_create, a full barrier,
+ * as ZeroMQ requires to move a socket between threads). */
+typedef struct {
+    void *ctx;
+    void *sub;
+    pmclient_t *client;
+    bool need_snapshot;
+    bool caught_up; /* an event or heartbeat after the snapshot confirmed its version */
+    int64_t next_attempt_ms;
+    int backoff_ms;
+} s_sync_t;
+
 struct pmclient_replica_t {
     char *endpoint;
     char *events_endpoint;
@@ -60,6 +73,7 @@ struct pmclient_replica_t {
     pmclient_replica_change_fn *on_change;
     void *on_change_arg;
 
+    s_sync_t sync;
     pthread_t thread;
     bool thread_started;
     atomic_bool stop;
@@ -78,17 +92,6 @@ struct pmclient_replica_t {
     pthread_cond_t changed;
     pmclient_replica_stats_t counters; /* only the counter fields are used */
 };
-
-/* The thread's private view of the stream. */
-typedef struct {
-    void *ctx;
-    void *sub;
-    pmclient_t *client;
-    bool need_snapshot;
-    bool caught_up; /* an event or heartbeat after the snapshot confirmed its version */
-    int64_t next_attempt_ms;
-    int backoff_ms;
-} s_sync_t;
 
 /* ------------------------------------------------------------------------------ helpers */
 
@@ -519,20 +522,18 @@ static void s_sync_close(s_sync_t *sync)
     pmclient_destroy(&sync->client);
     if (sync->sub)
         zmq_close(sync->sub);
+    sync->sub = NULL;
     if (sync->ctx) {
         while (zmq_ctx_term(sync->ctx) != 0 && errno == EINTR) {
         }
     }
+    sync->ctx = NULL;
 }
 
 static void *s_run(void *arg)
 {
     pmclient_replica_t *self = arg;
-    s_sync_t sync;
-    if (s_sync_open(self, &sync) != 0) {
-        s_sync_close(&sync);
-        return NULL; /* the replica then stays unsynced (stale); nothing else to do */
-    }
+    s_sync_t sync = self->sync; /* the thread's own from here on; given back at the end */
     int64_t silence_ms = 3 * (int64_t)self->heartbeat_ms;
     while (!atomic_load(&self->stop)) {
         int64_t now = pmc_now_ms();
@@ -557,7 +558,7 @@ static void *s_run(void *arg)
         if (!sync.need_snapshot && pmc_now_ms() - atomic_load(&self->last_contact_ms) > silence_ms)
             s_resync(self, &sync, &self->counters.silences);
     }
-    s_sync_close(&sync);
+    self->sync = sync; /* closed by pmclient_replica_destroy after the join */
     return NULL;
 }
 
@@ -629,6 +630,8 @@ pmclient_replica_t *pmclient_replica_new(const char *endpoint, const char *event
     }
     self->on_change = options->on_change;
     self->on_change_arg = options->on_change_arg;
+    if (s_sync_open(self, &self->sync) != 0)
+        goto fail;
     if (pthread_create(&self->thread, NULL, s_run, self) != 0)
         goto fail;
     self->thread_started = true;
@@ -647,6 +650,7 @@ void pmclient_replica_destroy(pmclient_replica_t **self_p)
     atomic_store(&self->stop, true);
     if (self->thread_started)
         pthread_join(self->thread, NULL);
+    s_sync_close(&self->sync);
     s_state_t *state = atomic_load(&self->current);
     s_state_destroy(&state);
     /* The secret key does not outlive the replica in freed memory. */

@@ -105,8 +105,8 @@ typedef struct {
 /* Starts a replica of the service at endpoint (requests; NULL: PMCLIENT_DEFAULT_ENDPOINT)
  * whose events are published at events_endpoint (NULL: PMCLIENT_DEFAULT_EVENTS_ENDPOINT).
  * Returns at once; the first snapshot comes in the background (pmclient_replica_wait).
- * NULL on allocation failure, an endpoint longer than PMCLIENT_MAX_ENDPOINT_LEN, invalid
- * options or keys, or when the thread could not start. */
+ * NULL on allocation failure, an endpoint longer than PMCLIENT_MAX_ENDPOINT_LEN or that
+ * ZeroMQ does not accept, invalid options or keys, or when the thread could not start. */
 pmclient_replica_t *pmclient_replica_new(const char *endpoint, const char *events_endpoint,
                                          const pmclient_replica_options_t *options);
 

@@ -535,6 +535,7 @@ static void test_before_sync_unavailable(void **state)
     assert_null(pmclient_replica_new(NULL, NULL, &bad));
     pmclient_replica_options_t negative = {.heartbeat_ms = -1};
     assert_null(pmclient_replica_new(NULL, NULL, &negative));
+    assert_null(pmclient_replica_new(NULL, "not-an-endpoint", NULL));
 }
 
 static void test_snapshot_then_events(void **state)
