@@ -22,6 +22,10 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
   W. Write path: set_provider writes/s and p50, 1 and 8 writers, at 100 and 100,000 models.
      Target: at 100,000 models 8 writers together >= 100 writes/s.
   C. Discovery: tests/bench/bench_discovery when it was built (its own wall time vs ideal).
+  R. Client replica: in-process resolution through libpmclient's local replica
+     (tests/bench/bench_replica, its own primary inside) at 100,000 models, 1 and 2 reader
+     threads, idle and while 1,000 changes per second are applied: p50, p99 and resolutions
+     per second per reader thread. Targets: p50 <= 1 us, >= 1,000,000 per second per thread.
 
 The machine is small and shared, so every measurement is repeated in several rounds, the
 rounds interleave what is compared (echo and service alternate, registry sizes alternate),
@@ -932,6 +936,46 @@ def bench_discovery(cfg, tools, daemon_bin, quick, log):
     return out
 
 
+# ----------------------------------------------------------------------------- table R
+
+
+def bench_replica(tools, quick, log):
+    """Table R: bench_replica, resolution in process through the client replica, idle and
+    while the replica applies 1,000 changes per second."""
+    binary = os.path.join(tools, "bench_replica")
+    runs = []
+    for rate in (0, 1000):
+        cmd = [binary, "--threads", "1,2", "--changes-per-s", str(rate)]
+        if quick:
+            cmd.append("--quick")
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=600)
+        if proc.returncode != 0:
+            raise BenchError("bench_replica failed: %s" % proc.stderr.decode().strip()[-500:])
+        runs.append(json.loads(proc.stdout))
+        log(".")
+    log("\n")
+    rows, targets = [], []
+    for res in runs:
+        for r in res["runs"]:
+            rows.append([fmt_int(res["models"]), str(res["changes_per_s"]), str(r["threads"]),
+                         "%d" % r["p50_ns"], "%d" % r["p99_ns"], fmt_int(r["rps_per_thread"]),
+                         "%.0f" % res["sync_ms"], fmt_mib(res["rss_kib"])])
+            cell = "%d reader(s), %d changes/s" % (r["threads"], res["changes_per_s"])
+            targets.append({"name": "replica resolution p50, " + cell, "value": r["p50_ns"],
+                            "unit": "ns", "target": "<= 1000", "pass": r["p50_ns"] <= 1000})
+            targets.append({"name": "replica resolutions/s per thread, " + cell,
+                            "value": r["rps_per_thread"], "unit": "/s",
+                            "target": ">= 1000000", "pass": r["rps_per_thread"] >= 1000000})
+    print_table("R. Client replica: pmclient_replica_resolve in process (bench_replica)",
+                ["models", "changes/s", "readers", "p50 ns", "p99 ns", "resolutions/s/thread",
+                 "sync ms", "RSS"], rows)
+    print("  sync = replica start to its first snapshot applied (its own primary in the same "
+          "process); RSS of\n  the whole process (primary's packed snapshot included).")
+    print_targets("R targets", targets)
+    return runs, targets
+
+
 # ----------------------------------------------------------------------------- profile
 
 
@@ -1090,7 +1134,7 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c"], action="append",
+    ap.add_argument("--only", choices=["a", "b", "c", "r"], action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
                     "build's); e.g. an older build, for a before/after comparison")
@@ -1106,14 +1150,15 @@ def main():
     daemon_bin = (os.path.abspath(opts.daemon) if opts.daemon
                   else os.path.join(build, "service", "provider-manager"))
     for path in (daemon_bin, os.path.join(tools, "bench_echo"),
-                 os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry")):
+                 os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry"),
+                 os.path.join(tools, "bench_replica")):
         if not os.access(path, os.X_OK):
             sys.stderr.write("run.py: %s is missing: run `cmake --build %s --target bench-tools`"
                              "\n" % (path, opts.build))
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c"])
+    only = set(opts.only or ["a", "b", "c", "r"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1166,6 +1211,10 @@ def main():
             results["write_targets"] = w_targets
         if "c" in only:
             results["discovery"] = bench_discovery(cfg, tools, daemon_bin, opts.quick, log)
+        if "r" in only:
+            log("R: client replica ")
+            results["replica"], results["replica_targets"] = bench_replica(tools, opts.quick,
+                                                                           log)
         if opts.profile:
             log("P: profile ")
             results["profile"] = profile_request_path(
@@ -1185,7 +1234,7 @@ def main():
         results["request_errors"] = errors
         status = 1
     all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
-                               "write_targets")
+                               "write_targets", "replica_targets")
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):
         all_targets.append(results["discovery"]["target"])
