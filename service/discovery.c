@@ -165,7 +165,7 @@ struct discovery_t {
     bool has_observer;
     discovery_observer_t observer;
     discovery_counters_t counters; /* metrics hooks; zeroed: none */
-    const registry_t *current; /* borrowed during discovery_start*() / discovery_handle() */
+    const registry_t *current;     /* borrowed during discovery_start*() / discovery_handle() */
     /* v1.1 schedules: re-list and verify runs. */
     bool list_armed;
     double next_list_run;
