@@ -3,11 +3,22 @@ with --metrics-endpoint on a free loopback port, HTTP GETs against it, and a par
 Prometheus text format 0.0.4 written from the format's description (standard library only)."""
 
 import http.client
+import json
+import os
 import re
+import shutil
+import subprocess
+import tempfile
+import time
+import unittest
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pmharness as h
 
 HTTP_TIMEOUT = 5.0 * h.TIMEOUT_SCALE
+PROM_TIMEOUT = 60.0 * h.TIMEOUT_SCALE
 _LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"(,|$)')
 
@@ -124,3 +135,66 @@ def families(parsed):
     for (n, _labels) in parsed["samples"]:
         names.add(n)
     return names
+
+
+def require(tool):
+    """The Debian binary's path, or SkipTest (make test installs the prometheus package)."""
+    path = shutil.which(tool, path="/usr/bin:/bin:/usr/local/bin")
+    if not path:
+        raise unittest.SkipTest("%s is not installed (make test installs the Debian package "
+                                "prometheus)" % tool)
+    return path
+
+
+def start_prometheus(test, target_port, scrape_interval="1s"):
+    """A real Prometheus on a free port scraping 127.0.0.1:target_port as job
+    "provider-manager" (a generated config, a temporary database); stopped at cleanup.
+    Returns its port once /-/ready answers."""
+    binary = require("prometheus")
+    tmp = tempfile.mkdtemp(prefix="pm-prom-")
+    test.addCleanup(shutil.rmtree, tmp, True)
+    config = os.path.join(tmp, "prometheus.yml")
+    with open(config, "w") as f:
+        f.write("global:\n  scrape_interval: %s\n  evaluation_interval: %s\n"
+                "scrape_configs:\n  - job_name: provider-manager\n"
+                "    static_configs:\n      - targets: ['127.0.0.1:%d']\n"
+                % (scrape_interval, scrape_interval, target_port))
+    port = h.free_port()
+    log = open(os.path.join(tmp, "prometheus.log"), "wb")
+    test.addCleanup(log.close)
+    proc = subprocess.Popen(
+        [binary, "--config.file=" + config, "--storage.tsdb.path=" + os.path.join(tmp, "db"),
+         "--web.listen-address=127.0.0.1:%d" % port, "--log.level=warn"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp)
+
+    def stop():
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    test.addCleanup(stop)
+    deadline = time.monotonic() + PROM_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            with open(os.path.join(tmp, "prometheus.log"), "rb") as f:
+                raise AssertionError("prometheus exited: %r" % f.read()[-2000:])
+        try:
+            if get(port, "/-/ready", timeout=1)[0] == 200:
+                return port
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("prometheus not ready in %.0f s" % PROM_TIMEOUT)
+
+
+def query(prom_port, expr):
+    """The reply of Prometheus' /api/v1/query for expr (a dict: status, data or error)."""
+    url = "http://127.0.0.1:%d/api/v1/query?%s" % (prom_port,
+                                                   urllib.parse.urlencode({"query": expr}))
+    try:
+        with urllib.request.urlopen(url, timeout=HTTP_TIMEOUT) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as e:  # 400 for a bad expression: its JSON says why
+        return json.loads(e.read())

@@ -14,18 +14,14 @@
 Run: python3 -m unittest -v test_metrics   (in tests/python; PM_DAEMON set by ctest)
 """
 
-import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import unittest
 import urllib.parse
-import urllib.request
 
 import pmharness as h
 import pmmetrics as pm
@@ -35,15 +31,7 @@ from pmupstream import FakeUpstream
 P = "provider_manager_"
 KEY = pmsecrets.test_key("metrics")
 JOB_TIMEOUT = 30.0 * h.TIMEOUT_SCALE
-PROM_TIMEOUT = 60.0 * h.TIMEOUT_SCALE
-
-
-def require(tool):
-    path = shutil.which(tool, path="/usr/bin:/bin:/usr/local/bin")
-    if not path:
-        raise unittest.SkipTest("%s is not installed (make test installs the Debian package "
-                                "prometheus)" % tool)
-    return path
+PROM_TIMEOUT = pm.PROM_TIMEOUT
 
 
 class MetricsTestCase(unittest.TestCase):
@@ -173,7 +161,7 @@ class TestCounts(MetricsTestCase):
         self.assertGreaterEqual(pm.value(parsed, "process_cpu_seconds_total"), 0)
 
     def test_promtool_check_metrics_is_clean(self):
-        promtool = require("promtool")
+        promtool = pm.require("promtool")
         for _ in range(3):
             self.c.ok("keys")
         self.c.err("nope", {})
@@ -323,53 +311,14 @@ class TestStartupRule(unittest.TestCase):
 class TestPrometheus(MetricsTestCase):
     """A real Prometheus scrapes the daemon; its query API sees exactly what was sent."""
 
-    def start_prometheus(self):
-        binary = require("prometheus")
-        tmp = tempfile.mkdtemp(prefix="pm-prom-")
-        self.addCleanup(shutil.rmtree, tmp, True)
-        config = os.path.join(tmp, "prometheus.yml")
-        with open(config, "w") as f:
-            f.write("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-                    "scrape_configs:\n  - job_name: provider-manager\n"
-                    "    static_configs:\n      - targets: ['127.0.0.1:%d']\n"
-                    % self.d.metrics_port)
-        port = h.free_port()
-        log = open(os.path.join(tmp, "prometheus.log"), "wb")
-        self.addCleanup(log.close)
-        proc = subprocess.Popen(
-            [binary, "--config.file=" + config, "--storage.tsdb.path=" + os.path.join(tmp, "db"),
-             "--web.listen-address=127.0.0.1:%d" % port, "--log.level=warn"],
-            stdin=subprocess.DEVNULL, stdout=log, stderr=log, cwd=tmp)
-
-        def stop():
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-        self.addCleanup(stop)
-        deadline = time.monotonic() + PROM_TIMEOUT
-        while time.monotonic() < deadline:
-            self.assertIsNone(proc.poll(), "prometheus exited: see " + tmp)
-            try:
-                if pm.get(port, "/-/ready", timeout=1)[0] == 200:
-                    return port
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.fail("prometheus not ready in %.0f s" % PROM_TIMEOUT)
-
     def query(self, port, expr):
-        url = "http://127.0.0.1:%d/api/v1/query?%s" % (port, urllib.parse.urlencode({"query": expr}))
-        with urllib.request.urlopen(url, timeout=5) as r:
-            reply = json.loads(r.read())
+        reply = pm.query(port, expr)
         self.assertEqual(reply["status"], "success", reply)
         return reply["data"]["result"]
 
     def test_prometheus_sees_exactly_n_requests(self):
         n = 37
-        prom = self.start_prometheus()
+        prom = pm.start_prometheus(self, self.d.metrics_port)
         for _ in range(n):
             self.c.ok("keys")
         for _ in range(3):
