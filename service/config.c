@@ -277,7 +277,8 @@ static const s_option_t s_options[OPT_COUNT] = {
         {"events-endpoint", "EP", "PM_EVENTS_ENDPOINT",
          "PUB endpoint of change events (default " CONFIG_DEFAULT_EVENTS_ENDPOINT ")"},
     [OPT_METRICS_ENDPOINT] = {"metrics-endpoint", "HOST:PORT", "PM_METRICS_ENDPOINT",
-                              "serve Prometheus /metrics and /healthz over HTTP (default off)"},
+                              "serve Prometheus /metrics and /healthz over HTTP (default off; "
+                              "off turns it off)"},
     [OPT_DATA_DIR] = {"data-dir", "DIR", "PM_DATA_DIR",
                       "directory of " STORE_FILE_NAME " (default " CONFIG_DEFAULT_DATA_DIR ")"},
     [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "request workers, 1 to 64 (default 4)"},

@@ -125,7 +125,10 @@ int main(int argc, char **argv)
     bool bind_failed = false;
     metrics_t *metrics = NULL;
     metrics_http_t *metrics_http = NULL;
-    bool with_metrics = cfg.metrics_endpoint && *cfg.metrics_endpoint;
+    /* "off" lets an environment variable turn off what a config file (the image's) turns on:
+     * an empty variable counts as unset. */
+    bool with_metrics =
+        cfg.metrics_endpoint && *cfg.metrics_endpoint && strcmp(cfg.metrics_endpoint, "off") != 0;
 
     if (auth_check_config(&cfg, err, sizeof err) < 0) {
         log_error("%s", err);

@@ -298,6 +298,16 @@ class TestStartupRule(unittest.TestCase):
         self.assertEqual(pm.get(port, "/healthz")[0], 200)
         self.assertEqual(d.stop()[0], 0)
 
+    def test_off_turns_off_what_the_config_file_turns_on(self):
+        port = h.free_port()
+        d = h.Daemon(config="metrics_endpoint: \"127.0.0.1:%d\"\n" % port,
+                     env={"PM_METRICS_ENDPOINT": "off"})
+        self.addCleanup(d.cleanup)
+        d.start()
+        with self.assertRaises(OSError):
+            pm.get(port, "/healthz", timeout=2)
+        self.assertEqual(d.stop()[0], 0)
+
     def test_port_in_use_exits_4(self):
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
