@@ -20,11 +20,13 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPM_WERROR=ON
 
 # Debian 12 packages the build and the tests need.
 DEB_PACKAGES = build-essential cmake pkg-config libzmq3-dev libmsgpack-dev libyaml-dev \
-	libcurl4-openssl-dev libjansson-dev libcmocka-dev python3 python3-zmq python3-msgpack python3-yaml \
-	ca-certificates
+	libcurl4-openssl-dev libjansson-dev libcmocka-dev libmicrohttpd-dev python3 python3-zmq \
+	python3-msgpack python3-yaml ca-certificates
 
-# Tools of the test suite (strace: test_secrets' system-call check) and of the hardening runs.
-TEST_PACKAGES = strace
+# Tools of the test suite (strace: test_secrets' system-call check; prometheus: a real
+# Prometheus scrapes the daemon in test_metrics, and its promtool checks the text) and of the
+# hardening runs.
+TEST_PACKAGES = strace prometheus
 FUZZ_PACKAGES = clang libclang-rt-14-dev
 VALGRIND_PACKAGES = valgrind
 

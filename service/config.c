@@ -250,6 +250,7 @@ typedef enum {
     OPT_CONFIG,
     OPT_ENDPOINT,
     OPT_EVENTS_ENDPOINT,
+    OPT_METRICS_ENDPOINT,
     OPT_DATA_DIR,
     OPT_WORKERS,
     OPT_LOG_LEVEL,
@@ -275,6 +276,9 @@ static const s_option_t s_options[OPT_COUNT] = {
     [OPT_EVENTS_ENDPOINT] =
         {"events-endpoint", "EP", "PM_EVENTS_ENDPOINT",
          "PUB endpoint of change events (default " CONFIG_DEFAULT_EVENTS_ENDPOINT ")"},
+    [OPT_METRICS_ENDPOINT] = {"metrics-endpoint", "HOST:PORT", "PM_METRICS_ENDPOINT",
+                              "serve Prometheus /metrics and /healthz over HTTP (default off; "
+                              "off turns it off)"},
     [OPT_DATA_DIR] = {"data-dir", "DIR", "PM_DATA_DIR",
                       "directory of " STORE_FILE_NAME " (default " CONFIG_DEFAULT_DATA_DIR ")"},
     [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "discovery worker threads, 1 to 64 (default 4)"},
@@ -363,7 +367,7 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
                         CONFIG_MAX_SHOWN_VALUE, value);
             return -1;
         }
-        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT) &&
+        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT || id == OPT_METRICS_ENDPOINT) &&
             strlen(value) > CONFIG_MAX_ENDPOINT_LEN) {
             s_set_error(err, err_size, "option --%s: longer than %d bytes", option->name,
                         CONFIG_MAX_ENDPOINT_LEN);
@@ -408,7 +412,7 @@ static int s_print_usage(FILE *out)
                     out) < 0;
     failed |= fputs("\nConfig file keys (YAML; precedence: flags > environment > file > "
                     "defaults):\n"
-                    "  endpoint, events_endpoint, data_dir, workers, log_level\n"
+                    "  endpoint, events_endpoint, metrics_endpoint, data_dir, workers, log_level\n"
                     "  discovery:\n",
                     out) < 0;
     for (size_t i = 0; i < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; i++)
@@ -742,6 +746,9 @@ static int s_file_setting(s_file_t *file, config_t *cfg, const char *name, const
     } else if (strcmp(name, "events_endpoint") == 0) {
         target = &cfg->events_endpoint;
         max_length = CONFIG_MAX_ENDPOINT_LEN;
+    } else if (strcmp(name, "metrics_endpoint") == 0) {
+        target = &cfg->metrics_endpoint;
+        max_length = CONFIG_MAX_ENDPOINT_LEN;
     } else if (strcmp(name, "data_dir") == 0) {
         target = &cfg->data_dir;
     }
@@ -888,6 +895,7 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
     } strings[] = {
         {OPT_ENDPOINT, offsetof(config_t, endpoint), CONFIG_MAX_ENDPOINT_LEN},
         {OPT_EVENTS_ENDPOINT, offsetof(config_t, events_endpoint), CONFIG_MAX_ENDPOINT_LEN},
+        {OPT_METRICS_ENDPOINT, offsetof(config_t, metrics_endpoint), CONFIG_MAX_ENDPOINT_LEN},
         {OPT_DATA_DIR, offsetof(config_t, data_dir), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir), CONFIG_MAX_PATH_LEN},
@@ -944,6 +952,7 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
     } strings[] = {
         {OPT_ENDPOINT, offsetof(config_t, endpoint)},
         {OPT_EVENTS_ENDPOINT, offsetof(config_t, events_endpoint)},
+        {OPT_METRICS_ENDPOINT, offsetof(config_t, metrics_endpoint)},
         {OPT_DATA_DIR, offsetof(config_t, data_dir)},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file)},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir)},
@@ -1036,6 +1045,7 @@ void config_clear(config_t *cfg)
     free(cfg->config_path);
     free(cfg->endpoint);
     free(cfg->events_endpoint);
+    free(cfg->metrics_endpoint);
     free(cfg->data_dir);
     free(cfg->curve_secret_key_file);
     free(cfg->curve_clients_dir);

@@ -69,6 +69,7 @@ typedef struct {
     char *config_path; /* NULL when none */
     char *endpoint;
     char *events_endpoint;
+    char *metrics_endpoint; /* HOST:PORT of /metrics and /healthz; NULL: off */
     char *data_dir;
     int workers;
     log_level_t log_level;

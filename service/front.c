@@ -40,6 +40,7 @@ struct front_t {
     msgpack_sbuffer reply;
     size_t max_reply; /* PM_PROTO_MAX_REPLY_SIZE; lowered by tests */
     struct timespec started;
+    metrics_requests_t *metrics; /* this thread's counters; NULL: off */
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
 
@@ -501,6 +502,8 @@ static bool s_handle_client(front_t *self, bool *wrote)
     }
     size_t envelope = delimiter + 1;
     size_t body_frames = count - envelope;
+    uint64_t received_ns = self->metrics ? metrics_now_ns() : 0;
+    pm_op_t op = PM_OP_COUNT_; /* counted as "unknown" until the envelope names one */
 
     self->reply.size = 0;
     msgpack_packer pk;
@@ -514,6 +517,7 @@ static bool s_handle_client(front_t *self, bool *wrote)
         char err[256];
         pm_error_t code =
             pm_request_decode(&req, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err);
+        op = req.op;
         if (code == PM_ERR_UNKNOWN_OP) {
             wire_pack_error_spans(&pk, req.id, code, "Unknown op '%s'", req.op_name, (pm_str_t){0});
         } else if (code != PM_OK) {
@@ -535,6 +539,10 @@ static bool s_handle_client(front_t *self, bool *wrote)
     }
     if (s_send_reply(self, envelope, self->reply.data, self->reply.size) < 0)
         log_debug("front: reply dropped: %s", zmq_strerror(errno));
+    if (self->metrics)
+        metrics_request_observe(self->metrics, op,
+                                metrics_reply_outcome(self->reply.data, self->reply.size),
+                                metrics_now_ns() - received_ns);
     frames_close(self->frames, count);
     if (self->reply.alloc > FRONT_REPLY_KEEP_BYTES) {
         /* One big reply (merged_models of a large registry) must not pin its memory. */
@@ -742,6 +750,11 @@ fail:
 void front_set_max_reply(front_t *self, size_t max_bytes)
 {
     self->max_reply = max_bytes;
+}
+
+void front_set_metrics(front_t *self, metrics_t *metrics)
+{
+    self->metrics = metrics_requests(metrics, METRICS_SET_FRONT);
 }
 
 void front_destroy(front_t **self_p)

@@ -69,6 +69,13 @@ struct writer_t {
     double last_commit_ms; /* how long the last seal + persist took */
     bool stopping;
     bool stop_sent; /* writer_stop already signalled */
+    /* Metrics (NULL: off). Set once by writer_set_metrics while the thread may run, hence
+     * atomic; the state at start-up seeds the gauges (read-only once the thread runs). */
+    _Atomic(metrics_t *) metrics;
+    bool metrics_synced; /* the thread's own: gauges published since metrics was set */
+    uint64_t start_status_version;
+    size_t start_providers;
+    size_t start_counts[STATUS_STATE_COUNT];
 };
 
 /* One request of a batch, held until the batch is committed. */
@@ -83,6 +90,7 @@ typedef struct {
     const msgpack_object *id;
     pm_request_t request; /* kept alive for the id of deferred replies */
     char *changed_key;    /* the key this request changed, for its event */
+    uint64_t received_ns; /* for request_duration_seconds (0 without metrics) */
 } pending_t;
 
 typedef struct batch {
@@ -128,6 +136,60 @@ void snapshot_destroy(snapshot_t **self_p)
     *self_p = NULL;
 }
 
+/* ------------------------------------------------------------------------ metrics */
+
+static metrics_t *s_metrics(writer_t *self)
+{
+    return atomic_load_explicit(&self->metrics, memory_order_acquire);
+}
+
+/* The gauges from the current state: O(1) (the status table keeps its counts). */
+static void s_publish_gauges(writer_t *self)
+{
+    metrics_t *metrics = s_metrics(self);
+    if (!metrics)
+        return;
+    size_t counts[STATUS_STATE_COUNT];
+    model_status_counts(status_keeper_table(self->status), counts);
+    metrics_set_state(metrics, self->state_version, status_keeper_version(self->status),
+                      registry_count(self->current), counts);
+    self->metrics_synced = true;
+}
+
+static void s_count_upstream(void *ctx, const char *key, bool probe, discovery_verdict_t verdict,
+                             double latency_ms)
+{
+    static const metrics_verdict_t verdicts[] = {
+        [DISCOVERY_VERDICT_VALID] = METRICS_VERDICT_VALID,
+        [DISCOVERY_VERDICT_INVALID_MODEL] = METRICS_VERDICT_INVALID_MODEL,
+        [DISCOVERY_VERDICT_AUTH_ERROR] = METRICS_VERDICT_AUTH,
+        [DISCOVERY_VERDICT_TRANSIENT] = METRICS_VERDICT_TRANSIENT,
+        [DISCOVERY_VERDICT_ERROR] = METRICS_VERDICT_ERROR,
+    };
+    metrics_t *metrics = s_metrics(ctx);
+    if (!metrics || (unsigned)verdict >= sizeof verdicts / sizeof verdicts[0])
+        return;
+    /* No request made (a provider without a usable key): counted, not timed. */
+    metrics_upstream_observe(metrics, key, probe ? METRICS_UPSTREAM_PROBE : METRICS_UPSTREAM_LIST,
+                             verdicts[verdict], latency_ms > 0 ? latency_ms / 1000.0 : -1.0);
+}
+
+static void s_count_job(void *ctx, discovery_job_kind_t kind, bool success)
+{
+    metrics_job_done(s_metrics(ctx),
+                     kind == DISCOVERY_JOB_VERIFY ? METRICS_JOB_VERIFY : METRICS_JOB_DISCOVER,
+                     success);
+}
+
+void writer_set_metrics(writer_t *self, metrics_t *metrics)
+{
+    if (!self)
+        return;
+    metrics_set_state(metrics, 0, self->start_status_version, self->start_providers,
+                      self->start_counts);
+    atomic_store_explicit(&self->metrics, metrics, memory_order_release);
+}
+
 /* ------------------------------------------------------------------------ sending */
 
 static int s_send_snapshot(writer_t *self)
@@ -148,6 +210,7 @@ static int s_send_snapshot(writer_t *self)
         return -1;
     }
     self->jobs_running_published = running;
+    s_publish_gauges(self);
     return 0;
 }
 
@@ -209,6 +272,11 @@ static void s_send_reply(writer_t *self, pending_t *item)
         rc = zmq_send(self->pipe, item->reply.data, item->reply.size, 0);
     if (rc < 0)
         log_error("writer: cannot hand a reply to the front end: %s", zmq_strerror(errno));
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && item->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
+                                metrics_reply_outcome(item->reply.data, item->reply.size),
+                                metrics_now_ns() - item->received_ns);
 }
 
 /* ------------------------------------------------------------------------ operations */
@@ -613,6 +681,8 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
         double started = s_monotonic_ms();
         ok = s_seal_and_persist(self, batch->next, true, err, sizeof err) == 0;
         self->last_commit_ms = s_monotonic_ms() - started;
+        if (ok)
+            metrics_commit_observe(s_metrics(self), self->last_commit_ms / 1000.0);
     }
 
     char *keys[WRITER_MAX_BATCH];
@@ -698,6 +768,7 @@ static void s_handle_batch(writer_t *self)
         } else if (*type == WRITER_MSG_REQUEST && n >= 3) {
             pending_t *item = &batch->items[batch->count++];
             msgpack_sbuffer_init(&item->reply);
+            item->received_ns = s_metrics(self) ? metrics_now_ns() : 0;
             /* frames: type, routing..., delimiter, body */
             for (int i = 1; i < n - 1; i++)
                 item->frames[item->frame_count++] = frames[i];
@@ -833,6 +904,8 @@ static void *s_thread(void *arg)
         discovery_tick(self->discovery, self->current, s_now());
         if (discovery_running(self->discovery) != self->jobs_running_published)
             s_send_snapshot(self);
+        else if (!self->metrics_synced)
+            s_publish_gauges(self); /* metrics turned on after the thread started */
     }
     /* A front end waits for this; without one (stopped by writer_stop before a front end
      * connected) there is nobody to tell, and the writer must not wait for one. */
@@ -879,6 +952,8 @@ static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t 
     discovery_observer_t observer;
     status_keeper_observer(self->status, &observer);
     discovery_set_observer(self->discovery, &observer);
+    discovery_counters_t counters = {self, s_count_upstream, s_count_job};
+    discovery_set_counters(self->discovery, &counters);
     return 0;
 }
 
@@ -959,6 +1034,9 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         goto fail;
     }
     self->first->status_version = status_keeper_version(self->status);
+    self->start_status_version = self->first->status_version;
+    self->start_providers = registry_count(self->current);
+    model_status_counts(status_keeper_table(self->status), self->start_counts);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         self->current = NULL;
         snprintf(err, err_size, "cannot start the writer thread");

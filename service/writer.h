@@ -23,6 +23,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "metrics.h"
 #include "registry.h"
 #include <stdint.h>
 
@@ -76,6 +77,12 @@ snapshot_t *writer_first_snapshot(writer_t *self);
  * first. Needed when no front end runs (one that failed to start); after the front end's own
  * stop it only joins. Call it from the thread that called writer_new. Safe on NULL and twice. */
 void writer_stop(writer_t *self);
+
+/* Turns counting on: from now on the writer counts its requests (writes) in metrics' writer
+ * set, the commits, the jobs and the upstream calls, and keeps the gauges current; the gauges
+ * are set at once from the state at start-up. metrics is borrowed and must outlive the writer
+ * (destroy it after writer_destroy). Call it from the thread that called writer_new, once. */
+void writer_set_metrics(writer_t *self, metrics_t *metrics);
 
 /* Stops the thread (writer_stop) if it still runs, and frees. Safe on NULL. */
 void writer_destroy(writer_t **self_p);

@@ -26,6 +26,11 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
      (tests/bench/bench_replica, its own primary inside) at 100,000 models, 1 and 2 reader
      threads, idle and while 1,000 changes per second are applied: p50, p99 and resolutions
      per second per reader thread. Targets: p50 <= 1 us, >= 1,000,000 per second per thread.
+  M. Metrics (issue 15): two daemons side by side, metrics off and on (--metrics-endpoint),
+     the realistic shape's resolution over ipc, 1 and 8 clients, rounds alternating which
+     goes first: throughput and server CPU per request on/off. Targets: within 2% (on/off
+     throughput >= 0.98x, CPU/request <= 1.02x). Then the time of a /metrics scrape of a
+     daemon holding 100,000 models (median and max of the scrapes). Target: < 50 ms.
 
 The machine is small and shared, so every measurement is repeated in several rounds, the
 rounds interleave what is compared (echo and service alternate, registry sizes alternate),
@@ -36,6 +41,7 @@ not run or a request failed, 2 on a usage error. Python 3 stdlib + python3-zmq o
 """
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -129,6 +135,11 @@ FULL = {
     "bulk_seconds": 5.0,
     "write_requests": 2000,
     "write_seconds": 3.0,
+    "rounds_m": 7,
+    "requests_m1": 10000,  # per client thread
+    "requests_m8": 3000,
+    "scrape_models": 100000,
+    "scrapes": 30,
 }
 QUICK = {
     "rounds_a": 1,
@@ -149,6 +160,11 @@ QUICK = {
     "bulk_seconds": 1.0,
     "write_requests": 20,
     "write_seconds": 0.5,
+    "rounds_m": 1,
+    "requests_m1": 500,
+    "requests_m8": 100,
+    "scrape_models": 10000,
+    "scrapes": 3,
 }
 
 
@@ -261,8 +277,9 @@ def growth_registry(models, providers):
 class Daemon:
     """The real provider-manager, in its own data dir, on free ports."""
 
-    def __init__(self, binary, data_dir, endpoint, log_path):
+    def __init__(self, binary, data_dir, endpoint, log_path, extra_args=()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.data_dir = data_dir
         self.endpoint = endpoint
         self.events = "tcp://127.0.0.1:%d" % free_port()
@@ -282,7 +299,7 @@ class Daemon:
             t0 = time.perf_counter()
             self.proc = subprocess.Popen(
                 [self.binary, "--data-dir", self.data_dir, "--endpoint", self.endpoint,
-                 "--events-endpoint", self.events, "--log-level", "warn"],
+                 "--events-endpoint", self.events, "--log-level", "warn"] + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env())
             req.send(health)
             poller = zmq.Poller()
@@ -979,6 +996,138 @@ def bench_replica(tools, quick, log):
 # ----------------------------------------------------------------------------- profile
 
 
+def _scrape_ms(port):
+    """Milliseconds of one GET /metrics on a fresh connection (connect to last byte)."""
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200 or b"provider_manager_build_info" not in body:
+        raise BenchError("/metrics answered %d" % resp.status)
+    return (time.perf_counter() - t0) * 1000.0, len(body)
+
+
+def bench_metrics(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    """Table M: metrics off vs on side by side, and a scrape of a big registry."""
+    shape = HEADLINE
+    op_args = {"model_string": shape["model_string"]}
+    daemons, samples = {}, {}
+    try:
+        for mode in ("off", "on"):
+            data_dir = os.path.join(tmp, "m-" + mode)
+            os.makedirs(data_dir, mode=0o700)
+            write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(shape))
+            extra = (["--metrics-endpoint", "127.0.0.1:%d" % free_port()] if mode == "on"
+                     else [])
+            d = Daemon(daemon_bin, data_dir, "ipc://%s/m-%s.sock" % (tmp, mode),
+                       os.path.join(tmp, "daemon-m.log"), extra_args=extra)
+            daemons[mode] = d
+            d.start(zctx)
+        for r in range(cfg["rounds_m"]):
+            for clients in (1, 8):
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    d = daemons[mode]
+                    reqs = cfg["requests_m1"] if clients == 1 else cfg["requests_m8"]
+                    c0 = proc_cpu(d.pid)
+                    res = client.run(d.endpoint, clients, reqs, cfg["warmup"],
+                                     op="get_api_for_model_string", args=op_args,
+                                     label="M metrics %s %d clients" % (mode, clients))
+                    c1 = proc_cpu(d.pid)
+                    served = res["requests"] + clients * cfg["warmup"]
+                    res["cpu_us_per_req"] = ((c1[0] - c0[0]) / 1000.0 / served
+                                             if c0[0] is not None else None)
+                    samples.setdefault((mode, clients), []).append(res)
+                    log(".")
+    finally:
+        for d in daemons.values():
+            d.stop()
+    # A scrape of a daemon that holds scrape_models models (100 providers).
+    providers, _, _ = growth_registry(cfg["scrape_models"], 100)
+    data_dir = os.path.join(tmp, "m-scrape")
+    os.makedirs(data_dir, mode=0o700)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), providers)
+    port = free_port()
+    big = Daemon(daemon_bin, data_dir, "ipc://%s/m-scrape.sock" % tmp,
+                 os.path.join(tmp, "daemon-m.log"),
+                 extra_args=["--metrics-endpoint", "127.0.0.1:%d" % port])
+    scrapes, body_bytes = [], 0
+    try:
+        big.start(zctx)
+        # Some traffic first, so that the request families have series to render.
+        client.run(big.endpoint, 1, 100, 0, op="health", label="M scrape traffic")
+        for _ in range(cfg["scrapes"]):
+            ms, body_bytes = _scrape_ms(port)
+            scrapes.append(ms)
+        log("s")
+    finally:
+        big.stop()
+    log("\n")
+
+    rows, entries, targets = [], [], []
+    for clients in (1, 8):
+        off, on = samples[("off", clients)], samples[("on", clients)]
+        tputs = [n["rps"] / f["rps"] for n, f in zip(on, off) if f["rps"]]
+        cpus = [n["cpu_us_per_req"] / f["cpu_us_per_req"] for n, f in zip(on, off)
+                if n["cpu_us_per_req"] and f["cpu_us_per_req"]]
+        entry = {"clients": clients, "throughput_ratio": median(tputs), "cpu_ratio": median(cpus),
+                 "throughput_ratios": tputs, "cpu_ratios": cpus}
+        for mode, runs in (("off", off), ("on", on)):
+            entry[mode] = {"rps": median([x["rps"] for x in runs]),
+                           "p50_us": median([x["p50_us"] for x in runs]),
+                           "cpu_us_per_req": median([x["cpu_us_per_req"] for x in runs])}
+            rows.append(["%d" % clients, mode, fmt_int(entry[mode]["rps"]),
+                         fmt_us(entry[mode]["p50_us"]), fmt_us(entry[mode]["cpu_us_per_req"]),
+                         fmt_ratio(entry["throughput_ratio"]) if mode == "on" else "",
+                         fmt_ratio(entry["cpu_ratio"]) if mode == "on" else ""])
+        entries.append(entry)
+        targets.append({"name": "metrics on/off throughput, %d client(s)" % clients,
+                        "value": entry["throughput_ratio"], "unit": "x", "target": ">= 0.98",
+                        "pass": entry["throughput_ratio"] is not None
+                        and entry["throughput_ratio"] >= 0.98})
+        targets.append({"name": "metrics on/off CPU/request, %d client(s)" % clients,
+                        "value": entry["cpu_ratio"], "unit": "x", "target": "<= 1.02",
+                        "pass": entry["cpu_ratio"] is not None and entry["cpu_ratio"] <= 1.02})
+    print_table("M. Metrics off vs on, side by side (%s shape, ipc; medians of %d rounds)"
+                % (shape["name"], cfg["rounds_m"]),
+                ["clients", "metrics", "req/s", "p50 us", "CPU us/req", "tput on/off",
+                 "CPU on/off"], rows)
+    scrape = {"models": cfg["scrape_models"], "scrapes": len(scrapes),
+              "median_ms": median(scrapes), "max_ms": max(scrapes) if scrapes else None,
+              "body_bytes": body_bytes}
+    print("  /metrics scrape of a %s-model registry: median %.2f ms, max %.2f ms, %s bytes"
+          % (fmt_int(scrape["models"]), scrape["median_ms"], scrape["max_ms"], body_bytes))
+    targets.append({"name": "scrape of %s models (median)" % fmt_int(scrape["models"]),
+                    "value": scrape["median_ms"] / 1000.0, "unit": "s", "target": "< 0.050 s",
+                    "pass": scrape["median_ms"] < 50})
+    # The same question without the scheduler's noise: what counting adds to one request, in
+    # process (bench_metrics), against the CPU a request costs with metrics off.
+    counting = None
+    tool = os.path.join(tools, "bench_metrics")
+    if os.access(tool, os.X_OK):
+        run = subprocess.run([tool, str(cfg["requests_m1"] * 100)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+        if run.returncode != 0:
+            raise BenchError("bench_metrics failed: %s" % run.stderr.decode().strip())
+        counting = json.loads(run.stdout)
+        cpu_off = median([e["off"]["cpu_us_per_req"] for e in entries])
+        counting["share_of_cpu_per_request"] = (counting["ns_per_request"] / 1000.0 / cpu_off
+                                                if cpu_off else None)
+        share = counting["share_of_cpu_per_request"]
+        print("  counting per request, in process: %.0f ns (error reply %.0f ns) = %s of the "
+              "%.1f us of CPU a request costs with metrics off"
+              % (counting["ns_per_request"], counting["ns_per_error_reply"],
+                 "-" if share is None else "%.2f%%" % (share * 100), cpu_off or 0))
+        targets.append({"name": "counting cost / CPU per request (in process)",
+                        "value": None if share is None else share * 100, "unit": "%",
+                        "target": "<= 2 %", "pass": share is not None and share <= 0.02})
+    print_targets("M targets", targets)
+    return {"side_by_side": entries, "scrape": scrape, "counting": counting}, targets
+
+
 def profile_request_path(cfg, tools, daemon_bin, tmp, zctx, client, out_dir, log):
     """perf record (software cpu-clock: hardware counters are often missing in VMs) of the
     daemon while one client sends get_api_for_model_string over tcp, as in table A. Prints
@@ -1099,6 +1248,8 @@ def print_targets(title, targets):
             shown = "%.2fx" % v
         elif t["unit"] == "s":
             shown = "%.3f s" % v
+        elif t["unit"] == "%":
+            shown = "%.2f %%" % v
         elif t["unit"] == "MiB":
             shown = "%.1f MiB" % v
         else:
@@ -1134,7 +1285,7 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c", "r"], action="append",
+    ap.add_argument("--only", choices=["a", "b", "c", "r", "m"], action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
                     "build's); e.g. an older build, for a before/after comparison")
@@ -1158,7 +1309,7 @@ def main():
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c", "r"])
+    only = set(opts.only or ["a", "b", "c", "r", "m"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1215,6 +1366,10 @@ def main():
             log("R: client replica ")
             results["replica"], results["replica_targets"] = bench_replica(tools, opts.quick,
                                                                            log)
+        if "m" in only:
+            log("M: metrics off/on ")
+            results["metrics"], results["metrics_targets"] = bench_metrics(
+                cfg, tools, daemon_bin, tmp, zctx, client, log)
         if opts.profile:
             log("P: profile ")
             results["profile"] = profile_request_path(
@@ -1234,7 +1389,8 @@ def main():
         results["request_errors"] = errors
         status = 1
     all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
-                               "write_targets", "replica_targets")
+                               "write_targets", "replica_targets",
+                               "metrics_targets")
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):
         all_targets.append(results["discovery"]["target"])
