@@ -88,10 +88,12 @@ typedef struct {
     const msgpack_object *id;
     pm_request_t request; /* kept alive for the id of deferred replies */
     char *changed_key;    /* the key this request changed, for its event */
-    /* Its ProviderConfig as this request left it, packed when applied (NULL: removed): the
-     * event must carry what the reply carried, even when a later request of the same batch
-     * changes the same provider again. */
-    char *config;
+    /* Its ProviderConfig as this request left it, for its event: the last config_size bytes
+     * of the reply, from config_offset (no config: a removal). The event must carry what the
+     * reply carried, even when a later request of the same batch changes the same provider
+     * again; the reply is not touched again before the events are published. */
+    bool has_config;
+    size_t config_offset;
     size_t config_size;
 } pending_t;
 
@@ -377,48 +379,48 @@ static void s_undo_end(undo_t *undo)
     provider_destroy(&undo->before);
 }
 
-/* An sbuffer that remembers a failed write: wire_pack_provider() does not report one, and a
- * config cut short must never reach an event. */
+/* An sbuffer writer that remembers a failed write: wire_pack_provider() does not report one,
+ * and a config cut short must never reach an event. */
 typedef struct {
-    msgpack_sbuffer sbuf;
+    msgpack_sbuffer *sbuf;
     bool failed;
-} s_packed_t;
+} s_tracked_t;
 
-static int s_packed_write(void *data, const char *buf, size_t len)
+static int s_tracked_write(void *data, const char *buf, size_t len)
 {
-    s_packed_t *self = data;
-    if (self->failed || msgpack_sbuffer_write(&self->sbuf, buf, len) != 0) {
+    s_tracked_t *self = data;
+    if (self->failed || msgpack_sbuffer_write(self->sbuf, buf, len) != 0) {
         self->failed = true;
         return -1;
     }
     return 0;
 }
 
-/* provider's ProviderConfig packed into a new buffer (*out, caller frees). 0 or -1 (ENOMEM). */
-static int s_pack_config(const provider_t *provider, char **out, size_t *size)
+/* Packs provider's ProviderConfig at the end of sbuf. 0, or -1 when out of memory. */
+static int s_pack_config(msgpack_sbuffer *sbuf, const provider_t *provider)
 {
-    s_packed_t packed = {.failed = false};
-    msgpack_sbuffer_init(&packed.sbuf);
+    s_tracked_t tracked = {sbuf, false};
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &packed, s_packed_write);
+    msgpack_packer_init(&pk, &tracked, s_tracked_write);
     wire_pack_provider(&pk, provider);
-    if (packed.failed || !packed.sbuf.data) {
-        msgpack_sbuffer_destroy(&packed.sbuf);
-        return -1;
-    }
-    *size = packed.sbuf.size;
-    *out = msgpack_sbuffer_release(&packed.sbuf);
-    return 0;
+    return tracked.failed ? -1 : 0;
 }
 
-/* Keeps the config as this request left it (for its event) and packs it as the reply's
- * result too. -1 when out of memory (nothing packed). */
-static int s_reply_config(pending_t *item, const provider_t *provider, msgpack_packer *pk)
+/* Packs the ok reply with provider's ProviderConfig as its result, and remembers where the
+ * config is, for the change's event (packed once: a big provider's config is most of a
+ * write's cost). -1 when out of memory. */
+static int s_reply_config(pending_t *item, const provider_t *provider)
 {
-    if (s_pack_config(provider, &item->config, &item->config_size) < 0)
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+    if (pm_reply_ok_begin(&pk, item->id) < 0)
         return -1;
-    pm_reply_ok_begin(pk, item->id);
-    return pk->callback(pk->data, item->config, item->config_size);
+    item->config_offset = item->reply.size;
+    if (s_pack_config(&item->reply, provider) < 0)
+        return -1;
+    item->config_size = item->reply.size - item->config_offset;
+    item->has_config = true;
+    return 0;
 }
 
 /* Replaces a reply that no client would accept (over PM_PROTO_MAX_REPLY_SIZE) by the error
@@ -478,8 +480,9 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
-    if (s_reply_config(item, edited, pk) < 0) {
+    if (s_reply_config(item, edited) < 0) {
         item->reply.size = 0;
+        item->has_config = false;
         s_undo_rollback(next, &undo);
         s_undo_end(&undo);
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
@@ -577,10 +580,11 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
     }
     if (!edited || !long_copy || !short_copy ||
         provider_put_model(edited, long_copy, short_copy) < 0 || s_injected_fault(changed) ||
-        s_reply_config(item, edited, pk) < 0) {
+        s_reply_config(item, edited) < 0) {
         if (undo.key)
             s_undo_rollback(next, &undo);
         item->reply.size = 0;
+        item->has_config = false;
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         free(changed);
     } else {
@@ -788,9 +792,9 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
             pm_pack_str(&pk, "providers");
             msgpack_pack_uint64(&pk, registry_count(s_view(self, batch)));
         } else {
-            /* its reply (and its config) were packed when applied */
-            changes[key_count++] =
-                (change_t){item->changed_key, item->config, item->config_size, false};
+            /* its reply (and in it its config) was packed when applied */
+            const char *config = item->has_config ? item->reply.data + item->config_offset : NULL;
+            changes[key_count++] = (change_t){item->changed_key, config, item->config_size, false};
         }
     }
     if (ok && batch->next && key_count > 0)
@@ -808,7 +812,6 @@ static void s_clear_batch(batch_t *batch)
         if (item->has_body)
             zmq_msg_close(&item->body);
         free(item->changed_key);
-        free(item->config);
         memset(item, 0, sizeof *item);
     }
     registry_destroy(&batch->next);
@@ -940,13 +943,16 @@ static void s_handle_discovery(writer_t *self)
         ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
     /* Each event carries its provider's new config, packed from the sealed registry. */
     change_t *changes = key_count ? calloc(key_count, sizeof *changes) : NULL;
-    char **configs = key_count ? calloc(key_count, sizeof *configs) : NULL;
+    msgpack_sbuffer *configs = key_count ? calloc(key_count, sizeof *configs) : NULL;
     for (size_t i = 0; changes && configs && next && i < key_count; i++) {
         changes[i].key = keys[i];
         const provider_t *p = registry_get(next, keys[i], strlen(keys[i]));
-        if (p && s_pack_config(p, &configs[i], &changes[i].config_size) < 0)
-            changes[i].lost = true;
-        changes[i].config = configs[i];
+        if (!p)
+            continue; /* not in the new registry: its event says removed (nil) */
+        msgpack_sbuffer_init(&configs[i]);
+        changes[i].lost = s_pack_config(&configs[i], p) < 0 || !configs[i].data;
+        changes[i].config = configs[i].data;
+        changes[i].config_size = configs[i].size;
     }
     if (next && key_count && registry_sealed(next)) {
         static const char *const no_part[1] = {NULL};
@@ -955,7 +961,7 @@ static void s_handle_discovery(writer_t *self)
         made_current = true;
     }
     for (size_t i = 0; configs && i < key_count; i++)
-        free(configs[i]);
+        msgpack_sbuffer_destroy(&configs[i]);
     free(configs);
     free(changes);
     registry_destroy(&next);
