@@ -1031,10 +1031,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_change_is_rolled_back, s_setup, s_teardown),
-        cmocka_unit_test_setup_teardown(test_oversized_reply_refused, s_setup_big, s_teardown),
-        cmocka_unit_test(test_stop_without_front_end),
         cmocka_unit_test_setup_teardown(test_events_carry_configs, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_heartbeats, s_setup_fast_heartbeat, s_teardown),
+        cmocka_unit_test_setup_teardown(test_oversized_reply_refused, s_setup_big, s_teardown),
+        cmocka_unit_test(test_stop_without_front_end),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
