@@ -254,6 +254,7 @@ typedef enum {
     OPT_DATA_DIR,
     OPT_WORKERS,
     OPT_LOG_LEVEL,
+    OPT_HEARTBEAT_MS,
     OPT_CURVE_SECRET_KEY_FILE,
     OPT_CURVE_CLIENTS_DIR,
     OPT_ALLOW_INSECURE,
@@ -284,6 +285,8 @@ static const s_option_t s_options[OPT_COUNT] = {
     [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "discovery worker threads, 1 to 64 (default 4)"},
     [OPT_LOG_LEVEL] = {"log-level", "LEVEL", "PM_LOG_LEVEL",
                        "error, warn, info or debug (default info)"},
+    [OPT_HEARTBEAT_MS] = {"heartbeat-ms", "MS", "PM_HEARTBEAT_MS",
+                          "heartbeat event period, 10 to 60000 (default 1000)"},
     [OPT_CURVE_SECRET_KEY_FILE] = {"curve-secret-key-file", "FILE", "PM_CURVE_SECRET_KEY_FILE",
                                    "enable CURVE with this server secret key (z85)"},
     [OPT_CURVE_CLIENTS_DIR] = {"curve-clients-dir", "DIR", "PM_CURVE_CLIENTS_DIR",
@@ -298,6 +301,7 @@ typedef struct {
     bool present[OPT_COUNT];
     const char *value[OPT_COUNT]; /* borrowed from argv */
     long workers;
+    long heartbeat_ms;
     log_level_t log_level;
 } s_flags_t;
 
@@ -360,6 +364,16 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
                         CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MAX_WORKERS);
             return -1;
         }
+        if (id == OPT_HEARTBEAT_MS &&
+            s_parse_long(value, CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS,
+                         &flags->heartbeat_ms) != 0) {
+            s_set_error(err, err_size,
+                        "invalid value '%.*s' for --heartbeat-ms: expected an integer from %d to "
+                        "%d",
+                        CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MIN_HEARTBEAT_MS,
+                        CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
         if (id == OPT_LOG_LEVEL && s_parse_log_level(value, &flags->log_level) != 0) {
             s_set_error(err, err_size,
                         "invalid value '%.*s' for --log-level: expected error, warn, info or "
@@ -412,7 +426,8 @@ static int s_print_usage(FILE *out)
                     out) < 0;
     failed |= fputs("\nConfig file keys (YAML; precedence: flags > environment > file > "
                     "defaults):\n"
-                    "  endpoint, events_endpoint, metrics_endpoint, data_dir, workers, log_level\n"
+                    "  endpoint, events_endpoint, metrics_endpoint, data_dir, workers, log_level,\n"
+                    "  heartbeat_ms\n"
                     "  discovery:\n",
                     out) < 0;
     for (size_t i = 0; i < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; i++)
@@ -773,6 +788,18 @@ static int s_file_setting(s_file_t *file, config_t *cfg, const char *name, const
         cfg->workers = (int)workers;
         return 0;
     }
+    if (strcmp(name, "heartbeat_ms") == 0) {
+        long period = 0;
+        if (node->type != YAML_SCALAR_NODE || s_is_null(node) ||
+            s_parse_long((const char *)node->data.scalar.value, CONFIG_MIN_HEARTBEAT_MS,
+                         CONFIG_MAX_HEARTBEAT_MS, &period) != 0) {
+            s_file_error(file, node, "heartbeat_ms must be an integer from %d to %d",
+                         CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
+        cfg->heartbeat_ms = (int)period;
+        return 0;
+    }
     if (strcmp(name, "log_level") == 0) {
         if (node->type != YAML_SCALAR_NODE || s_is_null(node) ||
             s_parse_log_level((const char *)node->data.scalar.value, &cfg->log_level) != 0) {
@@ -925,6 +952,19 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
         }
         cfg->workers = (int)workers;
     }
+    value = s_env(getenv_fn, "PM_HEARTBEAT_MS");
+    if (value) {
+        long period = 0;
+        if (s_parse_long(value, CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS, &period) != 0) {
+            s_set_error(err, err_size,
+                        "invalid value '%.*s' for PM_HEARTBEAT_MS: expected an integer from %d "
+                        "to %d",
+                        CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MIN_HEARTBEAT_MS,
+                        CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
+        cfg->heartbeat_ms = (int)period;
+    }
     value = s_env(getenv_fn, "PM_LOG_LEVEL");
     if (value && s_parse_log_level(value, &cfg->log_level) != 0) {
         s_set_error(err, err_size,
@@ -970,6 +1010,8 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
         cfg->workers = (int)flags->workers;
     if (flags->present[OPT_LOG_LEVEL])
         cfg->log_level = flags->log_level;
+    if (flags->present[OPT_HEARTBEAT_MS])
+        cfg->heartbeat_ms = (int)flags->heartbeat_ms;
     if (flags->present[OPT_ALLOW_INSECURE])
         cfg->allow_insecure = true;
     return 0;
@@ -978,6 +1020,7 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
 static int s_set_defaults(config_t *cfg)
 {
     cfg->workers = CONFIG_DEFAULT_WORKERS;
+    cfg->heartbeat_ms = CONFIG_DEFAULT_HEARTBEAT_MS;
     cfg->log_level = LOG_INFO;
     s_discovery_defaults(&cfg->discovery);
     cfg->endpoint = strdup(CONFIG_DEFAULT_ENDPOINT);

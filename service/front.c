@@ -355,6 +355,27 @@ static void s_op_find_model(read_t *r)
     }
 }
 
+/* snapshot: every ProviderConfig with the versions they are at, all from the one immutable
+ * snapshot this request is answered from, so the result is exactly the state at its
+ * state_version (a replica applies the events above it). The configs come from the packed
+ * cache: after the first snapshot, one of a big registry is a copy of bytes. */
+static void s_op_snapshot(front_t *self, read_t *r)
+{
+    size_t n = registry_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_map(r->pk, 4);
+    pm_pack_str(r->pk, "state_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->state_version);
+    pm_pack_str(r->pk, "status_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->status_version);
+    pm_pack_str(r->pk, "epoch");
+    pm_pack_str(r->pk, self->snapshot->epoch);
+    pm_pack_str(r->pk, "providers");
+    msgpack_pack_array(r->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        s_pack_provider(self, r->pk, registry_at(r->reg, i));
+}
+
 static void s_op_health(front_t *self, read_t *r)
 {
     struct timespec now;
@@ -362,7 +383,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 9);
+    msgpack_pack_map(r->pk, 10);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -382,6 +403,8 @@ static void s_op_health(front_t *self, read_t *r)
     pm_pack_str(r->pk, PM_PROTO_VERSION_TEXT);
     pm_pack_str(r->pk, "status_version");
     msgpack_pack_uint64(r->pk, self->snapshot->status_version);
+    pm_pack_str(r->pk, "epoch");
+    pm_pack_str(r->pk, self->snapshot->epoch);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
@@ -431,6 +454,9 @@ static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_pack
         break;
     case PM_OP_HEALTH:
         s_op_health(self, &r);
+        break;
+    case PM_OP_SNAPSHOT:
+        s_op_snapshot(self, &r);
         break;
     default:
         pm_reply_error(pk, req->id, PM_ERR_INTERNAL, "write operation reached the read path");

@@ -15,6 +15,11 @@
  *                    'S' + snapshot_t * (ownership passes to the front)      a new snapshot
  *                    'Q'                                                     stopped
  *
+ * Events on the PUB socket (topic `providers`, protocol v1.1): one `changed` per change, with
+ * the new ProviderConfig of its key ("configs"), and a `heartbeat` every heartbeat_ms, both
+ * carrying the epoch, so that a subscriber can keep a replica (the Clone pattern) and tell a
+ * lost event, a silent service and a restarted one apart.
+ *
  * These messages are the front end's business only: an owner stops the writer with
  * writer_stop(), over a control pipe of the writer's own.
  */
@@ -32,12 +37,16 @@
 #define WRITER_MSG_SNAPSHOT 'S'
 #define WRITER_MSG_STOP 'Q'
 
+/* The epoch: 16 hex digits, new at every start of the writer (state_version restarts). */
+#define WRITER_EPOCH_SIZE 17
+
 /* An immutable view for readers: a sealed registry and the numbers health reports. */
 typedef struct {
     registry_t *registry; /* sealed, one reference owned by the snapshot */
     uint64_t state_version;
     int jobs_running;
-    uint64_t status_version; /* v1.1 model status (0 from snapshot_new; the writer sets it) */
+    uint64_t status_version;       /* v1.1 model status (0 from snapshot_new; the writer sets it) */
+    char epoch[WRITER_EPOCH_SIZE]; /* "" from snapshot_new; the writer sets it */
 } snapshot_t;
 
 /* ThreadSanitizer (make tsan) cannot see the synchronisation inside libzmq, which is not
@@ -66,6 +75,9 @@ typedef struct writer_t writer_t;
 writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                      config_getenv_fn *getenv_fn, registry_t **registry_p, bool *bind_failed,
                      char *err, size_t err_size);
+
+/* This run's epoch (16 hex digits from getrandom()), as in every snapshot and event. */
+const char *writer_epoch(const writer_t *self);
 
 /* The inproc endpoint the front end connects its PAIR socket to. */
 const char *writer_endpoint(const writer_t *self);

@@ -31,6 +31,9 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
      goes first: throughput and server CPU per request on/off. Targets: within 2% (on/off
      throughput >= 0.98x, CPU/request <= 1.02x). Then the time of a /metrics scrape of a
      daemon holding 100,000 models (median and max of the scrapes). Target: < 50 ms.
+  S. Snapshot (protocol v1.1): `snapshot` of 100,000 models over 100 providers, request to
+     last byte received over ipc, the first one (configs not yet packed) and the following
+     ones (median). Target: under 0.3 s.
 
 The machine is small and shared, so every measurement is repeated in several rounds, the
 rounds interleave what is compared (echo and service alternate, registry sizes alternate),
@@ -140,6 +143,8 @@ FULL = {
     "requests_m8": 3000,
     "scrape_models": 100000,
     "scrapes": 30,
+    "snapshot_models": 100000,
+    "snapshot_rounds": 9,
 }
 QUICK = {
     "rounds_a": 1,
@@ -165,6 +170,8 @@ QUICK = {
     "requests_m8": 100,
     "scrape_models": 10000,
     "scrapes": 3,
+    "snapshot_models": 10000,
+    "snapshot_rounds": 2,
 }
 
 
@@ -1277,6 +1284,58 @@ def machine_info():
     return info
 
 
+# ----------------------------------------------------------------------------- table S
+
+
+def bench_snapshot(cfg, daemon_bin, tmp, zctx, log):
+    """Table S: one daemon holding snapshot_models models over 100 providers; the time from
+    sending `snapshot` to its last byte received (the reply is not decoded: that is the
+    caller's cost, not the service's). The first request packs every ProviderConfig; later
+    ones copy the packed bytes the front end keeps per provider version."""
+    models, providers = cfg["snapshot_models"], 100
+    data_dir = os.path.join(tmp, "s-%d" % models)
+    os.makedirs(data_dir, mode=0o700)
+    regs, _, _ = growth_registry(models, providers)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), regs)
+    d = Daemon(daemon_bin, data_dir, "ipc://%s/s.sock" % tmp, os.path.join(tmp, "daemon-s.log"))
+    d.start(zctx)
+    req = zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(d.endpoint)
+    body = _pack_request("snapshot")
+    times, size = [], 0
+    try:
+        for _ in range(1 + cfg["snapshot_rounds"]):
+            t0 = time.perf_counter()
+            req.send(body)
+            if not req.poll(60000, zmq.POLLIN):
+                raise BenchError("no snapshot reply within 60 s")
+            reply = req.recv()
+            times.append(time.perf_counter() - t0)
+            size = len(reply)
+            # {"ok": true, ...}: fixmap, "ok", true
+            if reply[:5] != b"\x82\xa2ok\xc3":
+                raise BenchError("snapshot failed: %r" % reply[:200])
+            log(".")
+    finally:
+        req.close()
+        d.stop()
+    first, rest = times[0], median(times[1:])
+    entry = {"models": models, "providers": providers, "reply_bytes": size,
+             "first_s": first, "median_s": rest, "all_s": times}
+    print_table("S. snapshot (%d models, %d providers, ipc; reply %.1f MiB)"
+                % (models, providers, size / MIB),
+                ["request", "seconds"],
+                [["first (packs every config)", "%.3f" % first],
+                 ["median of the next %d" % (len(times) - 1), "%.3f" % rest]])
+    targets = [{"name": "snapshot of %s models, first" % fmt_int(models), "value": first,
+                "unit": "s", "target": "< 0.3 s", "pass": first < 0.3},
+               {"name": "snapshot of %s models, median" % fmt_int(models), "value": rest,
+                "unit": "s", "target": "< 0.3 s", "pass": rest < 0.3}]
+    print_targets("S targets", targets)
+    return entry, targets
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -1285,7 +1344,7 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c", "r", "m"], action="append",
+    ap.add_argument("--only", choices=["a", "b", "c", "r", "m", "s"], action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
                     "build's); e.g. an older build, for a before/after comparison")
@@ -1309,7 +1368,7 @@ def main():
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c", "r", "m"])
+    only = set(opts.only or ["a", "b", "c", "r", "m", "s"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1370,6 +1429,10 @@ def main():
             log("M: metrics off/on ")
             results["metrics"], results["metrics_targets"] = bench_metrics(
                 cfg, tools, daemon_bin, tmp, zctx, client, log)
+        if "s" in only:
+            log("S: snapshot ")
+            results["snapshot"], results["snapshot_targets"] = bench_snapshot(
+                cfg, daemon_bin, tmp, zctx, log)
         if opts.profile:
             log("P: profile ")
             results["profile"] = profile_request_path(
@@ -1390,7 +1453,7 @@ def main():
         status = 1
     all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
                                "write_targets", "replica_targets",
-                               "metrics_targets")
+                               "metrics_targets", "snapshot_targets")
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):
         all_targets.append(results["discovery"]["target"])
