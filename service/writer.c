@@ -44,6 +44,8 @@
 /* How long a message to the front end may wait for one to connect (ms): only a writer with no
  * front end ever waits (see writer_new). */
 #define WRITER_SEND_TIMEOUT_MS 1000
+#define WRITER_MAX_CALLER 255     /* a key name (file name without ".pub") */
+#define WRITER_CONTROL_RELOAD 'L' /* control pipe: 'L' + a writer_reload_t pointer */
 
 struct writer_t {
     void *ctx;
@@ -69,7 +71,20 @@ struct writer_t {
     double last_commit_ms; /* how long the last seal + persist took */
     bool stopping;
     bool stop_sent; /* writer_stop already signalled */
+    /* Who made the changes being committed, for the `by` of their `models` events: keys[i]
+     * was changed by bys[i] (NULL: nobody named). Borrowed during one commit only. */
+    char *const *event_keys;
+    char *const *event_bys;
+    size_t event_count;
 };
+
+/* Settings handed to the thread by writer_reload (owned by the message, then the thread). */
+typedef struct {
+    config_discovery_t discovery;
+    config_ignore_t ignore;
+    size_t provider_ignore_count;
+    config_ignore_t *provider_ignore;
+} writer_reload_t;
 
 /* One request of a batch, held until the batch is committed. */
 typedef struct {
@@ -81,8 +96,9 @@ typedef struct {
     bool deferred;   /* a change or a persist: the reply waits for the commit */
     bool is_persist; /* persist_provider_configs: packed at commit time */
     const msgpack_object *id;
-    pm_request_t request; /* kept alive for the id of deferred replies */
-    char *changed_key;    /* the key this request changed, for its event */
+    pm_request_t request;               /* kept alive for the id of deferred replies */
+    char *changed_key;                  /* the key this request changed, for its event */
+    char caller[WRITER_MAX_CALLER + 1]; /* the caller's key name ("" without CURVE) */
 } pending_t;
 
 typedef struct batch {
@@ -151,13 +167,17 @@ static int s_send_snapshot(writer_t *self)
     return 0;
 }
 
-static void s_publish_event(writer_t *self, uint64_t version, const char *key)
+static void s_publish_event(writer_t *self, uint64_t version, const char *key, const char *by)
 {
     msgpack_sbuffer buf;
     msgpack_sbuffer_init(&buf);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 3);
+    msgpack_pack_map(&pk, by ? 4 : 3);
+    if (by) { /* v1.1 audit: who made the change (absent without CURVE) */
+        pm_pack_str(&pk, "by");
+        pm_pack_str(&pk, by);
+    }
     pm_pack_str(&pk, "event");
     pm_pack_str(&pk, "changed");
     pm_pack_str(&pk, "state_version");
@@ -173,13 +193,70 @@ static void s_publish_event(writer_t *self, uint64_t version, const char *key)
     msgpack_sbuffer_destroy(&buf);
 }
 
-/* status_keeper's publisher: `models` events go out on the same PUB socket. */
+/* The caller who changed provider key in the commit under way (NULL: none named). */
+static const char *s_event_by(const writer_t *self, const char *key, size_t len)
+{
+    for (size_t i = 0; i < self->event_count; i++) {
+        const char *k = self->event_keys[i];
+        if (self->event_bys[i] && strlen(k) == len && memcmp(k, key, len) == 0)
+            return self->event_bys[i];
+    }
+    return NULL;
+}
+
+/* Packs body (a msgpack map) again with "by" added. The status module packs its events
+ * without knowing who asked; the writer does. 0, or -1 (then the event goes out as it was). */
+static int s_add_by(const void *body, size_t size, const char *by_of_key, msgpack_sbuffer *out)
+{
+    msgpack_unpacked unpacked;
+    msgpack_unpacked_init(&unpacked);
+    size_t offset = 0;
+    int rc = -1;
+    if (msgpack_unpack_next(&unpacked, body, size, &offset) != MSGPACK_UNPACK_SUCCESS ||
+        unpacked.data.type != MSGPACK_OBJECT_MAP || offset != size)
+        goto done;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, unpacked.data.via.map.size + 1);
+    pm_pack_str(&pk, "by");
+    pm_pack_str(&pk, by_of_key);
+    for (uint32_t i = 0; i < unpacked.data.via.map.size; i++) {
+        msgpack_pack_object(&pk, unpacked.data.via.map.ptr[i].key);
+        msgpack_pack_object(&pk, unpacked.data.via.map.ptr[i].val);
+    }
+    rc = out->data ? 0 : -1;
+done:
+    msgpack_unpacked_destroy(&unpacked);
+    return rc;
+}
+
+/* status_keeper's publisher: `models` events go out on the same PUB socket, with the `by` of
+ * the change that caused them. */
 static void s_publish_raw(void *arg, const char *topic, const void *body, size_t size)
 {
     writer_t *self = arg;
+    msgpack_sbuffer with_by;
+    msgpack_sbuffer_init(&with_by);
+    if (self->event_count) {
+        msgpack_unpacked unpacked;
+        msgpack_unpacked_init(&unpacked);
+        size_t offset = 0;
+        const char *by = NULL;
+        if (msgpack_unpack_next(&unpacked, body, size, &offset) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *provider = pm_map_get(&unpacked.data, "provider");
+            if (provider && provider->type == MSGPACK_OBJECT_STR)
+                by = s_event_by(self, provider->via.str.ptr, provider->via.str.size);
+        }
+        if (by && s_add_by(body, size, by, &with_by) == 0) {
+            body = with_by.data;
+            size = with_by.size;
+        }
+        msgpack_unpacked_destroy(&unpacked);
+    }
     if (zmq_send(self->pub, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
         zmq_send(self->pub, body, size, 0) < 0)
         log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+    msgpack_sbuffer_destroy(&with_by);
 }
 
 /* Commits model status after the registry changed (or a job part ended): sync, journal, then
@@ -196,6 +273,12 @@ static void s_commit_status(writer_t *self, const char *const *only, size_t only
 }
 
 static bool s_refuse_oversized(pending_t *item);
+
+/* The caller's name for the audit lines ("-" without CURVE). */
+static const char *s_who(const pending_t *item)
+{
+    return item->caller[0] ? item->caller : "-";
+}
 
 static void s_send_reply(writer_t *self, pending_t *item)
 {
@@ -347,9 +430,9 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
     spec.key = NULL;
     batch->change_count++;
     char masked[32];
-    log_info("set_provider %s (%zu models, key %s)", item->changed_key,
+    log_info("audit: set_provider %s (%zu models, key %s) by %s", item->changed_key,
              provider_model_count(edited),
-             log_mask_key(provider_api_key(edited), masked, sizeof masked));
+             log_mask_key(provider_api_key(edited), masked, sizeof masked), s_who(item));
 done:
     provider_spec_clear(&spec);
 }
@@ -389,7 +472,7 @@ static void s_op_remove_provider(writer_t *self, batch_t *batch, pending_t *item
     item->deferred = true;
     item->changed_key = changed;
     batch->change_count++;
-    log_info("remove_provider %s", changed);
+    log_info("audit: remove_provider %s by %s", changed, s_who(item));
 }
 
 static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
@@ -442,6 +525,8 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
             item->deferred = true;
             item->changed_key = changed;
             batch->change_count++;
+            log_info("audit: set_short_name %s %s -> %s by %s", changed, long_copy, short_copy,
+                     s_who(item));
         }
     }
     s_undo_end(&undo);
@@ -467,16 +552,17 @@ static void s_op_discover(writer_t *self, pending_t *item, msgpack_packer *pk)
     }
     char job[DISCOVERY_JOB_ID_SIZE];
     int code = PM_ERR_INTERNAL;
-    if (discovery_start(self->discovery, self->current, key, force, persist, s_now(), job, &code,
-                        err, sizeof err) < 0) {
+    if (discovery_start(self->discovery, self->current, key, force, persist,
+                        item->caller[0] ? item->caller : NULL, s_now(), job, &code, err,
+                        sizeof err) < 0) {
         pm_reply_error(pk, item->id, (pm_error_t)code, err);
     } else {
         pm_reply_ok_begin(pk, item->id);
         msgpack_pack_map(pk, 1);
         pm_pack_str(pk, "job");
         pm_pack_str(pk, job);
-        log_info("discover_models job %s (provider %s, force %d, persist %d)", job, key ? key : "*",
-                 force, persist);
+        log_info("audit: discover_models job %s (provider %s, force %d, persist %d) by %s", job,
+                 key ? key : "*", force, persist, s_who(item));
     }
     free(key);
 }
@@ -550,8 +636,9 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
                                    &pk);
         break;
     case PM_OP_VERIFY_MODELS:
-        status_ops_verify_models(self->discovery, self->current, &item->request, NULL, s_now(),
-                                 &pk);
+        status_ops_verify_models(self->discovery, self->current, &item->request,
+                                 item->caller[0] ? item->caller : NULL, s_now(), &pk);
+        log_info("audit: verify_models by %s", s_who(item));
         break;
     default:
         /* The front end answers reads itself; reaching here is a bug of ours. */
@@ -562,18 +649,23 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
 
 /* Makes next current: state_version, model status (the batches of status_only, or every
  * provider's when NULL), snapshot, one event per change (keys in order). */
-static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count,
-                           const char *const *status_only, size_t status_only_count)
+static void s_make_current(writer_t *self, registry_t **next_p, char **keys, char **bys,
+                           size_t key_count, const char *const *status_only,
+                           size_t status_only_count)
 {
     registry_destroy(&self->current);
     self->current = *next_p;
     *next_p = NULL;
     uint64_t first = self->state_version + 1;
     self->state_version += key_count;
+    self->event_keys = keys;
+    self->event_bys = bys;
+    self->event_count = key_count;
     s_commit_status(self, status_only, status_only_count, false);
+    self->event_count = 0;
     s_send_snapshot(self);
     for (size_t i = 0; i < key_count; i++)
-        s_publish_event(self, first + i, keys[i]);
+        s_publish_event(self, first + i, keys[i], bys[i]);
     /* A commit of a big registry frees a whole global index; give such memory back to the
      * system instead of keeping it as a free heap for good. */
     if (registry_model_count(self->current) >= WRITER_TRIM_MODELS)
@@ -616,6 +708,7 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
     }
 
     char *keys[WRITER_MAX_BATCH];
+    char *bys[WRITER_MAX_BATCH];
     size_t key_count = 0;
     for (size_t i = 0; i < batch->count; i++) {
         pending_t *item = &batch->items[i];
@@ -634,11 +727,12 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
             pm_pack_str(&pk, "providers");
             msgpack_pack_uint64(&pk, registry_count(s_view(self, batch)));
         } else {
+            bys[key_count] = item->caller[0] ? item->caller : NULL;
             keys[key_count++] = item->changed_key; /* its reply was packed when applied */
         }
     }
     if (ok && batch->next && key_count > 0)
-        s_make_current(self, &batch->next, keys, key_count, NULL, 0);
+        s_make_current(self, &batch->next, keys, bys, key_count, NULL, 0);
 }
 
 static void s_clear_batch(batch_t *batch)
@@ -692,7 +786,9 @@ static void s_handle_batch(writer_t *self)
             frames_close(frames, (size_t)n);
             continue;
         }
-        const char *type = zmq_msg_size(&frames[0]) == 1 ? zmq_msg_data(&frames[0]) : "?";
+        /* The type byte; a request's type frame carries the caller's name after it. */
+        size_t type_size = zmq_msg_size(&frames[0]);
+        const char *type = type_size >= 1 ? zmq_msg_data(&frames[0]) : "?";
         if (*type == WRITER_MSG_STOP) {
             self->stopping = true;
         } else if (*type == WRITER_MSG_REQUEST && n >= 3) {
@@ -703,6 +799,9 @@ static void s_handle_batch(writer_t *self)
                 item->frames[item->frame_count++] = frames[i];
             item->body = frames[n - 1];
             item->has_body = true;
+            size_t name_len = type_size - 1 > WRITER_MAX_CALLER ? WRITER_MAX_CALLER : type_size - 1;
+            memcpy(item->caller, type + 1, name_len);
+            item->caller[name_len] = '\0';
             zmq_msg_close(&frames[0]);
             s_handle_request(self, batch, item, &item->body);
             continue;
@@ -735,15 +834,16 @@ static void s_handle_discovery(writer_t *self)
         log_error("writer: discovery socket error: %s", zmq_strerror(errno));
     /* Providers whose part of a job ended in that call: their prune plans are applied now,
      * in the same change as their discovery update. */
-    char **parts = NULL;
+    char **parts = NULL, **part_bys = NULL;
     size_t part_count = 0;
-    status_keeper_take_parts(self->status, &parts, &part_count);
+    status_keeper_take_parts(self->status, &parts, &part_bys, &part_count);
 
     registry_t *next = NULL;
     size_t slots = outcome.update_count + part_count;
     char **keys = slots ? calloc(slots, sizeof(char *)) : NULL;
+    char **bys = slots ? calloc(slots, sizeof(char *)) : NULL;
     size_t key_count = 0;
-    if (slots && keys && (next = registry_clone(self->current))) {
+    if (slots && keys && bys && (next = registry_clone(self->current))) {
         for (size_t i = 0; i < outcome.update_count; i++) {
             discovery_update_t *u = &outcome.updates[i];
             provider_t *p = registry_edit(next, u->provider_key);
@@ -783,8 +883,15 @@ static void s_handle_discovery(writer_t *self)
         ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
     if (next && key_count && registry_sealed(next)) {
         static const char *const no_part[1] = {NULL};
-        s_make_current(self, &next, keys, key_count, parts ? (const char *const *)parts : no_part,
-                       part_count);
+        /* Audit: a job's change carries the name of the caller who started the job. */
+        for (size_t i = 0; i < key_count; i++) {
+            for (size_t j = 0; j < part_count && part_bys; j++)
+                if (strcmp(parts[j], keys[i]) == 0)
+                    bys[i] = part_bys[j];
+            log_info("audit: job result applied to %s by %s", keys[i], bys[i] ? bys[i] : "-");
+        }
+        s_make_current(self, &next, keys, bys, key_count,
+                       parts ? (const char *const *)parts : no_part, part_count);
         made_current = true;
     }
     registry_destroy(&next);
@@ -793,16 +900,28 @@ static void s_handle_discovery(writer_t *self)
     if (!made_current) {
         /* No part ended: journal what changed, publish nothing (NULL would mean "all"). */
         static const char *const no_part[1] = {NULL};
+        self->event_keys = parts;
+        self->event_bys = part_bys;
+        self->event_count = part_bys ? part_count : 0;
         s_commit_status(self, parts ? (const char *const *)parts : no_part, part_count, true);
+        self->event_count = 0;
     }
     for (size_t i = 0; i < outcome.persist_count; i++)
         discovery_job_persisted(self->discovery, outcome.persists[i].job_id, ok, ok ? NULL : err);
-    for (size_t i = 0; i < part_count; i++)
+    for (size_t i = 0; i < part_count; i++) {
         free(parts[i]);
+        if (part_bys)
+            free(part_bys[i]);
+    }
     free(parts);
+    free(part_bys);
     free(keys);
+    free(bys);
     discovery_outcome_clear(&outcome);
 }
+
+static void s_apply_reload(writer_t *self, writer_reload_t *reload);
+static void s_reload_free(writer_reload_t **reload_p);
 
 static void *s_thread(void *arg)
 {
@@ -823,10 +942,19 @@ static void *s_thread(void *arg)
         if (items[1].revents & ZMQ_POLLIN)
             s_handle_discovery(self);
         if (items[2].revents & ZMQ_POLLIN) {
-            /* Any message is the stop signal; the writes in hand were committed above. */
-            char byte;
-            if (zmq_recv(self->control_peer, &byte, 1, ZMQ_DONTWAIT) >= 0 || errno != EAGAIN)
+            /* A reload message, or else the stop signal (the writes in hand were committed
+             * above). */
+            char message[1 + sizeof(writer_reload_t *)];
+            int size = zmq_recv(self->control_peer, message, sizeof message, ZMQ_DONTWAIT);
+            if (size == (int)sizeof message && message[0] == WRITER_CONTROL_RELOAD) {
+                writer_reload_t *reload;
+                memcpy(&reload, message + 1, sizeof reload);
+                WRITER_TSAN_ACQUIRE(reload);
+                s_apply_reload(self, reload);
+                s_reload_free(&reload);
+            } else if (size >= 0 || errno != EAGAIN) {
                 self->stopping = true;
+            }
             if (self->stopping)
                 break;
         }
@@ -844,33 +972,45 @@ static void *s_thread(void *arg)
 
 /* ------------------------------------------------------------------------ life cycle */
 
-/* The status settings of cfg (thresholds, prune policy, ignore globs), borrowed from it. */
+/* The status settings (thresholds, prune policy, ignore globs), borrowed from the arguments;
+ * *per_provider is the caller's to free after use. 0, or -1 (out of memory). */
+static int s_status_settings(const config_discovery_t *discovery, const config_ignore_t *ignore,
+                             const config_ignore_t *provider_ignore, size_t provider_ignore_count,
+                             model_status_settings_t *settings, status_ignore_t **per_provider_p)
+{
+    model_status_settings_init(settings);
+    settings->fail_threshold = discovery->fail_threshold;
+    settings->gone_threshold = discovery->gone_threshold;
+    settings->prune = discovery->prune == CONFIG_PRUNE_FAILING_AND_GONE
+                          ? STATUS_PRUNE_FAILING_AND_GONE
+                      : discovery->prune == CONFIG_PRUNE_GONE ? STATUS_PRUNE_GONE
+                                                              : STATUS_PRUNE_NONE;
+    settings->ignore = (const char *const *)ignore->patterns;
+    settings->ignore_count = ignore->count;
+    status_ignore_t *per_provider =
+        provider_ignore_count ? calloc(provider_ignore_count, sizeof *per_provider) : NULL;
+    if (provider_ignore_count && !per_provider)
+        return -1;
+    for (size_t i = 0; i < provider_ignore_count; i++) {
+        per_provider[i].provider = provider_ignore[i].provider;
+        per_provider[i].patterns = (const char *const *)provider_ignore[i].patterns;
+        per_provider[i].count = provider_ignore[i].count;
+    }
+    settings->provider_ignore = per_provider;
+    settings->provider_ignore_count = provider_ignore_count;
+    *per_provider_p = per_provider;
+    return 0;
+}
+
 static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t err_size)
 {
     model_status_settings_t settings;
-    model_status_settings_init(&settings);
-    settings.fail_threshold = cfg->discovery.fail_threshold;
-    settings.gone_threshold = cfg->discovery.gone_threshold;
-    settings.prune = cfg->discovery.prune == CONFIG_PRUNE_FAILING_AND_GONE
-                         ? STATUS_PRUNE_FAILING_AND_GONE
-                     : cfg->discovery.prune == CONFIG_PRUNE_GONE ? STATUS_PRUNE_GONE
-                                                                 : STATUS_PRUNE_NONE;
-    settings.ignore = (const char *const *)cfg->ignore.patterns;
-    settings.ignore_count = cfg->ignore.count;
-    status_ignore_t *per_provider = cfg->provider_ignore_count
-                                        ? calloc(cfg->provider_ignore_count, sizeof *per_provider)
-                                        : NULL;
-    if (cfg->provider_ignore_count && !per_provider) {
+    status_ignore_t *per_provider = NULL;
+    if (s_status_settings(&cfg->discovery, &cfg->ignore, cfg->provider_ignore,
+                          cfg->provider_ignore_count, &settings, &per_provider) < 0) {
         snprintf(err, err_size, "out of memory");
         return -1;
     }
-    for (size_t i = 0; i < cfg->provider_ignore_count; i++) {
-        per_provider[i].provider = cfg->provider_ignore[i].provider;
-        per_provider[i].patterns = (const char *const *)cfg->provider_ignore[i].patterns;
-        per_provider[i].count = cfg->provider_ignore[i].count;
-    }
-    settings.provider_ignore = per_provider;
-    settings.provider_ignore_count = cfg->provider_ignore_count;
     self->status =
         status_keeper_new(cfg->data_dir, &settings, self->current, s_now(), err, err_size);
     free(per_provider); /* the table copied the settings */
@@ -880,6 +1020,113 @@ static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t 
     status_keeper_observer(self->status, &observer);
     discovery_set_observer(self->discovery, &observer);
     return 0;
+}
+
+/* ------------------------------------------------------------------------ reload */
+
+static void s_ignore_free(config_ignore_t *ignore)
+{
+    for (size_t i = 0; i < ignore->count; i++)
+        free(ignore->patterns[i]);
+    free(ignore->patterns);
+    free(ignore->provider);
+    memset(ignore, 0, sizeof *ignore);
+}
+
+static char *s_strdup_or_null(const char *text, bool *failed)
+{
+    if (!text)
+        return NULL;
+    size_t len = strlen(text) + 1;
+    char *copy = malloc(len);
+    if (copy)
+        memcpy(copy, text, len);
+    else
+        *failed = true;
+    return copy;
+}
+
+static int s_ignore_copy(config_ignore_t *to, const config_ignore_t *from)
+{
+    bool failed = false;
+    memset(to, 0, sizeof *to);
+    to->provider = s_strdup_or_null(from->provider, &failed);
+    to->patterns = from->count ? calloc(from->count, sizeof *to->patterns) : NULL;
+    if (failed || (from->count && !to->patterns)) {
+        s_ignore_free(to);
+        return -1;
+    }
+    to->count = from->count;
+    for (size_t i = 0; i < from->count; i++)
+        to->patterns[i] = s_strdup_or_null(from->patterns[i], &failed);
+    if (failed) {
+        s_ignore_free(to);
+        return -1;
+    }
+    return 0;
+}
+
+static void s_reload_free(writer_reload_t **reload_p)
+{
+    writer_reload_t *reload = *reload_p;
+    if (!reload)
+        return;
+    s_ignore_free(&reload->ignore);
+    for (size_t i = 0; i < reload->provider_ignore_count; i++)
+        s_ignore_free(&reload->provider_ignore[i]);
+    free(reload->provider_ignore);
+    free(reload);
+    *reload_p = NULL;
+}
+
+/* In the thread: the new settings take effect between two batches; the transitions they
+ * cause (an ignore glob added, a threshold lowered) are committed and published at once. */
+static void s_apply_reload(writer_t *self, writer_reload_t *reload)
+{
+    model_status_settings_t settings;
+    status_ignore_t *per_provider = NULL;
+    if (s_status_settings(&reload->discovery, &reload->ignore, reload->provider_ignore,
+                          reload->provider_ignore_count, &settings, &per_provider) < 0 ||
+        status_keeper_set_settings(self->status, &settings) < 0)
+        log_error("writer: reload: the model status settings were not applied (invalid or out "
+                  "of memory); the old ones stay");
+    free(per_provider);
+    discovery_set_schedule(self->discovery, &reload->discovery);
+    s_commit_status(self, NULL, 0, true);
+    log_info("writer: reloaded the discovery schedule, thresholds, prune policy and ignore "
+             "patterns");
+}
+
+int writer_reload(writer_t *self, const config_t *cfg)
+{
+    writer_reload_t *reload = calloc(1, sizeof *reload);
+    if (!reload)
+        return -1;
+    reload->discovery = cfg->discovery;
+    if (s_ignore_copy(&reload->ignore, &cfg->ignore) < 0)
+        goto fail;
+    if (cfg->provider_ignore_count) {
+        reload->provider_ignore =
+            calloc(cfg->provider_ignore_count, sizeof *reload->provider_ignore);
+        if (!reload->provider_ignore)
+            goto fail;
+        for (size_t i = 0; i < cfg->provider_ignore_count; i++) {
+            if (s_ignore_copy(&reload->provider_ignore[i], &cfg->provider_ignore[i]) < 0)
+                goto fail;
+            reload->provider_ignore_count++;
+        }
+    }
+    /* The settings travel as a pointer: the thread owns them once the message is sent. */
+    char message[1 + sizeof reload];
+    message[0] = WRITER_CONTROL_RELOAD;
+    memcpy(message + 1, &reload, sizeof reload);
+    WRITER_TSAN_RELEASE(reload);
+    if (zmq_send(self->control, message, sizeof message, 0) < 0)
+        goto fail;
+    return 0;
+fail:
+    s_reload_free(&reload);
+    return -1;
 }
 
 writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,

@@ -72,6 +72,12 @@ const char *writer_endpoint(const writer_t *self);
 /* The first snapshot, for the front end (caller owns it). NULL on allocation failure. */
 snapshot_t *writer_first_snapshot(writer_t *self);
 
+/* Reload (SIGHUP): hands the thread copies of cfg's discovery settings (schedule, list cache
+ * duration, thresholds, prune policy) and ignore patterns, over the writer's control pipe;
+ * the thread applies them between two batches (requests in hand are not disturbed). Call
+ * from the thread that called writer_new. 0, or -1 (out of memory, or the pipe failed). */
+int writer_reload(writer_t *self, const config_t *cfg);
+
 /* Stops the thread and waits for it: the writes already received are committed and answered
  * first. Needed when no front end runs (one that failed to start); after the front end's own
  * stop it only joins. Call it from the thread that called writer_new. Safe on NULL and twice. */

@@ -180,8 +180,8 @@ static void s_start(env_t *e, const char *provider, bool force, bool persist, ch
 {
     int code = -1;
     char err[256] = "";
-    int rc = discovery_start(e->disc, e->reg, provider, force, persist, e->now, job_id, &code, err,
-                             sizeof err);
+    int rc = discovery_start(e->disc, e->reg, provider, force, persist, NULL, e->now, job_id, &code,
+                             err, sizeof err);
     if (rc != 0)
         fail_msg("discovery_start failed: %s", err);
     assert_int_equal(code, PM_OK);
@@ -473,9 +473,9 @@ static void test_provider_filter_and_not_found(void **state)
     char job[DISCOVERY_JOB_ID_SIZE] = "";
     int code = 0;
     char err[128] = "";
-    assert_int_equal(
-        discovery_start(e->disc, e->reg, "nope", false, true, e->now, job, &code, err, sizeof err),
-        -1);
+    assert_int_equal(discovery_start(e->disc, e->reg, "nope", false, true, NULL, e->now, job, &code,
+                                     err, sizeof err),
+                     -1);
     assert_int_equal(code, PM_ERR_NOT_FOUND);
     assert_string_equal(err, "Provider 'nope' not found");
     assert_int_equal(discovery_running(e->disc), 0);
