@@ -186,7 +186,6 @@ static bool s_reload(void *arg)
     }
     /* Nothing below can fail. */
     s_note_restart_only(ctx->running, &next);
-    log_set_level(next.log_level);
     size_t admins = auth_keys_count(keys, AUTH_ROLE_ADMIN);
     size_t readers = auth_keys_count(keys, AUTH_ROLE_READER);
     auth_set_keys(ctx->auth, &keys);
@@ -195,6 +194,8 @@ static bool s_reload(void *arg)
                  next.config_path ? next.config_path : "none", admins, readers);
     else
         log_info("reload: applied (config %s)", next.config_path ? next.config_path : "none");
+    /* Last, so that the line above is logged at the level the operator had until now. */
+    log_set_level(next.log_level);
     config_clear(&next);
     return true;
 }

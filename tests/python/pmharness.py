@@ -418,7 +418,7 @@ PROVIDER_KEYS = {"provider", "name", "base_api_url", "api_key", "valid_models",
                  "invalid_models"}
 # v1's keys plus v1.1's additive ones (protocol-v1.1.md: "protocol", "status_version").
 HEALTH_KEYS = {"status", "version", "state_version", "providers", "models", "uptime_s",
-               "jobs_running", "protocol", "status_version"}
+               "jobs_running", "protocol", "status_version", "reloaded_at", "reload_ok"}
 
 
 class DaemonTestCase(unittest.TestCase):
