@@ -27,7 +27,7 @@ import unittest
 import zmq
 
 import pmharness as h
-from test_security import NO_REPLY_WAIT, CurveClient, keygen
+from test_security import NO_REPLY_WAIT, CurveClient, keygen, run_pmctl
 
 FORBIDDEN = "Operation '%s' is not allowed for this client"
 RELOAD_DONE = r"reload: applied|reload refused"
@@ -303,6 +303,28 @@ class RolesTest(h.DaemonTestCase):
         self.set_provider("quiet")  # an info line at the info level; none at error
         time.sleep(0.3)
         self.assertNotIn("audit: set_provider quiet", self.d.stderr()[size:])
+
+    def pmctl(self, client_name, *args):
+        return run_pmctl(["--endpoint", self.d.endpoint, "--timeout", "2000", "--retries", "1",
+                          "--curve-server-key", os.path.join(self.keys.dir, "server.pub"),
+                          "--curve-client-key",
+                          os.path.join(self.keys.dir, client_name + ".key")] + list(args))
+
+    def test_pmctl_health_shows_the_reload(self):
+        rc = self.pmctl("rita", "health")
+        self.assertEqual(rc.returncode, 0, rc.stderr.decode())
+        self.assertNotIn(b"reload", rc.stdout)  # no reload yet
+        with open(self.d.config_path, "w", encoding="utf-8") as f:
+            f.write("discovery: [broken\n")
+        self.sighup()
+        rc = self.pmctl("rita", "health")
+        self.assertEqual(rc.returncode, 0, rc.stderr.decode())
+        self.assertRegex(rc.stdout.decode(), r"reloaded_at\s+\d+\.\d{3}\n")
+        self.assertRegex(rc.stdout.decode(), r"reload_ok\s+false\n")
+        # A refused op says why through pmctl too.
+        rc = self.pmctl("rita", "remove-provider", "openai")
+        self.assertNotEqual(rc.returncode, 0)
+        self.assertIn(b"not allowed for this client", rc.stderr + rc.stdout)
 
 
 class NoCurveTest(h.DaemonTestCase):
