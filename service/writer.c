@@ -1253,6 +1253,16 @@ void writer_destroy(writer_t **self_p)
         return;
     writer_t *self = *self_p;
     writer_stop(self);
+    /* A reload sent just before the stop was never read: its settings are ours to free. */
+    char message[1 + sizeof(writer_reload_t *)];
+    while (self->control_peer &&
+           zmq_recv(self->control_peer, message, sizeof message, ZMQ_DONTWAIT) >= 0) {
+        if (message[0] == WRITER_CONTROL_RELOAD) {
+            writer_reload_t *reload;
+            memcpy(&reload, message + 1, sizeof reload);
+            s_reload_free(&reload);
+        }
+    }
     discovery_destroy(&self->discovery);
     status_keeper_destroy(&self->status);
     if (self->pub)
