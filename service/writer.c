@@ -73,6 +73,7 @@ struct writer_t {
     bool stop_sent; /* writer_stop already signalled */
     /* Who made the changes being committed, for the `by` of their `models` events: keys[i]
      * was changed by bys[i] (NULL: nobody named). Borrowed during one commit only. */
+    bool curve; /* `by` is only sent with CURVE on (without it nobody is named) */
     char *const *event_keys;
     char *const *event_bys;
     size_t event_count;
@@ -885,10 +886,12 @@ static void s_handle_discovery(writer_t *self)
         static const char *const no_part[1] = {NULL};
         /* Audit: a job's change carries the name of the caller who started the job. */
         for (size_t i = 0; i < key_count; i++) {
+            const char *by = NULL;
             for (size_t j = 0; j < part_count && part_bys; j++)
                 if (strcmp(parts[j], keys[i]) == 0)
-                    bys[i] = part_bys[j];
-            log_info("audit: job result applied to %s by %s", keys[i], bys[i] ? bys[i] : "-");
+                    by = part_bys[j];
+            log_info("audit: job result applied to %s by %s", keys[i], by ? by : "-");
+            bys[i] = self->curve ? (char *)by : NULL;
         }
         s_make_current(self, &next, keys, bys, key_count,
                        parts ? (const char *const *)parts : no_part, part_count);
@@ -902,7 +905,7 @@ static void s_handle_discovery(writer_t *self)
         static const char *const no_part[1] = {NULL};
         self->event_keys = parts;
         self->event_bys = part_bys;
-        self->event_count = part_bys ? part_count : 0;
+        self->event_count = part_bys && self->curve ? part_count : 0;
         s_commit_status(self, parts ? (const char *const *)parts : no_part, part_count, true);
         self->event_count = 0;
     }
@@ -1184,6 +1187,7 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                  zmq_strerror(errno));
         goto fail;
     }
+    self->curve = auth_curve_on(auth);
     self->discovery = discovery_new(zmq_ctx, &cfg->discovery, cfg->workers);
     if (!self->discovery) {
         snprintf(err, err_size, "cannot start discovery workers");

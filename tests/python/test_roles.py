@@ -27,6 +27,8 @@ import unittest
 import zmq
 
 import pmharness as h
+from pmupstream import FakeUpstream
+from test_model_status import KEY, StatusTestCase
 from test_security import NO_REPLY_WAIT, CurveClient, keygen, run_pmctl
 
 FORBIDDEN = "Operation '%s' is not allowed for this client"
@@ -201,6 +203,28 @@ class RolesTest(h.DaemonTestCase):
                 return
         self.fail("no models event for acme")
 
+    def test_scheduled_job_changes_carry_scheduler(self):
+        up = FakeUpstream({"scenarios": {"up": {"models": ["m-a", "m-b"], "key": KEY}}})
+        self.addCleanup(up.close)
+        sub = self.subscriber(self.keys.rita, topic=b"models")
+        self.set_provider("up", url=up.url("up"), api_key=KEY)
+        # The schedule comes with a reload: a list every 1.2 s, by "scheduler".
+        with open(self.d.config_path, "w", encoding="utf-8") as f:
+            f.write(self.config_text() + "discovery:\n  list_interval_minutes: 0.02\n")
+        self.sighup()
+        self.assertIs(self.health()["reload_ok"], True)
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            got = sub.recv(1.0)
+            if got is None or got[1].get("provider") != "up":
+                continue
+            changes = {c["model"]: c["to"] for c in got[1]["changes"]}
+            if changes.get("m-a") == "unverified":
+                self.assertEqual(got[1]["by"], "scheduler", got[1])
+                return
+        self.fail("no models event of the scheduled list; stderr:\n%s"
+                  % self.d.stderr()[-2000:])
+
     def test_unknown_key_gets_nothing(self):
         frames = self.client(self.keys.mallory).send_raw(h.request_bytes("health"),
                                                          timeout=NO_REPLY_WAIT)
@@ -344,6 +368,45 @@ class NoCurveTest(h.DaemonTestCase):
         self.assertIs(self.health()["reload_ok"], True)
         self.assertEqual(self.d.proc.pid, pid)
         self.assertRegex(self.d.stderr(), r"audit: remove_provider acme by -")
+
+    def test_events_have_no_by_without_curve(self):
+        sub = self.d.subscriber()
+        self.prime_events(sub)
+        self.set_provider("acme")
+        got = sub.recv(3.0)
+        self.assertIsNotNone(got)
+        self.assertEqual(got[1]["providers"], ["acme"])
+        self.assertNotIn("by", got[1])
+
+
+
+class ReloadStatusTest(StatusTestCase):
+    """SIGHUP applies the model status settings: an ignore glob added to the config file."""
+
+    SCENARIOS = {"p": {"models": ["gpt-x", "tts-1"], "key": KEY}}
+
+    def test_reload_applies_ignore_patterns(self):
+        d = self.start({"p": {}})
+        self.verify("p")  # a list; nothing of valid_models to probe
+        states = {m: r["state"] for m, r in self.by_model("p").items()}
+        self.assertEqual(states, {"gpt-x": "unverified", "tts-1": "unverified"})
+        with open(d.config_path, "w", encoding="utf-8") as f:
+            f.write(self.config({"p": {}}, {"ignore": ["tts-*"]}))
+        before = self.status_version()
+        os.kill(d.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while self.ok("health")["reload_ok"] is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIs(self.ok("health")["reload_ok"], True, d.stderr()[-2000:])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            states = {m: r["state"] for m, r in self.by_model("p").items()}
+            if states.get("tts-1") == "ignored":
+                break
+            time.sleep(0.05)
+        self.assertEqual(states, {"gpt-x": "unverified", "tts-1": "ignored"})
+        self.assertGreater(self.status_version(), before)
+        self.assertIn("reload: provider overrides", d.stderr())
 
 
 if __name__ == "__main__":
