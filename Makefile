@@ -36,7 +36,7 @@ FUZZ_BUILD = build-fuzz
 # The suites that exercise threads: the writer, the discovery workers, readers in the front
 # end during writes and discoveries, the in-process front end + writer of the fuzz replay.
 # CMakePresets.json's tsan test preset has the same list (tests/python/test_docs.py checks).
-TSAN_TESTS = ^(test_discovery_worker|test_discovery|test_writer|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security)$$
+TSAN_TESTS = ^(test_discovery_worker|test_discovery|test_writer|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_roles)$$
 SANITIZER_LOGS = sanitizer-logs
 # ASan/LSan/TSan reports go to files (log_path), so a report from a daemon that a test stops
 # with SIGKILL is not lost either; UBSan's go to stderr (gcc), kept by ctest and PM_KEEP_LOGS.
