@@ -137,6 +137,16 @@ static int s_name_find(const void *name, const void *entry)
     return strcmp(name, (*e)->name);
 }
 
+static bool s_printable_name(const char *name, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x20 || c > 0x7e)
+            return false;
+    }
+    return true;
+}
+
 /* Appends every "*.pub" file of dir with role. */
 static int s_load_dir(auth_keys_t *keys, size_t *cap, const char *dir, auth_role_t role, char *err,
                       size_t err_size)
@@ -156,6 +166,11 @@ static int s_load_dir(auth_keys_t *keys, size_t *cap, const char *dir, auth_role
         char path[4096], public_z85[PM_KEYFILE_Z85_LEN + 1], reason[512];
         if (snprintf(path, sizeof path, "%s/%s", dir, entry->d_name) >= (int)sizeof path)
             continue;
+        if (!s_printable_name(entry->d_name, len - 4)) {
+            /* The name goes into log lines and into events (msgpack strings are UTF-8). */
+            log_warn("auth: skipping %s: a key's name must be printable ASCII", path);
+            continue;
+        }
         if (pm_keyfile_read(path, public_z85, NULL, reason, sizeof reason) < 0) {
             log_warn("auth: skipping %s: %s", path, reason);
             continue;

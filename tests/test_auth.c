@@ -215,6 +215,19 @@ static void test_role_tables(void **state)
     auth_keys_destroy(&keys);
     assert_null(keys);
 
+    /* A name that is not printable ASCII is skipped (it would go into logs and events). */
+    char odd[PATH_MAX + 32];
+    assert_int_equal(pm_keyfile_generate(dir, "odd", err, sizeof err), 0);
+    snprintf(from, sizeof from, "%s/odd.pub", dir);
+    snprintf(odd, sizeof odd, "%s/bad\tname.pub", readers);
+    assert_int_equal(rename(from, odd), 0);
+    keys = auth_keys_load(admins, readers, err, sizeof err);
+    assert_non_null(keys);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_NONE), 3);
+    assert_int_equal(auth_keys_role(keys, "bad\tname"), AUTH_ROLE_NONE);
+    auth_keys_destroy(&keys);
+    assert_int_equal(unlink(odd), 0);
+
     /* Without a readers directory every key is an admin. */
     keys = auth_keys_load(admins, NULL, err, sizeof err);
     assert_non_null(keys);
