@@ -100,7 +100,7 @@ static const char *s_getenv(const char *name)
 typedef struct {
     int argc;
     char **argv;
-    const config_t *running;
+    config_t *running;
     auth_t *auth;
     writer_t *writer;
 } s_reload_ctx_t;
@@ -144,9 +144,6 @@ static void s_note_restart_only(const config_t *running, const config_t *next)
             log_warn("reload: %s changed; it needs a restart and was not applied",
                      settings[i].name);
     }
-    if (running->overrides.count || next->overrides.count)
-        log_warn("reload: provider overrides (the config file's providers: section) are applied "
-                 "at start-up only; restart to apply a change to them");
 }
 
 /* SIGHUP: everything is read and checked first; if anything fails nothing changes and one
@@ -177,7 +174,7 @@ static bool s_reload(void *arg)
             return false;
         }
     }
-    if (writer_reload(ctx->writer, &next) < 0) {
+    if (writer_reload(ctx->writer, &next, &ctx->running->overrides) < 0) {
         log_error("reload refused, the old configuration stays: cannot hand the settings to the "
                   "writer");
         auth_keys_destroy(&keys);
@@ -196,6 +193,11 @@ static bool s_reload(void *arg)
         log_info("reload: applied (config %s)", next.config_path ? next.config_path : "none");
     /* Last, so that the line above is logged at the level the operator had until now. */
     log_set_level(next.log_level);
+    /* The overrides handed to the writer are now the running ones (the next reload compares
+     * with them); the old ones go with next. */
+    store_layer_t overrides = ctx->running->overrides;
+    ctx->running->overrides = next.overrides;
+    next.overrides = overrides;
     config_clear(&next);
     return true;
 }

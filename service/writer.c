@@ -85,6 +85,8 @@ typedef struct {
     config_ignore_t ignore;
     size_t provider_ignore_count;
     config_ignore_t *provider_ignore;
+    size_t spec_count; /* provider overrides that differ from the running ones */
+    provider_spec_t *specs;
 } writer_reload_t;
 
 /* One request of a batch, held until the batch is committed. */
@@ -924,6 +926,7 @@ static void s_handle_discovery(writer_t *self)
 }
 
 static void s_apply_reload(writer_t *self, writer_reload_t *reload);
+static void s_apply_overrides(writer_t *self, writer_reload_t *reload);
 static void s_reload_free(writer_reload_t **reload_p);
 
 static void *s_thread(void *arg)
@@ -1069,17 +1072,134 @@ static int s_ignore_copy(config_ignore_t *to, const config_ignore_t *from)
     return 0;
 }
 
+static bool s_text_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* True when the two override specs say the same (same fields given, same values). */
+static bool s_spec_equal(const provider_spec_t *a, const provider_spec_t *b)
+{
+    if (!s_text_equal(a->key, b->key) || !s_text_equal(a->name, b->name) ||
+        !s_text_equal(a->base_api_url, b->base_api_url) || a->has_api_key != b->has_api_key ||
+        !s_text_equal(a->api_key, b->api_key) || a->has_valid_models != b->has_valid_models ||
+        a->model_count != b->model_count || a->has_invalid_models != b->has_invalid_models ||
+        a->invalid_count != b->invalid_count)
+        return false;
+    for (size_t i = 0; i < a->model_count; i++) {
+        if (!s_text_equal(a->model_long[i], b->model_long[i]) ||
+            !s_text_equal(a->model_short[i], b->model_short[i]))
+            return false;
+    }
+    for (size_t i = 0; i < a->invalid_count; i++) {
+        if (!s_text_equal(a->invalid_models[i], b->invalid_models[i]))
+            return false;
+    }
+    return true;
+}
+
+static char **s_strings_copy(char *const *from, size_t count, bool *failed)
+{
+    if (!count || !from)
+        return NULL;
+    char **to = calloc(count, sizeof *to);
+    if (!to) {
+        *failed = true;
+        return NULL;
+    }
+    for (size_t i = 0; i < count; i++)
+        to[i] = s_strdup_or_null(from[i], failed);
+    return to;
+}
+
+/* A deep copy of from (the thread gets its own). 0, or -1 (out of memory; to is cleared). */
+static int s_spec_copy(provider_spec_t *to, const provider_spec_t *from)
+{
+    bool failed = false;
+    memset(to, 0, sizeof *to);
+    to->key = s_strdup_or_null(from->key, &failed);
+    to->name = s_strdup_or_null(from->name, &failed);
+    to->base_api_url = s_strdup_or_null(from->base_api_url, &failed);
+    to->has_api_key = from->has_api_key;
+    to->api_key = s_strdup_or_null(from->api_key, &failed);
+    to->has_valid_models = from->has_valid_models;
+    /* Counts first: provider_spec_clear frees whatever entries were copied (NULL arrays and
+     * entries are fine), so a failure half way leaks nothing. */
+    to->model_count = from->model_count;
+    to->model_long = s_strings_copy(from->model_long, from->model_count, &failed);
+    to->model_short = s_strings_copy(from->model_short, from->model_count, &failed);
+    to->has_invalid_models = from->has_invalid_models;
+    to->invalid_count = from->invalid_count;
+    to->invalid_models = s_strings_copy(from->invalid_models, from->invalid_count, &failed);
+    if (failed) {
+        provider_spec_clear(to);
+        return -1;
+    }
+    return 0;
+}
+
 static void s_reload_free(writer_reload_t **reload_p)
 {
     writer_reload_t *reload = *reload_p;
     if (!reload)
         return;
+    for (size_t i = 0; i < reload->spec_count; i++)
+        provider_spec_clear(&reload->specs[i]);
+    free(reload->specs);
     s_ignore_free(&reload->ignore);
     for (size_t i = 0; i < reload->provider_ignore_count; i++)
         s_ignore_free(&reload->provider_ignore[i]);
     free(reload->provider_ignore);
     free(reload);
     *reload_p = NULL;
+}
+
+/* The provider overrides that changed, layered again over the current registry as at
+ * start-up (step 4: merged per field, pinned; step 5: the environment's key wins): one change
+ * per provider, committed together, persisted, one event each. */
+static void s_apply_overrides(writer_t *self, writer_reload_t *reload)
+{
+    registry_t *next = registry_clone(self->current);
+    char **keys = calloc(reload->spec_count, sizeof *keys);
+    char **bys = calloc(reload->spec_count, sizeof *bys); /* all NULL: a reload names nobody */
+    size_t key_count = 0;
+    if (!next || !keys || !bys) {
+        log_error("writer: reload: out of memory; provider overrides not applied");
+        goto done;
+    }
+    for (size_t i = 0; i < reload->spec_count; i++) {
+        provider_spec_t *spec = &reload->specs[i];
+        undo_t undo;
+        s_undo_begin(next, spec->key, &undo);
+        if (provider_spec_apply(spec, next, PROVIDER_SPEC_MERGE_MODELS, true) < 0) {
+            log_error("writer: reload: the override of provider %s was not applied (out of "
+                      "memory or over a limit)",
+                      spec->key);
+            s_undo_end(&undo);
+            continue;
+        }
+        provider_t *edited = registry_edit(next, spec->key);
+        if (!edited || config_apply_env_key(edited, self->getenv_fn) < 0) {
+            s_undo_rollback(next, &undo);
+            s_undo_end(&undo);
+            log_error("writer: reload: out of memory applying the override of %s", spec->key);
+            continue;
+        }
+        s_undo_end(&undo);
+        keys[key_count++] = spec->key;
+        log_info("audit: provider override of %s applied by reload", spec->key);
+    }
+    if (key_count) {
+        char err[600];
+        if (s_seal_and_persist(self, next, true, err, sizeof err) == 0)
+            s_make_current(self, &next, keys, bys, key_count, NULL, 0);
+        else
+            log_error("writer: reload: provider overrides not applied: %s", err);
+    }
+done:
+    registry_destroy(&next);
+    free(keys);
+    free(bys);
 }
 
 /* In the thread: the new settings take effect between two batches; the transitions they
@@ -1096,15 +1216,45 @@ static void s_apply_reload(writer_t *self, writer_reload_t *reload)
     free(per_provider);
     discovery_set_schedule(self->discovery, &reload->discovery);
     s_commit_status(self, NULL, 0, true);
+    if (reload->spec_count)
+        s_apply_overrides(self, reload);
     log_info("writer: reloaded the discovery schedule, thresholds, prune policy and ignore "
              "patterns");
 }
 
-int writer_reload(writer_t *self, const config_t *cfg)
+int writer_reload(writer_t *self, const config_t *cfg, const store_layer_t *running_overrides)
 {
     writer_reload_t *reload = calloc(1, sizeof *reload);
     if (!reload)
         return -1;
+    /* The overrides that differ from the running ones (new ones included); a removed one
+     * cannot be taken out of the layering without a restart. */
+    if (cfg->overrides.count) {
+        reload->specs = calloc(cfg->overrides.count, sizeof *reload->specs);
+        if (!reload->specs)
+            goto fail;
+    }
+    for (size_t i = 0; i < cfg->overrides.count; i++) {
+        const provider_spec_t *spec = &cfg->overrides.specs[i];
+        const provider_spec_t *old = NULL;
+        for (size_t j = 0; running_overrides && j < running_overrides->count && !old; j++)
+            if (s_text_equal(running_overrides->specs[j].key, spec->key))
+                old = &running_overrides->specs[j];
+        if (old && s_spec_equal(old, spec))
+            continue;
+        if (s_spec_copy(&reload->specs[reload->spec_count], spec) < 0)
+            goto fail;
+        reload->spec_count++;
+    }
+    for (size_t j = 0; running_overrides && j < running_overrides->count; j++) {
+        bool kept = false;
+        for (size_t i = 0; i < cfg->overrides.count && !kept; i++)
+            kept = s_text_equal(running_overrides->specs[j].key, cfg->overrides.specs[i].key);
+        if (!kept)
+            log_warn("reload: the override of provider %s left the config file; what it set "
+                     "stays until a restart",
+                     running_overrides->specs[j].key);
+    }
     reload->discovery = cfg->discovery;
     if (s_ignore_copy(&reload->ignore, &cfg->ignore) < 0)
         goto fail;

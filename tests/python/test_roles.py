@@ -27,6 +27,7 @@ import unittest
 import zmq
 
 import pmharness as h
+from pmsecrets import test_key
 from pmupstream import FakeUpstream
 from test_model_status import KEY, StatusTestCase
 from test_security import NO_REPLY_WAIT, CurveClient, keygen, run_pmctl
@@ -380,6 +381,73 @@ class NoCurveTest(h.DaemonTestCase):
 
 
 
+OVERRIDES = """providers:
+  acme:
+    name: Acme
+    base_api_url: https://acme.example.test/v1
+    api_key: %s
+    valid_models: {m1: s1}
+  other:
+    name: Other
+    base_api_url: https://other.example.test/v1
+"""
+
+
+class ReloadOverridesTest(h.DaemonTestCase):
+    """SIGHUP layers changed provider overrides again: one change per provider that differs."""
+
+    ENV_KEY = test_key("roles-env")
+
+    def setUp(self):
+        self.daemon_kwargs = {"config": OVERRIDES % "from-config",
+                              "env": {"ACME_API_KEY": self.ENV_KEY}}
+        super().setUp()
+
+    def test_changed_overrides_applied_one_change_each(self):
+        self.assertEqual(self.c.ok("get", {"provider_name": "acme"})["name"], "Acme")
+        sub = self.d.subscriber()
+        self.prime_events(sub)
+        version = self.state_version()
+        other_before = self.c.ok("get", {"provider_name": "other"})
+        text = (OVERRIDES % "changed-in-config").replace("name: Acme", "name: Acme Two")
+        text = text.replace("valid_models: {m1: s1}", "valid_models: {m2: s2}")
+        text += "  fresh:\n    name: Fresh\n    base_api_url: https://fresh.example.test/v1\n"
+        with open(self.d.config_path, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.kill(self.d.proc.pid, signal.SIGHUP)
+        events = []
+        deadline = time.monotonic() + 10
+        while len(events) < 2 and time.monotonic() < deadline:
+            got = sub.recv(1.0)
+            if got is not None:
+                events.append(got[1])
+        self.assertEqual(sorted(e["providers"][0] for e in events), ["acme", "fresh"], events)
+        self.assertEqual(self.state_version(), version + 2)
+        acme = self.c.ok("get", {"provider_name": "acme"})
+        self.assertEqual(acme["name"], "Acme Two")
+        self.assertEqual(acme["valid_models"], {"m1": "s1", "m2": "s2"})  # merged per model
+        self.assertEqual(acme["api_key"], self.ENV_KEY)  # the environment still wins
+        self.assertEqual(self.c.ok("get", {"provider_name": "other"}), other_before)
+        # A provider of the config file is pinned, as at start-up.
+        self.assertEqual(self.c.err("remove_provider", {"provider": "fresh"})[0], "conflict")
+        with open(self.d.store_path, encoding="utf-8") as f:
+            self.assertIn("Acme Two", f.read())
+        self.assertRegex(self.d.stderr(), r"audit: provider override of acme applied by reload")
+        # An override that leaves the file: logged, what it set stays.
+        with open(self.d.config_path, "w", encoding="utf-8") as f:
+            f.write(text.replace("  other:\n    name: Other\n"
+                                 "    base_api_url: https://other.example.test/v1\n", ""))
+        os.kill(self.d.proc.pid, signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while "override of provider other left" not in self.d.stderr() \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.assertIn("reload: the override of provider other left the config file",
+                      self.d.stderr())
+        self.assertEqual(self.state_version(), version + 2)  # nothing differed
+        self.assertTrue(self.c.ok("contains", {"provider_name": "other"}))
+
+
 class ReloadStatusTest(StatusTestCase):
     """SIGHUP applies the model status settings: an ignore glob added to the config file."""
 
@@ -406,7 +474,6 @@ class ReloadStatusTest(StatusTestCase):
             time.sleep(0.05)
         self.assertEqual(states, {"gpt-x": "unverified", "tts-1": "ignored"})
         self.assertGreater(self.status_version(), before)
-        self.assertIn("reload: provider overrides", d.stderr())
 
 
 if __name__ == "__main__":
