@@ -240,7 +240,11 @@ static void s_publish_raw(void *arg, const char *topic, const void *body, size_t
     writer_t *self = arg;
     msgpack_sbuffer with_by;
     msgpack_sbuffer_init(&with_by);
-    if (self->event_count) {
+    /* Only when someone is named (never without CURVE): a models event can be large. */
+    bool named = false;
+    for (size_t i = 0; i < self->event_count && !named; i++)
+        named = self->event_bys[i] != NULL;
+    if (named) {
         msgpack_unpacked unpacked;
         msgpack_unpacked_init(&unpacked);
         size_t offset = 0;
