@@ -124,6 +124,11 @@ typedef struct {
     char *protocol;
     bool has_status_version;
     uint64_t status_version;
+    /* v1.1 reload (SIGHUP): has_reload is false until the service's first reload (or from a
+     * service that does not report it); then reloaded_at (unix seconds) and its outcome. */
+    bool has_reload;
+    double reloaded_at;
+    bool reload_ok;
 } pm_health_t;
 void pm_health_free(pm_health_t **self_p);
 

@@ -490,6 +490,19 @@ int pmc_decode_health(pmclient_t *self, const msgpack_object *obj, pm_health_t *
         health->has_status_version = true;
         health->status_version = status_version->via.u64;
     }
+    const msgpack_object *reload_ok = pm_map_get(obj, "reload_ok");
+    const msgpack_object *reloaded_at = pm_map_get(obj, "reloaded_at");
+    if (reload_ok && reload_ok->type != MSGPACK_OBJECT_NIL) {
+        if (reload_ok->type != MSGPACK_OBJECT_BOOLEAN || !reloaded_at ||
+            (reloaded_at->type != MSGPACK_OBJECT_FLOAT64 &&
+             reloaded_at->type != MSGPACK_OBJECT_FLOAT32)) {
+            pmc_bad_reply(self, "reload_ok is not a boolean with a reloaded_at time");
+            goto fail;
+        }
+        health->has_reload = true;
+        health->reload_ok = reload_ok->via.boolean;
+        health->reloaded_at = reloaded_at->via.f64;
+    }
     *out = health;
     return 0;
 

@@ -759,6 +759,13 @@ static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
             snprintf(text, sizeof text, "%llu", (unsigned long long)health->status_version);
             s_print_field("status_version", text);
         }
+        if (health->has_reload) {
+            /* Seconds since the epoch, as the service reports them: scripts compare them. */
+            char text[32];
+            snprintf(text, sizeof text, "%.3f", health->reloaded_at);
+            s_print_field("reloaded_at", text);
+            s_print_field("reload_ok", health->reload_ok ? "true" : "false");
+        }
         status = EXIT_OK;
     }
     pm_health_free(&health);

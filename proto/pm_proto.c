@@ -69,6 +69,8 @@ static const char *const s_error_names[PM_ERR_COUNT_] = {
     [PM_ERR_UNAUTHORIZED] = "unauthorized",
     [PM_ERR_UNAVAILABLE] = "unavailable",
     [PM_ERR_INTERNAL] = "internal",
+    [PM_ERR_FORBIDDEN] = "forbidden",
+    [PM_ERR_READ_ONLY] = "read_only",
 };
 
 const char *pm_error_name(pm_error_t code)
@@ -207,6 +209,16 @@ bool pm_op_is_write(pm_op_t op)
     default:
         return false;
     }
+}
+
+bool pm_op_allowed_for_reader(pm_op_t op)
+{
+    if ((int)op < 0 || op >= PM_OP_COUNT_)
+        return false;
+    /* The writer-bound reads answer without changing anything; the rest of the writer's ops
+     * change state or start a job that may. */
+    return !pm_op_is_write(op) || op == PM_OP_JOB_STATUS || op == PM_OP_MODEL_STATUS ||
+           op == PM_OP_PROVIDER_STATUS;
 }
 
 bool pm_op_safe_to_resend(pm_op_t op)

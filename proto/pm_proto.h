@@ -44,6 +44,9 @@ typedef enum {
     PM_ERR_UNAUTHORIZED,
     PM_ERR_UNAVAILABLE,
     PM_ERR_INTERNAL,
+    /* v1.1, appended so that the codes above keep their numbers */
+    PM_ERR_FORBIDDEN, /* the caller's role may not run the op */
+    PM_ERR_READ_ONLY, /* a read replica refuses writes */
     PM_ERR_COUNT_
 } pm_error_t;
 
@@ -100,6 +103,11 @@ bool pm_op_is_write(pm_op_t op);
  * writer). False for the ops that change state (a lost reply may mean that the service applied
  * them) and for an out-of-range value. The one list of this; clients must not keep their own. */
 bool pm_op_safe_to_resend(pm_op_t op);
+/* True for the ops a reader (v1.1 client roles) may run: every read, health, job_status,
+ * model_status and provider_status. False for the ops that change state or start a job
+ * (set_provider, remove_provider, set_short_name, persist_provider_configs, discover_models,
+ * verify_models) and for an out-of-range value. */
+bool pm_op_allowed_for_reader(pm_op_t op);
 
 /* Walks a msgpack buffer without allocating: exactly one object, nothing after it, depth
  * <= max_depth, every declared length / count fits in the bytes left, every str is valid

@@ -33,12 +33,30 @@
 #define AUTH_LOG_BURST 20
 #define AUTH_LOG_WINDOW_S 10
 
+#define AUTH_MAX_NAME 255 /* a file name's length, ".pub" off */
+
+typedef struct {
+    uint8_t key[AUTH_KEY_SIZE];
+    char name[AUTH_MAX_NAME + 1];
+    auth_role_t role;
+} auth_key_t;
+
+struct auth_keys_t {
+    auth_key_t *by_key;   /* sorted by key, for the ZAP handler's bsearch */
+    auth_key_t **by_name; /* the same entries sorted by name, for auth_role_of */
+    size_t count;
+};
+
 struct auth_t {
     bool curve;
     char public_z85[PM_KEYFILE_Z85_LEN + 1];
     char secret_z85[PM_KEYFILE_Z85_LEN + 1];
-    uint8_t (*clients)[AUTH_KEY_SIZE]; /* sorted, for bsearch */
-    size_t client_count;
+    /* The current tables. Swapped by auth_set_keys (main thread) and read by the ZAP thread
+     * and the front end, each under this lock for a lookup only: a swap frees the old tables
+     * once nobody can be inside them. */
+    pthread_mutex_t keys_lock;
+    bool lock_ready;
+    auth_keys_t *keys;
     void *ctx;
     void *zap;     /* REP, owned by the thread once it runs */
     void *control; /* PAIR: the main thread's end: "" stops the thread, else a monitor */
@@ -103,66 +121,204 @@ int auth_check_config(const config_t *cfg, char *err, size_t err_size)
 
 static int s_key_compare(const void *a, const void *b)
 {
-    return memcmp(a, b, AUTH_KEY_SIZE);
+    const auth_key_t *x = a, *y = b;
+    int rc = memcmp(x->key, y->key, AUTH_KEY_SIZE);
+    /* Equal keys: the admin first, so that deduplication keeps it. */
+    return rc ? rc : (int)y->role - (int)x->role;
 }
 
-/* Reads every "*.pub" file of dir as an allowed client key. */
-static int s_load_clients(auth_t *self, const char *dir, char *err, size_t err_size)
+static int s_name_compare(const void *a, const void *b)
+{
+    const auth_key_t *const *x = a, *const *y = b;
+    return strcmp((*x)->name, (*y)->name);
+}
+
+static int s_name_find(const void *name, const void *entry)
+{
+    const auth_key_t *const *e = entry;
+    return strcmp(name, (*e)->name);
+}
+
+static bool s_printable_name(const char *name, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c < 0x20 || c > 0x7e)
+            return false;
+    }
+    return true;
+}
+
+/* Appends every "*.pub" file of dir with role. */
+static int s_load_dir(auth_keys_t *keys, size_t *cap, const char *dir, auth_role_t role, char *err,
+                      size_t err_size)
 {
     DIR *d = opendir(dir);
     if (!d) {
-        snprintf(err, err_size, "cannot open the clients directory %s: %s", dir, strerror(errno));
+        snprintf(err, err_size, "cannot open the %s directory %s: %s",
+                 role == AUTH_ROLE_ADMIN ? "clients" : "readers", dir, strerror(errno));
         return -1;
     }
     int rc = -1;
-    size_t cap = 16;
-    self->clients = malloc(cap * AUTH_KEY_SIZE);
-    if (!self->clients) {
-        snprintf(err, err_size, "out of memory");
-        goto done;
-    }
     struct dirent *entry;
     while ((entry = readdir(d))) {
         size_t len = strlen(entry->d_name);
-        if (len < 5 || strcmp(entry->d_name + len - 4, ".pub") != 0)
+        if (len < 5 || strcmp(entry->d_name + len - 4, ".pub") != 0 || len - 4 > AUTH_MAX_NAME)
             continue;
         char path[4096], public_z85[PM_KEYFILE_Z85_LEN + 1], reason[512];
         if (snprintf(path, sizeof path, "%s/%s", dir, entry->d_name) >= (int)sizeof path)
             continue;
+        if (!s_printable_name(entry->d_name, len - 4)) {
+            /* The name goes into log lines and into events (msgpack strings are UTF-8). */
+            log_warn("auth: skipping %s: a key's name must be printable ASCII", path);
+            continue;
+        }
         if (pm_keyfile_read(path, public_z85, NULL, reason, sizeof reason) < 0) {
             log_warn("auth: skipping %s: %s", path, reason);
             continue;
         }
-        if (self->client_count == AUTH_MAX_CLIENTS) {
+        if (keys->count == AUTH_MAX_CLIENTS) {
             snprintf(err, err_size, "more than %d client keys in %s", AUTH_MAX_CLIENTS, dir);
             goto done;
         }
-        if (self->client_count == cap) {
-            cap *= 2;
-            void *grown = realloc(self->clients, cap * AUTH_KEY_SIZE);
+        if (keys->count == *cap) {
+            size_t grown_cap = *cap ? *cap * 2 : 16;
+            void *grown = realloc(keys->by_key, grown_cap * sizeof *keys->by_key);
             if (!grown) {
                 snprintf(err, err_size, "out of memory");
                 goto done;
             }
-            self->clients = grown;
+            keys->by_key = grown;
+            *cap = grown_cap;
         }
-        if (!zmq_z85_decode(self->clients[self->client_count], public_z85)) {
+        auth_key_t *key = &keys->by_key[keys->count];
+        if (!zmq_z85_decode(key->key, public_z85)) {
             log_warn("auth: skipping %s: not a Z85 key", path);
             continue;
         }
-        self->client_count++;
+        memcpy(key->name, entry->d_name, len - 4);
+        key->name[len - 4] = '\0';
+        key->role = role;
+        keys->count++;
     }
-    qsort(self->clients, self->client_count, AUTH_KEY_SIZE, s_key_compare);
     rc = 0;
 done:
     closedir(d);
     return rc;
 }
 
-static bool s_allowed(const auth_t *self, const void *key, size_t size)
+auth_keys_t *auth_keys_load(const char *clients_dir, const char *readers_dir, char *err,
+                            size_t err_size)
 {
-    return size == AUTH_KEY_SIZE && self->client_count &&
-           bsearch(key, self->clients, self->client_count, AUTH_KEY_SIZE, s_key_compare);
+    auth_keys_t *keys = calloc(1, sizeof *keys);
+    size_t cap = 0;
+    if (!keys) {
+        snprintf(err, err_size, "out of memory");
+        return NULL;
+    }
+    if (s_load_dir(keys, &cap, clients_dir, AUTH_ROLE_ADMIN, err, err_size) < 0 ||
+        (readers_dir && *readers_dir &&
+         s_load_dir(keys, &cap, readers_dir, AUTH_ROLE_READER, err, err_size) < 0))
+        goto fail;
+    if (keys->count)
+        qsort(keys->by_key, keys->count, sizeof *keys->by_key, s_key_compare);
+    /* One entry per key: a key in both directories (being moved) is an admin. */
+    size_t unique = 0;
+    for (size_t i = 0; i < keys->count; i++) {
+        if (unique &&
+            memcmp(keys->by_key[unique - 1].key, keys->by_key[i].key, AUTH_KEY_SIZE) == 0) {
+            /* The usual state while a key moves between the directories. */
+            log_warn("auth: the key of '%s' is also filed as '%s'; it counts once, as %s",
+                     keys->by_key[unique - 1].name, keys->by_key[i].name,
+                     keys->by_key[unique - 1].role == AUTH_ROLE_ADMIN ? "an admin" : "a reader");
+            continue;
+        }
+        keys->by_key[unique++] = keys->by_key[i];
+    }
+    keys->count = unique;
+    keys->by_name = calloc(keys->count ? keys->count : 1, sizeof *keys->by_name);
+    if (!keys->by_name) {
+        snprintf(err, err_size, "out of memory");
+        goto fail;
+    }
+    for (size_t i = 0; i < keys->count; i++)
+        keys->by_name[i] = &keys->by_key[i];
+    if (keys->count)
+        qsort(keys->by_name, keys->count, sizeof *keys->by_name, s_name_compare);
+    for (size_t i = 1; i < keys->count; i++) {
+        if (strcmp(keys->by_name[i - 1]->name, keys->by_name[i]->name) == 0) {
+            /* The name is who the caller is (roles, audit): it must say one key. */
+            snprintf(err, err_size,
+                     "two different keys are named '%s' (in the clients and the readers "
+                     "directory); rename one",
+                     keys->by_name[i]->name);
+            goto fail;
+        }
+    }
+    return keys;
+fail:
+    auth_keys_destroy(&keys);
+    return NULL;
+}
+
+size_t auth_keys_count(const auth_keys_t *keys, auth_role_t role)
+{
+    if (!keys)
+        return 0;
+    if (role == AUTH_ROLE_NONE)
+        return keys->count;
+    size_t n = 0;
+    for (size_t i = 0; i < keys->count; i++)
+        n += keys->by_key[i].role == role;
+    return n;
+}
+
+auth_role_t auth_keys_role(const auth_keys_t *keys, const char *name)
+{
+    if (!keys || !name || !keys->count)
+        return AUTH_ROLE_NONE;
+    auth_key_t **found =
+        bsearch(name, keys->by_name, keys->count, sizeof *keys->by_name, s_name_find);
+    return found ? (*found)->role : AUTH_ROLE_NONE;
+}
+
+void auth_keys_destroy(auth_keys_t **keys_p)
+{
+    if (!keys_p || !*keys_p)
+        return;
+    free((*keys_p)->by_key);
+    free((*keys_p)->by_name);
+    free(*keys_p);
+    *keys_p = NULL;
+}
+
+/* Looks key up in the current tables; copies its name into name (AUTH_MAX_NAME + 1 bytes).
+ * Called by the ZAP thread. */
+static bool s_allowed(auth_t *self, const void *key, size_t size, char *name)
+{
+    if (size != AUTH_KEY_SIZE)
+        return false;
+    auth_key_t probe;
+    memcpy(probe.key, key, AUTH_KEY_SIZE);
+    probe.role = AUTH_ROLE_NONE;
+    bool found = false;
+    pthread_mutex_lock(&self->keys_lock);
+    const auth_keys_t *keys = self->keys;
+    for (size_t lo = 0, hi = keys ? keys->count : 0; lo < hi;) {
+        size_t mid = lo + (hi - lo) / 2;
+        int rc = memcmp(probe.key, keys->by_key[mid].key, AUTH_KEY_SIZE);
+        if (rc == 0) {
+            memcpy(name, keys->by_key[mid].name, AUTH_MAX_NAME + 1);
+            found = true;
+            break;
+        }
+        if (rc < 0)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    pthread_mutex_unlock(&self->keys_lock);
+    return found;
 }
 
 /* True when one more refusal may be logged now (see AUTH_LOG_BURST). Called by the thread. */
@@ -200,8 +356,9 @@ static void s_handle_zap(auth_t *self)
         return;
     }
     bool curve = zmq_msg_size(&frames[5]) == 5 && memcmp(zmq_msg_data(&frames[5]), "CURVE", 5) == 0;
+    char name[AUTH_MAX_NAME + 1] = "";
     bool ok = curve && count == 7 && !overflow &&
-              s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]));
+              s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]), name);
     if (!ok)
         atomic_fetch_add_explicit(&self->refusals, 1, memory_order_relaxed);
     if (!ok && s_may_log_refusal(self)) {
@@ -217,12 +374,15 @@ static void s_handle_zap(auth_t *self)
     }
     const char *status = ok ? "200" : "400";
     const char *text = ok ? "OK" : "client key not allowed";
-    /* version, request id (echoed), status code, status text, user id, metadata */
+    /* version, request id (echoed), status code, status text, user id, metadata. The user id
+     * is the key's name: ZeroMQ hands it with every message of the connection, and the front
+     * end takes the caller's role from it. */
     if (zmq_send(self->zap, "1.0", 3, ZMQ_SNDMORE) < 0 ||
         zmq_send(self->zap, zmq_msg_data(&frames[1]), zmq_msg_size(&frames[1]), ZMQ_SNDMORE) < 0 ||
         zmq_send(self->zap, status, 3, ZMQ_SNDMORE) < 0 ||
         zmq_send(self->zap, text, strlen(text), ZMQ_SNDMORE) < 0 ||
-        zmq_send(self->zap, "", 0, ZMQ_SNDMORE) < 0 || zmq_send(self->zap, "", 0, 0) < 0)
+        zmq_send(self->zap, name, strlen(name), ZMQ_SNDMORE) < 0 ||
+        zmq_send(self->zap, "", 0, 0) < 0)
         log_error("auth: cannot answer a ZAP request: %s", zmq_strerror(errno));
     frames_close(frames, count);
 }
@@ -334,6 +494,11 @@ auth_t *auth_new(void *zmq_ctx, const config_t *cfg, char *err, size_t err_size)
         return self; /* CURVE off */
     self->curve = true;
     self->ctx = zmq_ctx;
+    if (pthread_mutex_init(&self->keys_lock, NULL) != 0) {
+        snprintf(err, err_size, "cannot create a lock");
+        goto fail;
+    }
+    self->lock_ready = true;
     char reason[512];
     if (pm_keyfile_read(cfg->curve_secret_key_file, self->public_z85, self->secret_z85, reason,
                         sizeof reason) < 0) {
@@ -348,9 +513,10 @@ auth_t *auth_new(void *zmq_ctx, const config_t *cfg, char *err, size_t err_size)
         snprintf(err, err_size, "CURVE needs a clients directory (--curve-clients-dir)");
         goto fail;
     }
-    if (s_load_clients(self, cfg->curve_clients_dir, err, err_size) < 0)
+    self->keys = auth_keys_load(cfg->curve_clients_dir, cfg->curve_readers_dir, err, err_size);
+    if (!self->keys)
         goto fail;
-    if (self->client_count == 0)
+    if (self->keys->count == 0)
         log_warn("auth: no client keys in %s: every client will be refused",
                  cfg->curve_clients_dir);
 
@@ -374,7 +540,9 @@ auth_t *auth_new(void *zmq_ctx, const config_t *cfg, char *err, size_t err_size)
         goto fail;
     }
     self->thread_started = true;
-    log_info("auth: CURVE on, %zu allowed client keys", self->client_count);
+    log_info("auth: CURVE on, %zu allowed client keys (%zu admins, %zu readers)", self->keys->count,
+             auth_keys_count(self->keys, AUTH_ROLE_ADMIN),
+             auth_keys_count(self->keys, AUTH_ROLE_READER));
     return self;
 fail:
     auth_destroy(&self);
@@ -398,9 +566,44 @@ int auth_apply(const auth_t *self, void *socket)
     return 0;
 }
 
-size_t auth_client_count(const auth_t *self)
+size_t auth_client_count(auth_t *self)
 {
-    return self->client_count;
+    if (!self->curve)
+        return 0;
+    pthread_mutex_lock(&self->keys_lock);
+    size_t n = self->keys ? self->keys->count : 0;
+    pthread_mutex_unlock(&self->keys_lock);
+    return n;
+}
+
+bool auth_curve_on(const auth_t *self)
+{
+    return self->curve;
+}
+
+auth_role_t auth_role_of(auth_t *self, const char *name)
+{
+    if (!self->curve)
+        return AUTH_ROLE_ADMIN;
+    pthread_mutex_lock(&self->keys_lock);
+    auth_role_t role = auth_keys_role(self->keys, name);
+    pthread_mutex_unlock(&self->keys_lock);
+    return role;
+}
+
+void auth_set_keys(auth_t *self, auth_keys_t **keys_p)
+{
+    if (!self->curve) {
+        auth_keys_destroy(keys_p);
+        return;
+    }
+    pthread_mutex_lock(&self->keys_lock);
+    auth_keys_t *old = self->keys;
+    self->keys = *keys_p;
+    *keys_p = NULL;
+    pthread_mutex_unlock(&self->keys_lock);
+    /* Freed outside the lock: no lookup can be inside the old tables any more. */
+    auth_keys_destroy(&old);
 }
 
 void auth_destroy(auth_t **self_p)
@@ -420,7 +623,9 @@ void auth_destroy(auth_t **self_p)
     if (self->control_peer)
         zmq_close(self->control_peer);
     explicit_bzero(self->secret_z85, sizeof self->secret_z85);
-    free(self->clients);
+    auth_keys_destroy(&self->keys);
+    if (self->lock_ready)
+        pthread_mutex_destroy(&self->keys_lock);
     free(self);
     *self_p = NULL;
 }

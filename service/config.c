@@ -257,6 +257,7 @@ typedef enum {
     OPT_HEARTBEAT_MS,
     OPT_CURVE_SECRET_KEY_FILE,
     OPT_CURVE_CLIENTS_DIR,
+    OPT_CURVE_READERS_DIR,
     OPT_ALLOW_INSECURE,
     OPT_HELP,
     OPT_VERSION,
@@ -290,7 +291,9 @@ static const s_option_t s_options[OPT_COUNT] = {
     [OPT_CURVE_SECRET_KEY_FILE] = {"curve-secret-key-file", "FILE", "PM_CURVE_SECRET_KEY_FILE",
                                    "enable CURVE with this server secret key (z85)"},
     [OPT_CURVE_CLIENTS_DIR] = {"curve-clients-dir", "DIR", "PM_CURVE_CLIENTS_DIR",
-                               "directory of allowed client public keys"},
+                               "directory of admin client public keys (every op)"},
+    [OPT_CURVE_READERS_DIR] = {"curve-readers-dir", "DIR", "PM_CURVE_READERS_DIR",
+                               "directory of reader client public keys (read ops only)"},
     [OPT_ALLOW_INSECURE] = {"allow-insecure", NULL, "PM_ALLOW_INSECURE",
                             "bind a non-loopback tcp endpoint without CURVE (env: 1 or true)"},
     [OPT_HELP] = {"help", NULL, NULL, "print this help and exit"},
@@ -388,7 +391,7 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
             return -1;
         }
         if ((id == OPT_CONFIG || id == OPT_DATA_DIR || id == OPT_CURVE_SECRET_KEY_FILE ||
-             id == OPT_CURVE_CLIENTS_DIR) &&
+             id == OPT_CURVE_CLIENTS_DIR || id == OPT_CURVE_READERS_DIR) &&
             strlen(value) > CONFIG_MAX_PATH_LEN) {
             s_set_error(err, err_size, "option --%s: longer than %d bytes", option->name,
                         CONFIG_MAX_PATH_LEN);
@@ -433,13 +436,14 @@ static int s_print_usage(FILE *out)
     for (size_t i = 0; i < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; i++)
         failed |=
             fprintf(out, "    %-28s %s\n", s_discovery_keys[i].key, s_discovery_keys[i].help) < 0;
-    failed |= fputs("  security:\n"
-                    "    curve_secret_key_file, curve_clients_dir, allow_insecure\n"
-                    "  providers:                     pinned providers, same shape as the data "
-                    "file:\n"
-                    "    <key>: {name, base_api_url, api_key, valid_models: {long: short}, "
-                    "invalid_models: [..]}\n",
-                    out) < 0;
+    failed |=
+        fputs("  security:\n"
+              "    curve_secret_key_file, curve_clients_dir, curve_readers_dir, allow_insecure\n"
+              "  providers:                     pinned providers, same shape as the data "
+              "file:\n"
+              "    <key>: {name, base_api_url, api_key, valid_models: {long: short}, "
+              "invalid_models: [..]}\n",
+              out) < 0;
     failed |= fflush(out) != 0;
     return failed ? -1 : 0;
 }
@@ -724,6 +728,8 @@ static int s_file_security(s_file_t *file, config_t *cfg, const yaml_node_t *val
             target = &cfg->curve_secret_key_file;
         else if (strcmp(name, "curve_clients_dir") == 0)
             target = &cfg->curve_clients_dir;
+        else if (strcmp(name, "curve_readers_dir") == 0)
+            target = &cfg->curve_readers_dir;
         if (target) {
             if (s_is_null(node)) { /* explicitly off */
                 free(*target);
@@ -926,6 +932,7 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
         {OPT_DATA_DIR, offsetof(config_t, data_dir), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir), CONFIG_MAX_PATH_LEN},
+        {OPT_CURVE_READERS_DIR, offsetof(config_t, curve_readers_dir), CONFIG_MAX_PATH_LEN},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         const char *name = s_options[strings[i].id].env;
@@ -996,6 +1003,7 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
         {OPT_DATA_DIR, offsetof(config_t, data_dir)},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file)},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir)},
+        {OPT_CURVE_READERS_DIR, offsetof(config_t, curve_readers_dir)},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         if (!flags->present[strings[i].id])
@@ -1092,6 +1100,7 @@ void config_clear(config_t *cfg)
     free(cfg->data_dir);
     free(cfg->curve_secret_key_file);
     free(cfg->curve_clients_dir);
+    free(cfg->curve_readers_dir);
     store_layer_clear(&cfg->overrides);
     s_ignore_clear(&cfg->ignore);
     for (size_t i = 0; i < cfg->provider_ignore_count; i++)

@@ -82,7 +82,8 @@ typedef struct {
     config_discovery_t discovery;
     /* Security (CURVE): all NULL when off. */
     char *curve_secret_key_file;  /* server secret key file (z85, see pmctl keygen) */
-    char *curve_clients_dir;      /* directory of allowed client public key files */
+    char *curve_clients_dir;      /* directory of admin client public key files */
+    char *curve_readers_dir;      /* directory of reader client public key files (v1.1) */
     bool allow_insecure;          /* bind non-loopback tcp without CURVE */
     store_layer_t overrides;      /* the config file's providers: section */
     config_ignore_t ignore;       /* discovery.ignore */

@@ -1428,12 +1428,13 @@ oom:
 }
 
 int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
-                    bool force_refresh, bool persist_on_success, double now, char *job_id,
-                    int *code, char *err, size_t err_size)
+                    bool force_refresh, bool persist_on_success, const char *by, double now,
+                    char *job_id, int *code, char *err, size_t err_size)
 {
     job_spec_t spec = {.kind = DISCOVERY_JOB_DISCOVER,
                        .force_refresh = force_refresh,
-                       .persist_on_success = persist_on_success};
+                       .persist_on_success = persist_on_success,
+                       .by = by};
     return s_start_job(self, current, provider_key, &spec, now, job_id, code, err, err_size);
 }
 
@@ -1574,6 +1575,21 @@ static long s_schedule_timeout(double interval_minutes, bool *armed, double *nex
         *armed = true;
     }
     return s_ms_until(*next, now);
+}
+
+void discovery_set_schedule(discovery_t *self, const config_discovery_t *settings)
+{
+    /* Only fields the coordinator reads: the workers share the rest through a pointer. */
+    if (settings->interval_minutes != self->settings.interval_minutes)
+        self->periodic_armed = false;
+    if (settings->list_interval_minutes != self->settings.list_interval_minutes)
+        self->list_armed = false;
+    if (settings->verify_interval_minutes != self->settings.verify_interval_minutes)
+        self->verify_armed = false;
+    self->settings.interval_minutes = settings->interval_minutes;
+    self->settings.list_interval_minutes = settings->list_interval_minutes;
+    self->settings.verify_interval_minutes = settings->verify_interval_minutes;
+    self->settings.cache_duration_s = settings->cache_duration_s;
 }
 
 long discovery_next_timeout_ms(discovery_t *self, double now)

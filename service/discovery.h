@@ -118,8 +118,14 @@ void *discovery_socket(discovery_t *self);
  * id in job_id (DISCOVERY_JOB_ID_SIZE bytes); -1 with *code = PM_ERR_NOT_FOUND and "Provider '<p>'
  * not found" in err when provider_key is unknown, or another code. */
 int discovery_start(discovery_t *self, const registry_t *current, const char *provider_key,
-                    bool force_refresh, bool persist_on_success, double now, char *job_id,
-                    int *code, char *err, size_t err_size);
+                    bool force_refresh, bool persist_on_success, const char *by, double now,
+                    char *job_id, int *code, char *err, size_t err_size);
+
+/* Reload (SIGHUP): takes the schedule and the list cache duration of settings
+ * (interval_minutes, list_interval_minutes, verify_interval_minutes, cache_duration_s); a
+ * schedule whose interval changed starts over from now. The other settings are the workers'
+ * and need a restart. Call from the writer thread. */
+void discovery_set_schedule(discovery_t *self, const config_discovery_t *settings);
 
 /* Starts a verify job (protocol v1.1 verify_models) over `current`: every provider with a key,
  * or only provider_key. Each provider is re-listed (the cache is bypassed; providers without a

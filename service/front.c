@@ -32,6 +32,11 @@ typedef struct {
 } packed_t;
 
 struct front_t {
+    auth_t *auth; /* roles: looked up per request (CURVE on) */
+    front_reload_fn *reload;
+    void *reload_arg;
+    double reloaded_at; /* unix seconds of the last SIGHUP reload */
+    int reload_ok;      /* -1: none yet, else 0 or 1 */
     void *router;
     void *pipe;
     snapshot_t *snapshot;
@@ -383,7 +388,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 10);
+    msgpack_pack_map(r->pk, 12);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -405,6 +410,19 @@ static void s_op_health(front_t *self, read_t *r)
     msgpack_pack_uint64(r->pk, self->snapshot->status_version);
     pm_pack_str(r->pk, "epoch");
     pm_pack_str(r->pk, self->snapshot->epoch);
+    /* v1.1 reload (SIGHUP): nil until the first one. */
+    pm_pack_str(r->pk, "reloaded_at");
+    if (self->reload_ok < 0)
+        msgpack_pack_nil(r->pk);
+    else
+        msgpack_pack_double(r->pk, self->reloaded_at);
+    pm_pack_str(r->pk, "reload_ok");
+    if (self->reload_ok < 0)
+        msgpack_pack_nil(r->pk);
+    else if (self->reload_ok)
+        msgpack_pack_true(r->pk);
+    else
+        msgpack_pack_false(r->pk);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
@@ -493,17 +511,35 @@ static int s_send_reply(front_t *self, size_t envelope, const void *body, size_t
     return zmq_send(self->router, body, size, 0) < 0 ? -1 : 0;
 }
 
-/* Forwards a write to the writer: 'W', the routing frames, the body. */
-static int s_forward_write(front_t *self, size_t count)
+/* Forwards a write to the writer: 'W' followed by the caller's name (empty without CURVE),
+ * the routing frames, the body. */
+static int s_forward_write(front_t *self, size_t count, const char *caller)
 {
-    char type = WRITER_MSG_REQUEST;
-    if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0)
+    char type[1 + 256];
+    size_t len = caller ? strlen(caller) : 0;
+    if (len > sizeof type - 1)
+        len = sizeof type - 1;
+    type[0] = WRITER_MSG_REQUEST;
+    if (len)
+        memcpy(type + 1, caller, len);
+    if (zmq_send(self->pipe, type, 1 + len, ZMQ_SNDMORE) < 0)
         return -1;
     for (size_t i = 0; i < count; i++) {
         if (zmq_msg_send(&self->frames[i], self->pipe, i + 1 < count ? ZMQ_SNDMORE : 0) < 0)
             return -1;
     }
     return 0;
+}
+
+/* Whether the caller (its ZAP user id; NULL without CURVE) may run op. Looked up per request
+ * in the current key tables: a reload changes an open connection's role at once, and a
+ * removed key's connection is refused every op. */
+static bool s_allowed(front_t *self, const char *caller, pm_op_t op)
+{
+    if (!auth_curve_on(self->auth))
+        return true;
+    auth_role_t role = auth_role_of(self->auth, caller);
+    return role == AUTH_ROLE_ADMIN || (role == AUTH_ROLE_READER && pm_op_allowed_for_reader(op));
 }
 
 /* One message from a client: all frames are received before any reply is sent. Returns false
@@ -544,14 +580,23 @@ static bool s_handle_client(front_t *self, bool *wrote)
         pm_error_t code =
             pm_request_decode(&req, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err);
         op = req.op;
+        /* The caller's name comes from the ZAP handler through the connection, never from
+         * the request: a connection cannot change who it is. */
+        const char *caller = auth_curve_on(self->auth) ? zmq_msg_gets(body, "User-Id") : NULL;
         if (code == PM_ERR_UNKNOWN_OP) {
             wire_pack_error_spans(&pk, req.id, code, "Unknown op '%s'", req.op_name, (pm_str_t){0});
         } else if (code != PM_OK) {
             pm_reply_error(&pk, req.id, code, err);
+        } else if (!s_allowed(self, caller, req.op)) {
+            /* Before any argument check (v1.1 order of refusals); nothing changes. */
+            const char *op_name = pm_op_name(req.op);
+            wire_pack_error_spans(&pk, req.id, PM_ERR_FORBIDDEN,
+                                  "Operation '%s' is not allowed for this client",
+                                  (pm_str_t){op_name, strlen(op_name)}, (pm_str_t){0});
         } else if (pm_op_is_write(req.op)) {
             pm_request_clear(&req);
             *wrote = true;
-            if (s_forward_write(self, count) < 0) {
+            if (s_forward_write(self, count, caller) < 0) {
                 log_error("front: cannot hand a write to the writer: %s", zmq_strerror(errno));
                 frames_close(self->frames, count);
             }
@@ -656,6 +701,38 @@ static int s_drain_writer(front_t *self, bool *routed)
     return 2;
 }
 
+/* Reads the signal bytes waiting on fd. True when one asks to stop (also on a read error:
+ * a pipe that cannot be read can no longer say stop). Reload bytes run the hook once. */
+static bool s_signalled_stop(front_t *self, int fd)
+{
+    char bytes[64];
+    ssize_t n = read(fd, bytes, sizeof bytes);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return false;
+    if (n <= 0)
+        return true;
+    bool reload = false;
+    for (ssize_t i = 0; i < n; i++) {
+        if (bytes[i] != FRONT_SIGNAL_RELOAD)
+            return true;
+        reload = true;
+    }
+    if (reload && self->reload) {
+        bool ok = self->reload(self->reload_arg);
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        self->reloaded_at = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+        self->reload_ok = ok ? 1 : 0;
+    }
+    return false;
+}
+
+void front_set_reload(front_t *self, front_reload_fn *fn, void *arg)
+{
+    self->reload = fn;
+    self->reload_arg = arg;
+}
+
 int front_run(front_t *self, int stop_fd)
 {
     int router_fd, pipe_fd;
@@ -694,7 +771,7 @@ int front_run(front_t *self, int stop_fd)
             log_error("front: poll failed: %s", strerror(errno));
             return -1;
         }
-        if (fds[1].revents & POLLIN)
+        if ((fds[1].revents & POLLIN) && s_signalled_stop(self, stop_fd))
             break;
         if (fds[0].revents)
             look_pipe = true;
@@ -725,9 +802,8 @@ int front_run(front_t *self, int stop_fd)
 
 /* ------------------------------------------------------------------------ life cycle */
 
-front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
-                   const char *writer_endpoint, snapshot_t **first_p, bool *bind_failed, char *err,
-                   size_t err_size)
+front_t *front_new(void *zmq_ctx, const config_t *cfg, auth_t *auth, const char *writer_endpoint,
+                   snapshot_t **first_p, bool *bind_failed, char *err, size_t err_size)
 {
     *bind_failed = false;
     front_t *self = calloc(1, sizeof *self);
@@ -736,6 +812,8 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         return NULL;
     }
     msgpack_sbuffer_init(&self->reply);
+    self->auth = auth;
+    self->reload_ok = -1;
     self->max_reply = PM_PROTO_MAX_REPLY_SIZE;
     clock_gettime(CLOCK_MONOTONIC, &self->started);
     int zero = 0, linger = FRONT_REPLY_LINGER_MS;

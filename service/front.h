@@ -19,13 +19,24 @@ typedef struct front_t front_t;
 
 /* Binds the request endpoint and connects to the writer. Takes ownership of *first_p.
  * NULL with err on failure; *bind_failed tells a bind failure (e.g. port in use) apart. */
-front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
-                   const char *writer_endpoint, snapshot_t **first_p, bool *bind_failed, char *err,
-                   size_t err_size);
+front_t *front_new(void *zmq_ctx, const config_t *cfg, auth_t *auth, const char *writer_endpoint,
+                   snapshot_t **first_p, bool *bind_failed, char *err, size_t err_size);
 
-/* Serves until stop_fd becomes readable (the signal self-pipe), then stops taking requests,
- * lets the writer finish the write in hand, delivers its replies and returns 0 (-1 on a
- * socket error). */
+/* The byte the signal handler writes to stop_fd for SIGHUP; any other byte means stop. */
+#define FRONT_SIGNAL_RELOAD 'H'
+
+/* A reload (SIGHUP), run in the front end's thread between two requests. Returns true when the
+ * new configuration was applied, false when it was refused (the old one stays). */
+typedef bool(front_reload_fn)(void *arg);
+
+/* Sets the reload hook (none by default: a reload byte is then ignored). health reports the
+ * time and outcome of the last reload (reloaded_at, reload_ok; nil before the first). */
+void front_set_reload(front_t *self, front_reload_fn *fn, void *arg);
+
+/* Serves until stop_fd becomes readable with a byte other than FRONT_SIGNAL_RELOAD (the
+ * signal self-pipe), then stops taking requests, lets the writer finish the write in hand,
+ * delivers its replies and returns 0 (-1 on a socket error). A FRONT_SIGNAL_RELOAD byte runs
+ * the reload hook and goes on serving. */
 int front_run(front_t *self, int stop_fd);
 
 /* Lowers the reply limit (PM_PROTO_MAX_REPLY_SIZE by default), so that a test can exercise

@@ -4,28 +4,30 @@
 #include "log.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
 
-/* Written once before any thread starts, read-only afterwards. */
-static log_level_t s_level = LOG_INFO;
+/* Set before any thread starts, and again by a reload (SIGHUP) while threads log: atomic,
+ * relaxed (a line logged at the old level during the switch is harmless). */
+static _Atomic log_level_t s_level = LOG_INFO;
 
 static const char *const s_level_names[] = {"ERROR", "WARN", "INFO", "DEBUG"};
 
 void log_set_level(log_level_t level)
 {
-    s_level = level;
+    atomic_store_explicit(&s_level, level, memory_order_relaxed);
 }
 
 log_level_t log_level(void)
 {
-    return s_level;
+    return atomic_load_explicit(&s_level, memory_order_relaxed);
 }
 
 void log_msg(log_level_t level, const char *format, ...)
 {
-    if (level > s_level)
+    if (level > atomic_load_explicit(&s_level, memory_order_relaxed))
         return;
     char text[1024];
     va_list ap;

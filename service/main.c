@@ -2,6 +2,7 @@
  * provider-manager: the daemon. Loads the configuration and the registry (the seed's five
  * layering steps), starts the writer thread (which owns the state, the YAML file, the events
  * socket and discovery), and runs the request front end in this thread until SIGTERM/SIGINT.
+ * SIGHUP reloads the config file and the key directories (s_reload) without a restart.
  *
  * Exit status: 0 clean stop; 1 runtime failure; 2 usage or configuration error (bad flag,
  * unreadable or invalid config file); 3 data directory or providers file unusable (cannot be
@@ -42,11 +43,10 @@ static int s_signal_pipe[2] = {-1, -1};
 
 static void s_on_signal(int signum)
 {
-    (void)signum;
     int saved = errno;
-    char byte = 1;
+    char byte = signum == SIGHUP ? FRONT_SIGNAL_RELOAD : 1;
     ssize_t rc = write(s_signal_pipe[1], &byte, 1);
-    (void)rc; /* the pipe is non-blocking; a full pipe already says "stop" */
+    (void)rc; /* the pipe is non-blocking; a full pipe already holds a byte to act on */
     errno = saved;
 }
 
@@ -64,7 +64,8 @@ static int s_install_signals(void)
     memset(&action, 0, sizeof action);
     action.sa_handler = s_on_signal;
     sigemptyset(&action.sa_mask);
-    if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0)
+    if (sigaction(SIGTERM, &action, NULL) < 0 || sigaction(SIGINT, &action, NULL) < 0 ||
+        sigaction(SIGHUP, &action, NULL) < 0)
         return -1;
     /* A peer that goes away must not kill us through a write. */
     signal(SIGPIPE, SIG_IGN);
@@ -93,6 +94,114 @@ static void s_warn(void *arg, const char *message)
 static const char *s_getenv(const char *name)
 {
     return getenv(name);
+}
+
+/* What a reload needs: the command line (flags and environment keep their precedence over
+ * the file), the configuration the daemon started with (restart-only settings are compared
+ * with it), and the parts that take new settings. */
+typedef struct {
+    int argc;
+    char **argv;
+    config_t *running;
+    auth_t *auth;
+    writer_t *writer;
+} s_reload_ctx_t;
+
+static bool s_text_differs(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+/* Logs each setting of next that needs a restart and differs from the running one. */
+static void s_note_restart_only(const config_t *running, const config_t *next)
+{
+    const struct {
+        const char *name;
+        bool changed;
+    } settings[] = {
+        {"endpoint", s_text_differs(running->endpoint, next->endpoint)},
+        {"events_endpoint", s_text_differs(running->events_endpoint, next->events_endpoint)},
+        {"data_dir", s_text_differs(running->data_dir, next->data_dir)},
+        {"workers", running->workers != next->workers},
+        {"security.curve_secret_key_file",
+         s_text_differs(running->curve_secret_key_file, next->curve_secret_key_file)},
+        {"security.allow_insecure", running->allow_insecure != next->allow_insecure},
+        {"discovery.per_provider_limit",
+         running->discovery.per_provider_limit != next->discovery.per_provider_limit},
+        {"discovery.connect_timeout_ms",
+         running->discovery.connect_timeout_ms != next->discovery.connect_timeout_ms},
+        {"discovery.request_timeout_ms",
+         running->discovery.request_timeout_ms != next->discovery.request_timeout_ms},
+        {"discovery.max_retries", running->discovery.max_retries != next->discovery.max_retries},
+        {"discovery.retry_budget_ms",
+         running->discovery.retry_budget_ms != next->discovery.retry_budget_ms},
+        {"discovery.max_tokens", running->discovery.max_tokens != next->discovery.max_tokens},
+        {"discovery.list_max_bytes",
+         running->discovery.list_max_bytes != next->discovery.list_max_bytes},
+        {"discovery.probe_max_bytes",
+         running->discovery.probe_max_bytes != next->discovery.probe_max_bytes},
+    };
+    for (size_t i = 0; i < sizeof settings / sizeof settings[0]; i++) {
+        if (settings[i].changed)
+            log_warn("reload: %s changed; it needs a restart and was not applied",
+                     settings[i].name);
+    }
+}
+
+/* SIGHUP: everything is read and checked first; if anything fails nothing changes and one
+ * line says why. Runs in the front end's thread, between two requests: requests in flight
+ * are not failed. */
+static bool s_reload(void *arg)
+{
+    s_reload_ctx_t *ctx = arg;
+    config_t next;
+    char err[1024];
+    int rc = config_load(&next, ctx->argc, ctx->argv, s_getenv, err, sizeof err);
+    if (rc != 0) {
+        if (rc > 0)
+            config_clear(&next);
+        log_error("reload refused, the old configuration stays: %s",
+                  rc > 0 ? "unexpected --help or --version" : err);
+        return false;
+    }
+    auth_keys_t *keys = NULL;
+    if (auth_curve_on(ctx->auth)) {
+        if (!next.curve_clients_dir || !*next.curve_clients_dir)
+            snprintf(err, sizeof err, "CURVE needs a clients directory (--curve-clients-dir)");
+        else
+            keys = auth_keys_load(next.curve_clients_dir, next.curve_readers_dir, err, sizeof err);
+        if (!keys) {
+            log_error("reload refused, the old configuration stays: %s", err);
+            config_clear(&next);
+            return false;
+        }
+    }
+    if (writer_reload(ctx->writer, &next, &ctx->running->overrides) < 0) {
+        log_error("reload refused, the old configuration stays: cannot hand the settings to the "
+                  "writer");
+        auth_keys_destroy(&keys);
+        config_clear(&next);
+        return false;
+    }
+    /* Nothing below can fail. */
+    s_note_restart_only(ctx->running, &next);
+    size_t admins = auth_keys_count(keys, AUTH_ROLE_ADMIN);
+    size_t readers = auth_keys_count(keys, AUTH_ROLE_READER);
+    auth_set_keys(ctx->auth, &keys);
+    if (auth_curve_on(ctx->auth))
+        log_info("reload: applied (config %s; %zu admin keys, %zu reader keys)",
+                 next.config_path ? next.config_path : "none", admins, readers);
+    else
+        log_info("reload: applied (config %s)", next.config_path ? next.config_path : "none");
+    /* Last, so that the line above is logged at the level the operator had until now. */
+    log_set_level(next.log_level);
+    /* The overrides handed to the writer are now the running ones (the next reload compares
+     * with them); the old ones go with next. */
+    store_layer_t overrides = ctx->running->overrides;
+    ctx->running->overrides = next.overrides;
+    next.overrides = overrides;
+    config_clear(&next);
+    return true;
 }
 
 int main(int argc, char **argv)
@@ -223,6 +332,8 @@ int main(int argc, char **argv)
         front_set_metrics(front, metrics);
         metrics_set_serving(metrics, true, NULL);
     }
+    s_reload_ctx_t reload = {argc, argv, &cfg, auth, writer};
+    front_set_reload(front, s_reload, &reload);
     status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;
     metrics_set_serving(metrics, false, "stopping");
     front_destroy(&front);

@@ -18,6 +18,7 @@ struct status_keeper_t {
     const registry_t *reg;    /* the writer's current registry, borrowed */
     const registry_t *synced; /* the registry the table was last synced with (identity only) */
     char **parts;             /* providers whose job part ended, not yet taken */
+    char **part_bys;          /* who started each part's job (NULL: nobody named) */
     size_t part_count;
     size_t part_alloc;
 };
@@ -117,7 +118,6 @@ static void s_on_part_done(void *ctx, const char *key, const char *job_id, int j
 {
     (void)job_id;
     (void)job_kind;
-    (void)by;
     status_keeper_t *self = ctx;
     for (size_t i = 0; i < self->part_count; i++)
         if (strcmp(self->parts[i], key) == 0)
@@ -128,11 +128,17 @@ static void s_on_part_done(void *ctx, const char *key, const char *job_id, int j
         if (!parts)
             goto nomem;
         self->parts = parts;
+        char **bys = realloc(self->part_bys, alloc * sizeof *bys);
+        if (!bys)
+            goto nomem;
+        self->part_bys = bys;
         self->part_alloc = alloc;
     }
     char *copy = s_strdup(key);
     if (!copy)
         goto nomem;
+    /* The audit's `by` of the change this part makes; losing it only loses the name. */
+    self->part_bys[self->part_count] = by ? s_strdup(by) : NULL;
     self->parts[self->part_count++] = copy;
     return;
 nomem:
@@ -152,11 +158,13 @@ void status_keeper_observer(status_keeper_t *self, discovery_observer_t *out)
     out->on_part_done = s_on_part_done;
 }
 
-int status_keeper_take_parts(status_keeper_t *self, char ***keys, size_t *count)
+int status_keeper_take_parts(status_keeper_t *self, char ***keys, char ***bys, size_t *count)
 {
     *keys = self->parts;
+    *bys = self->part_bys;
     *count = self->part_count;
     self->parts = NULL;
+    self->part_bys = NULL;
     self->part_count = 0;
     self->part_alloc = 0;
     return 0;
@@ -367,9 +375,12 @@ void status_keeper_destroy(status_keeper_t **self_p)
     status_keeper_t *self = *self_p;
     status_store_destroy(&self->store);
     model_status_destroy(&self->table);
-    for (size_t i = 0; i < self->part_count; i++)
+    for (size_t i = 0; i < self->part_count; i++) {
         free(self->parts[i]);
+        free(self->part_bys[i]);
+    }
     free(self->parts);
+    free(self->part_bys);
     free(self);
     *self_p = NULL;
 }

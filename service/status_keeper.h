@@ -54,9 +54,10 @@ void status_keeper_set_registry(status_keeper_t *self, const registry_t *reg);
 /* Fills out with callbacks into this keeper (ctx = self). */
 void status_keeper_observer(status_keeper_t *self, discovery_observer_t *out);
 
-/* Providers whose job part ended since the last call, each once: the caller owns the array
- * and the strings (free each, then the array). 0, or -1 on allocation failure. */
-int status_keeper_take_parts(status_keeper_t *self, char ***keys, size_t *count);
+/* Providers whose job part ended since the last call, each once, and in *bys the name of the
+ * caller who started each one's job (NULL entries: none named): the caller owns the arrays
+ * and the strings (free each, then the arrays). 0, or -1 on allocation failure. */
+int status_keeper_take_parts(status_keeper_t *self, char ***keys, char ***bys, size_t *count);
 
 /* Applies the prune policy's plan of provider key to next (mutable): removals and returns.
  * 1 when next changed (one ProviderConfig change), 0 when the plan was empty or the provider

@@ -46,6 +46,8 @@
 /* How long a message to the front end may wait for one to connect (ms): only a writer with no
  * front end ever waits (see writer_new). */
 #define WRITER_SEND_TIMEOUT_MS 1000
+#define WRITER_MAX_CALLER 255     /* a key name (file name without ".pub") */
+#define WRITER_CONTROL_RELOAD 'L' /* control pipe: 'L' + a writer_reload_t pointer */
 
 struct writer_t {
     void *ctx;
@@ -81,7 +83,22 @@ struct writer_t {
     uint64_t start_status_version;
     size_t start_providers;
     size_t start_counts[STATUS_STATE_COUNT];
+    /* Who made the changes being committed, for the `by` of their `models` events (the
+     * changes of the commit under way; borrowed during one commit only). */
+    bool curve; /* `by` is only sent with CURVE on (without it nobody is named) */
+    const struct change *event_changes;
+    size_t event_count;
 };
+
+/* Settings handed to the thread by writer_reload (owned by the message, then the thread). */
+typedef struct {
+    config_discovery_t discovery;
+    config_ignore_t ignore;
+    size_t provider_ignore_count;
+    config_ignore_t *provider_ignore;
+    size_t spec_count; /* provider overrides that differ from the running ones */
+    provider_spec_t *specs;
+} writer_reload_t;
 
 /* One request of a batch, held until the batch is committed. */
 typedef struct {
@@ -103,16 +120,18 @@ typedef struct {
     bool has_config;
     size_t config_offset;
     size_t config_size;
+    char caller[WRITER_MAX_CALLER + 1]; /* the caller's key name ("" without CURVE) */
 } pending_t;
 
 /* One change for the events: a key and its new packed config (NULL: removed). lost: the
  * config could not be packed (out of memory), so the event is not sent at all: a replica
  * must see a gap and re-snapshot, never a wrong config. */
-typedef struct {
+typedef struct change {
     const char *key;
     const char *config;
     size_t config_size;
     bool lost;
+    const char *by; /* v1.1 audit: who made the change (NULL: nobody named, or no CURVE) */
 } change_t;
 
 typedef struct batch {
@@ -264,7 +283,11 @@ static void s_publish_event(writer_t *self, uint64_t version, const change_t *ch
     msgpack_sbuffer_init(&buf);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-    int rc = msgpack_pack_map(&pk, 5);
+    int rc = msgpack_pack_map(&pk, change->by ? 6 : 5);
+    if (change->by) { /* v1.1 audit: who made the change (absent without CURVE) */
+        rc |= pm_pack_str(&pk, "by");
+        rc |= pm_pack_str(&pk, change->by);
+    }
     rc |= pm_pack_str(&pk, "event");
     rc |= pm_pack_str(&pk, "changed");
     rc |= pm_pack_str(&pk, "state_version");
@@ -338,13 +361,74 @@ static void s_new_epoch(char *out, size_t size)
     snprintf(out, size, "%016llx", (unsigned long long)bits);
 }
 
-/* status_keeper's publisher: `models` events go out on the same PUB socket. */
+/* The caller who changed provider key in the commit under way (NULL: none named). */
+static const char *s_event_by(const writer_t *self, const char *key, size_t len)
+{
+    for (size_t i = 0; i < self->event_count; i++) {
+        const char *k = self->event_changes[i].key;
+        if (self->event_changes[i].by && strlen(k) == len && memcmp(k, key, len) == 0)
+            return self->event_changes[i].by;
+    }
+    return NULL;
+}
+
+/* Packs body (a msgpack map) again with "by" added. The status module packs its events
+ * without knowing who asked; the writer does. 0, or -1 (then the event goes out as it was). */
+static int s_add_by(const void *body, size_t size, const char *by_of_key, msgpack_sbuffer *out)
+{
+    msgpack_unpacked unpacked;
+    msgpack_unpacked_init(&unpacked);
+    size_t offset = 0;
+    int rc = -1;
+    if (msgpack_unpack_next(&unpacked, body, size, &offset) != MSGPACK_UNPACK_SUCCESS ||
+        unpacked.data.type != MSGPACK_OBJECT_MAP || offset != size)
+        goto done;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, unpacked.data.via.map.size + 1);
+    pm_pack_str(&pk, "by");
+    pm_pack_str(&pk, by_of_key);
+    for (uint32_t i = 0; i < unpacked.data.via.map.size; i++) {
+        msgpack_pack_object(&pk, unpacked.data.via.map.ptr[i].key);
+        msgpack_pack_object(&pk, unpacked.data.via.map.ptr[i].val);
+    }
+    rc = out->data ? 0 : -1;
+done:
+    msgpack_unpacked_destroy(&unpacked);
+    return rc;
+}
+
+/* status_keeper's publisher: `models` events go out on the same PUB socket, with the `by` of
+ * the change that caused them. */
 static void s_publish_raw(void *arg, const char *topic, const void *body, size_t size)
 {
     writer_t *self = arg;
+    msgpack_sbuffer with_by;
+    msgpack_sbuffer_init(&with_by);
+    /* Only when someone is named (never without CURVE): a models event can be large. */
+    bool named = false;
+    for (size_t i = 0; i < self->event_count && !named; i++)
+        named = self->event_changes[i].by != NULL;
+    if (named) {
+        msgpack_unpacked unpacked;
+        msgpack_unpacked_init(&unpacked);
+        size_t offset = 0;
+        const char *by = NULL;
+        if (msgpack_unpack_next(&unpacked, body, size, &offset) == MSGPACK_UNPACK_SUCCESS) {
+            const msgpack_object *provider = pm_map_get(&unpacked.data, "provider");
+            if (provider && provider->type == MSGPACK_OBJECT_STR)
+                by = s_event_by(self, provider->via.str.ptr, provider->via.str.size);
+        }
+        if (by && s_add_by(body, size, by, &with_by) == 0) {
+            body = with_by.data;
+            size = with_by.size;
+        }
+        msgpack_unpacked_destroy(&unpacked);
+    }
     if (zmq_send(self->pub, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
         zmq_send(self->pub, body, size, 0) < 0)
         log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+    msgpack_sbuffer_destroy(&with_by);
 }
 
 /* Commits model status after the registry changed (or a job part ended): sync, journal, then
@@ -361,6 +445,12 @@ static void s_commit_status(writer_t *self, const char *const *only, size_t only
 }
 
 static bool s_refuse_oversized(pending_t *item);
+
+/* The caller's name for the audit lines ("-" without CURVE). */
+static const char *s_who(const pending_t *item)
+{
+    return item->caller[0] ? item->caller : "-";
+}
 
 static void s_send_reply(writer_t *self, pending_t *item)
 {
@@ -567,9 +657,9 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
     spec.key = NULL;
     batch->change_count++;
     char masked[32];
-    log_info("set_provider %s (%zu models, key %s)", item->changed_key,
+    log_info("audit: set_provider %s (%zu models, key %s) by %s", item->changed_key,
              provider_model_count(edited),
-             log_mask_key(provider_api_key(edited), masked, sizeof masked));
+             log_mask_key(provider_api_key(edited), masked, sizeof masked), s_who(item));
 done:
     provider_spec_clear(&spec);
 }
@@ -609,7 +699,7 @@ static void s_op_remove_provider(writer_t *self, batch_t *batch, pending_t *item
     item->deferred = true;
     item->changed_key = changed;
     batch->change_count++;
-    log_info("remove_provider %s", changed);
+    log_info("audit: remove_provider %s by %s", changed, s_who(item));
 }
 
 static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item, msgpack_packer *pk)
@@ -663,6 +753,8 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
             item->deferred = true;
             item->changed_key = changed;
             batch->change_count++;
+            log_info("audit: set_short_name %s %s -> %s by %s", changed, long_copy, short_copy,
+                     s_who(item));
         }
     }
     s_undo_end(&undo);
@@ -688,16 +780,17 @@ static void s_op_discover(writer_t *self, pending_t *item, msgpack_packer *pk)
     }
     char job[DISCOVERY_JOB_ID_SIZE];
     int code = PM_ERR_INTERNAL;
-    if (discovery_start(self->discovery, self->current, key, force, persist, s_now(), job, &code,
-                        err, sizeof err) < 0) {
+    if (discovery_start(self->discovery, self->current, key, force, persist,
+                        item->caller[0] ? item->caller : NULL, s_now(), job, &code, err,
+                        sizeof err) < 0) {
         pm_reply_error(pk, item->id, (pm_error_t)code, err);
     } else {
         pm_reply_ok_begin(pk, item->id);
         msgpack_pack_map(pk, 1);
         pm_pack_str(pk, "job");
         pm_pack_str(pk, job);
-        log_info("discover_models job %s (provider %s, force %d, persist %d)", job, key ? key : "*",
-                 force, persist);
+        log_info("audit: discover_models job %s (provider %s, force %d, persist %d) by %s", job,
+                 key ? key : "*", force, persist, s_who(item));
     }
     free(key);
 }
@@ -771,8 +864,9 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
                                    &pk);
         break;
     case PM_OP_VERIFY_MODELS:
-        status_ops_verify_models(self->discovery, self->current, &item->request, NULL, s_now(),
-                                 &pk);
+        status_ops_verify_models(self->discovery, self->current, &item->request,
+                                 item->caller[0] ? item->caller : NULL, s_now(), &pk);
+        log_info("audit: verify_models by %s", s_who(item));
         break;
     default:
         /* The front end answers reads itself; reaching here is a bug of ours. */
@@ -792,7 +886,10 @@ static void s_make_current(writer_t *self, registry_t **next_p, const change_t *
     *next_p = NULL;
     uint64_t first = self->state_version + 1;
     self->state_version += key_count;
+    self->event_changes = changes;
+    self->event_count = changes ? key_count : 0;
     s_commit_status(self, status_only, status_only_count, false);
+    self->event_count = 0;
     s_send_snapshot(self);
     /* changes NULL: the events could not be prepared (out of memory); subscribers see a gap
      * at the next heartbeat and re-snapshot. */
@@ -864,7 +961,8 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
         } else {
             /* its reply (and in it its config) was packed when applied */
             const char *config = item->has_config ? item->reply.data + item->config_offset : NULL;
-            changes[key_count++] = (change_t){item->changed_key, config, item->config_size, false};
+            changes[key_count++] = (change_t){item->changed_key, config, item->config_size, false,
+                                              item->caller[0] ? item->caller : NULL};
         }
     }
     if (ok && batch->next && key_count > 0)
@@ -922,7 +1020,9 @@ static void s_handle_batch(writer_t *self)
             frames_close(frames, (size_t)n);
             continue;
         }
-        const char *type = zmq_msg_size(&frames[0]) == 1 ? zmq_msg_data(&frames[0]) : "?";
+        /* The type byte; a request's type frame carries the caller's name after it. */
+        size_t type_size = zmq_msg_size(&frames[0]);
+        const char *type = type_size >= 1 ? zmq_msg_data(&frames[0]) : "?";
         if (*type == WRITER_MSG_STOP) {
             self->stopping = true;
         } else if (*type == WRITER_MSG_REQUEST && n >= 3) {
@@ -934,6 +1034,9 @@ static void s_handle_batch(writer_t *self)
                 item->frames[item->frame_count++] = frames[i];
             item->body = frames[n - 1];
             item->has_body = true;
+            size_t name_len = type_size - 1 > WRITER_MAX_CALLER ? WRITER_MAX_CALLER : type_size - 1;
+            memcpy(item->caller, type + 1, name_len);
+            item->caller[name_len] = '\0';
             zmq_msg_close(&frames[0]);
             s_handle_request(self, batch, item, &item->body);
             continue;
@@ -966,9 +1069,9 @@ static void s_handle_discovery(writer_t *self)
         log_error("writer: discovery socket error: %s", zmq_strerror(errno));
     /* Providers whose part of a job ended in that call: their prune plans are applied now,
      * in the same change as their discovery update. */
-    char **parts = NULL;
+    char **parts = NULL, **part_bys = NULL;
     size_t part_count = 0;
-    status_keeper_take_parts(self->status, &parts, &part_count);
+    status_keeper_take_parts(self->status, &parts, &part_bys, &part_count);
 
     registry_t *next = NULL;
     size_t slots = outcome.update_count + part_count;
@@ -1027,6 +1130,15 @@ static void s_handle_discovery(writer_t *self)
     }
     if (next && key_count && registry_sealed(next)) {
         static const char *const no_part[1] = {NULL};
+        /* Audit: a job's change carries the name of the caller who started the job. */
+        for (size_t i = 0; changes && i < key_count; i++) {
+            const char *by = NULL;
+            for (size_t j = 0; j < part_count && part_bys; j++)
+                if (strcmp(parts[j], keys[i]) == 0)
+                    by = part_bys[j];
+            log_info("audit: job result applied to %s by %s", keys[i], by ? by : "-");
+            changes[i].by = self->curve ? by : NULL;
+        }
         s_make_current(self, &next, changes && configs ? changes : NULL, key_count,
                        parts ? (const char *const *)parts : no_part, part_count);
         made_current = true;
@@ -1041,16 +1153,32 @@ static void s_handle_discovery(writer_t *self)
     if (!made_current) {
         /* No part ended: journal what changed, publish nothing (NULL would mean "all"). */
         static const char *const no_part[1] = {NULL};
+        change_t *named =
+            part_count && part_bys && self->curve ? calloc(part_count, sizeof *named) : NULL;
+        for (size_t i = 0; named && i < part_count; i++)
+            named[i] = (change_t){.key = parts[i], .by = part_bys[i]};
+        self->event_changes = named;
+        self->event_count = named ? part_count : 0;
         s_commit_status(self, parts ? (const char *const *)parts : no_part, part_count, true);
+        self->event_count = 0;
+        free(named);
     }
     for (size_t i = 0; i < outcome.persist_count; i++)
         discovery_job_persisted(self->discovery, outcome.persists[i].job_id, ok, ok ? NULL : err);
-    for (size_t i = 0; i < part_count; i++)
+    for (size_t i = 0; i < part_count; i++) {
         free(parts[i]);
+        if (part_bys)
+            free(part_bys[i]);
+    }
     free(parts);
+    free(part_bys);
     free(keys);
     discovery_outcome_clear(&outcome);
 }
+
+static void s_apply_reload(writer_t *self, writer_reload_t *reload);
+static void s_apply_overrides(writer_t *self, writer_reload_t *reload);
+static void s_reload_free(writer_reload_t **reload_p);
 
 static void *s_thread(void *arg)
 {
@@ -1077,10 +1205,19 @@ static void *s_thread(void *arg)
         if (items[1].revents & ZMQ_POLLIN)
             s_handle_discovery(self);
         if (items[2].revents & ZMQ_POLLIN) {
-            /* Any message is the stop signal; the writes in hand were committed above. */
-            char byte;
-            if (zmq_recv(self->control_peer, &byte, 1, ZMQ_DONTWAIT) >= 0 || errno != EAGAIN)
+            /* A reload message, or else the stop signal (the writes in hand were committed
+             * above). */
+            char message[1 + sizeof(writer_reload_t *)];
+            int size = zmq_recv(self->control_peer, message, sizeof message, ZMQ_DONTWAIT);
+            if (size == (int)sizeof message && message[0] == WRITER_CONTROL_RELOAD) {
+                writer_reload_t *reload;
+                memcpy(&reload, message + 1, sizeof reload);
+                WRITER_TSAN_ACQUIRE(reload);
+                s_apply_reload(self, reload);
+                s_reload_free(&reload);
+            } else if (size >= 0 || errno != EAGAIN) {
                 self->stopping = true;
+            }
             if (self->stopping)
                 break;
         }
@@ -1100,33 +1237,45 @@ static void *s_thread(void *arg)
 
 /* ------------------------------------------------------------------------ life cycle */
 
-/* The status settings of cfg (thresholds, prune policy, ignore globs), borrowed from it. */
+/* The status settings (thresholds, prune policy, ignore globs), borrowed from the arguments;
+ * *per_provider is the caller's to free after use. 0, or -1 (out of memory). */
+static int s_status_settings(const config_discovery_t *discovery, const config_ignore_t *ignore,
+                             const config_ignore_t *provider_ignore, size_t provider_ignore_count,
+                             model_status_settings_t *settings, status_ignore_t **per_provider_p)
+{
+    model_status_settings_init(settings);
+    settings->fail_threshold = discovery->fail_threshold;
+    settings->gone_threshold = discovery->gone_threshold;
+    settings->prune = discovery->prune == CONFIG_PRUNE_FAILING_AND_GONE
+                          ? STATUS_PRUNE_FAILING_AND_GONE
+                      : discovery->prune == CONFIG_PRUNE_GONE ? STATUS_PRUNE_GONE
+                                                              : STATUS_PRUNE_NONE;
+    settings->ignore = (const char *const *)ignore->patterns;
+    settings->ignore_count = ignore->count;
+    status_ignore_t *per_provider =
+        provider_ignore_count ? calloc(provider_ignore_count, sizeof *per_provider) : NULL;
+    if (provider_ignore_count && !per_provider)
+        return -1;
+    for (size_t i = 0; i < provider_ignore_count; i++) {
+        per_provider[i].provider = provider_ignore[i].provider;
+        per_provider[i].patterns = (const char *const *)provider_ignore[i].patterns;
+        per_provider[i].count = provider_ignore[i].count;
+    }
+    settings->provider_ignore = per_provider;
+    settings->provider_ignore_count = provider_ignore_count;
+    *per_provider_p = per_provider;
+    return 0;
+}
+
 static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t err_size)
 {
     model_status_settings_t settings;
-    model_status_settings_init(&settings);
-    settings.fail_threshold = cfg->discovery.fail_threshold;
-    settings.gone_threshold = cfg->discovery.gone_threshold;
-    settings.prune = cfg->discovery.prune == CONFIG_PRUNE_FAILING_AND_GONE
-                         ? STATUS_PRUNE_FAILING_AND_GONE
-                     : cfg->discovery.prune == CONFIG_PRUNE_GONE ? STATUS_PRUNE_GONE
-                                                                 : STATUS_PRUNE_NONE;
-    settings.ignore = (const char *const *)cfg->ignore.patterns;
-    settings.ignore_count = cfg->ignore.count;
-    status_ignore_t *per_provider = cfg->provider_ignore_count
-                                        ? calloc(cfg->provider_ignore_count, sizeof *per_provider)
-                                        : NULL;
-    if (cfg->provider_ignore_count && !per_provider) {
+    status_ignore_t *per_provider = NULL;
+    if (s_status_settings(&cfg->discovery, &cfg->ignore, cfg->provider_ignore,
+                          cfg->provider_ignore_count, &settings, &per_provider) < 0) {
         snprintf(err, err_size, "out of memory");
         return -1;
     }
-    for (size_t i = 0; i < cfg->provider_ignore_count; i++) {
-        per_provider[i].provider = cfg->provider_ignore[i].provider;
-        per_provider[i].patterns = (const char *const *)cfg->provider_ignore[i].patterns;
-        per_provider[i].count = cfg->provider_ignore[i].count;
-    }
-    settings.provider_ignore = per_provider;
-    settings.provider_ignore_count = cfg->provider_ignore_count;
     self->status =
         status_keeper_new(cfg->data_dir, &settings, self->current, s_now(), err, err_size);
     free(per_provider); /* the table copied the settings */
@@ -1138,6 +1287,275 @@ static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t 
     discovery_counters_t counters = {self, s_count_upstream, s_count_job};
     discovery_set_counters(self->discovery, &counters);
     return 0;
+}
+
+/* ------------------------------------------------------------------------ reload */
+
+static void s_ignore_free(config_ignore_t *ignore)
+{
+    for (size_t i = 0; i < ignore->count; i++)
+        free(ignore->patterns[i]);
+    free(ignore->patterns);
+    free(ignore->provider);
+    memset(ignore, 0, sizeof *ignore);
+}
+
+static char *s_strdup_or_null(const char *text, bool *failed)
+{
+    if (!text)
+        return NULL;
+    size_t len = strlen(text) + 1;
+    char *copy = malloc(len);
+    if (copy)
+        memcpy(copy, text, len);
+    else
+        *failed = true;
+    return copy;
+}
+
+static int s_ignore_copy(config_ignore_t *to, const config_ignore_t *from)
+{
+    bool failed = false;
+    memset(to, 0, sizeof *to);
+    to->provider = s_strdup_or_null(from->provider, &failed);
+    to->patterns = from->count ? calloc(from->count, sizeof *to->patterns) : NULL;
+    if (failed || (from->count && !to->patterns)) {
+        s_ignore_free(to);
+        return -1;
+    }
+    to->count = from->count;
+    for (size_t i = 0; i < from->count; i++)
+        to->patterns[i] = s_strdup_or_null(from->patterns[i], &failed);
+    if (failed) {
+        s_ignore_free(to);
+        return -1;
+    }
+    return 0;
+}
+
+static bool s_text_equal(const char *a, const char *b)
+{
+    return a == b || (a && b && strcmp(a, b) == 0);
+}
+
+/* True when the two override specs say the same (same fields given, same values). */
+static bool s_spec_equal(const provider_spec_t *a, const provider_spec_t *b)
+{
+    if (!s_text_equal(a->key, b->key) || !s_text_equal(a->name, b->name) ||
+        !s_text_equal(a->base_api_url, b->base_api_url) || a->has_api_key != b->has_api_key ||
+        !s_text_equal(a->api_key, b->api_key) || a->has_valid_models != b->has_valid_models ||
+        a->model_count != b->model_count || a->has_invalid_models != b->has_invalid_models ||
+        a->invalid_count != b->invalid_count)
+        return false;
+    for (size_t i = 0; i < a->model_count; i++) {
+        if (!s_text_equal(a->model_long[i], b->model_long[i]) ||
+            !s_text_equal(a->model_short[i], b->model_short[i]))
+            return false;
+    }
+    for (size_t i = 0; i < a->invalid_count; i++) {
+        if (!s_text_equal(a->invalid_models[i], b->invalid_models[i]))
+            return false;
+    }
+    return true;
+}
+
+static char **s_strings_copy(char *const *from, size_t count, bool *failed)
+{
+    if (!count || !from)
+        return NULL;
+    char **to = calloc(count, sizeof *to);
+    if (!to) {
+        *failed = true;
+        return NULL;
+    }
+    for (size_t i = 0; i < count; i++)
+        to[i] = s_strdup_or_null(from[i], failed);
+    return to;
+}
+
+/* A deep copy of from (the thread gets its own). 0, or -1 (out of memory; to is cleared). */
+static int s_spec_copy(provider_spec_t *to, const provider_spec_t *from)
+{
+    bool failed = false;
+    memset(to, 0, sizeof *to);
+    to->key = s_strdup_or_null(from->key, &failed);
+    to->name = s_strdup_or_null(from->name, &failed);
+    to->base_api_url = s_strdup_or_null(from->base_api_url, &failed);
+    to->has_api_key = from->has_api_key;
+    to->api_key = s_strdup_or_null(from->api_key, &failed);
+    to->has_valid_models = from->has_valid_models;
+    /* Counts first: provider_spec_clear frees whatever entries were copied (NULL arrays and
+     * entries are fine), so a failure half way leaks nothing. */
+    to->model_count = from->model_count;
+    to->model_long = s_strings_copy(from->model_long, from->model_count, &failed);
+    to->model_short = s_strings_copy(from->model_short, from->model_count, &failed);
+    to->has_invalid_models = from->has_invalid_models;
+    to->invalid_count = from->invalid_count;
+    to->invalid_models = s_strings_copy(from->invalid_models, from->invalid_count, &failed);
+    if (failed) {
+        provider_spec_clear(to);
+        return -1;
+    }
+    return 0;
+}
+
+static void s_reload_free(writer_reload_t **reload_p)
+{
+    writer_reload_t *reload = *reload_p;
+    if (!reload)
+        return;
+    for (size_t i = 0; i < reload->spec_count; i++)
+        provider_spec_clear(&reload->specs[i]);
+    free(reload->specs);
+    s_ignore_free(&reload->ignore);
+    for (size_t i = 0; i < reload->provider_ignore_count; i++)
+        s_ignore_free(&reload->provider_ignore[i]);
+    free(reload->provider_ignore);
+    free(reload);
+    *reload_p = NULL;
+}
+
+/* The provider overrides that changed, layered again over the current registry as at
+ * start-up (step 4: merged per field, pinned; step 5: the environment's key wins): one change
+ * per provider, committed together, persisted, one event each. */
+static void s_apply_overrides(writer_t *self, writer_reload_t *reload)
+{
+    registry_t *next = registry_clone(self->current);
+    char **keys = calloc(reload->spec_count, sizeof *keys);
+    size_t key_count = 0;
+    if (!next || !keys) {
+        log_error("writer: reload: out of memory; provider overrides not applied");
+        goto done;
+    }
+    for (size_t i = 0; i < reload->spec_count; i++) {
+        provider_spec_t *spec = &reload->specs[i];
+        undo_t undo;
+        s_undo_begin(next, spec->key, &undo);
+        if (provider_spec_apply(spec, next, PROVIDER_SPEC_MERGE_MODELS, true) < 0) {
+            log_error("writer: reload: the override of provider %s was not applied (out of "
+                      "memory or over a limit)",
+                      spec->key);
+            s_undo_end(&undo);
+            continue;
+        }
+        provider_t *edited = registry_edit(next, spec->key);
+        if (!edited || config_apply_env_key(edited, self->getenv_fn) < 0) {
+            s_undo_rollback(next, &undo);
+            s_undo_end(&undo);
+            log_error("writer: reload: out of memory applying the override of %s", spec->key);
+            continue;
+        }
+        s_undo_end(&undo);
+        keys[key_count++] = spec->key;
+        log_info("audit: provider override of %s applied by reload", spec->key);
+    }
+    if (key_count) {
+        char err[600];
+        if (s_seal_and_persist(self, next, true, err, sizeof err) == 0) {
+            /* Each event carries its provider's new config, packed from the sealed registry;
+             * a reload names nobody (no `by`). */
+            change_t *changes = calloc(key_count, sizeof *changes);
+            msgpack_sbuffer *configs = calloc(key_count, sizeof *configs);
+            for (size_t i = 0; changes && configs && i < key_count; i++) {
+                changes[i].key = keys[i];
+                const provider_t *p = registry_get(next, keys[i], strlen(keys[i]));
+                msgpack_sbuffer_init(&configs[i]);
+                changes[i].lost = !p || s_pack_config(&configs[i], p) < 0 || !configs[i].data;
+                changes[i].config = configs[i].data;
+                changes[i].config_size = configs[i].size;
+            }
+            s_make_current(self, &next, changes && configs ? changes : NULL, key_count, NULL, 0);
+            for (size_t i = 0; configs && i < key_count; i++)
+                msgpack_sbuffer_destroy(&configs[i]);
+            free(configs);
+            free(changes);
+        } else {
+            log_error("writer: reload: provider overrides not applied: %s", err);
+        }
+    }
+done:
+    registry_destroy(&next);
+    free(keys);
+}
+
+/* In the thread: the new settings take effect between two batches; the transitions they
+ * cause (an ignore glob added, a threshold lowered) are committed and published at once. */
+static void s_apply_reload(writer_t *self, writer_reload_t *reload)
+{
+    model_status_settings_t settings;
+    status_ignore_t *per_provider = NULL;
+    if (s_status_settings(&reload->discovery, &reload->ignore, reload->provider_ignore,
+                          reload->provider_ignore_count, &settings, &per_provider) < 0 ||
+        status_keeper_set_settings(self->status, &settings) < 0)
+        log_error("writer: reload: the model status settings were not applied (invalid or out "
+                  "of memory); the old ones stay");
+    free(per_provider);
+    discovery_set_schedule(self->discovery, &reload->discovery);
+    s_commit_status(self, NULL, 0, true);
+    if (reload->spec_count)
+        s_apply_overrides(self, reload);
+    log_info("writer: reloaded the discovery schedule, thresholds, prune policy and ignore "
+             "patterns");
+}
+
+int writer_reload(writer_t *self, const config_t *cfg, const store_layer_t *running_overrides)
+{
+    writer_reload_t *reload = calloc(1, sizeof *reload);
+    if (!reload)
+        return -1;
+    /* The overrides that differ from the running ones (new ones included); a removed one
+     * cannot be taken out of the layering without a restart. */
+    if (cfg->overrides.count) {
+        reload->specs = calloc(cfg->overrides.count, sizeof *reload->specs);
+        if (!reload->specs)
+            goto fail;
+    }
+    for (size_t i = 0; i < cfg->overrides.count; i++) {
+        const provider_spec_t *spec = &cfg->overrides.specs[i];
+        const provider_spec_t *old = NULL;
+        for (size_t j = 0; running_overrides && j < running_overrides->count && !old; j++)
+            if (s_text_equal(running_overrides->specs[j].key, spec->key))
+                old = &running_overrides->specs[j];
+        if (old && s_spec_equal(old, spec))
+            continue;
+        if (s_spec_copy(&reload->specs[reload->spec_count], spec) < 0)
+            goto fail;
+        reload->spec_count++;
+    }
+    for (size_t j = 0; running_overrides && j < running_overrides->count; j++) {
+        bool kept = false;
+        for (size_t i = 0; i < cfg->overrides.count && !kept; i++)
+            kept = s_text_equal(running_overrides->specs[j].key, cfg->overrides.specs[i].key);
+        if (!kept)
+            log_warn("reload: the override of provider %s left the config file; what it set "
+                     "stays until a restart",
+                     running_overrides->specs[j].key);
+    }
+    reload->discovery = cfg->discovery;
+    if (s_ignore_copy(&reload->ignore, &cfg->ignore) < 0)
+        goto fail;
+    if (cfg->provider_ignore_count) {
+        reload->provider_ignore =
+            calloc(cfg->provider_ignore_count, sizeof *reload->provider_ignore);
+        if (!reload->provider_ignore)
+            goto fail;
+        for (size_t i = 0; i < cfg->provider_ignore_count; i++) {
+            if (s_ignore_copy(&reload->provider_ignore[i], &cfg->provider_ignore[i]) < 0)
+                goto fail;
+            reload->provider_ignore_count++;
+        }
+    }
+    /* The settings travel as a pointer: the thread owns them once the message is sent. */
+    char message[1 + sizeof reload];
+    message[0] = WRITER_CONTROL_RELOAD;
+    memcpy(message + 1, &reload, sizeof reload);
+    WRITER_TSAN_RELEASE(reload);
+    if (zmq_send(self->control, message, sizeof message, 0) < 0)
+        goto fail;
+    return 0;
+fail:
+    s_reload_free(&reload);
+    return -1;
 }
 
 writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
@@ -1199,6 +1617,7 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                  zmq_strerror(errno));
         goto fail;
     }
+    self->curve = auth_curve_on(auth);
     self->discovery = discovery_new(zmq_ctx, &cfg->discovery, cfg->workers);
     if (!self->discovery) {
         snprintf(err, err_size, "cannot start discovery workers");
@@ -1277,6 +1696,16 @@ void writer_destroy(writer_t **self_p)
         return;
     writer_t *self = *self_p;
     writer_stop(self);
+    /* A reload sent just before the stop was never read: its settings are ours to free. */
+    char message[1 + sizeof(writer_reload_t *)];
+    while (self->control_peer &&
+           zmq_recv(self->control_peer, message, sizeof message, ZMQ_DONTWAIT) >= 0) {
+        if (message[0] == WRITER_CONTROL_RELOAD) {
+            writer_reload_t *reload;
+            memcpy(&reload, message + 1, sizeof reload);
+            s_reload_free(&reload);
+        }
+    }
     discovery_destroy(&self->discovery);
     status_keeper_destroy(&self->status);
     if (self->pub)

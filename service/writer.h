@@ -85,6 +85,16 @@ const char *writer_endpoint(const writer_t *self);
 /* The first snapshot, for the front end (caller owns it). NULL on allocation failure. */
 snapshot_t *writer_first_snapshot(writer_t *self);
 
+/* Reload (SIGHUP): hands the thread copies of cfg's discovery settings (schedule, list cache
+ * duration, thresholds, prune policy), ignore patterns, and the provider overrides of cfg
+ * (its providers: section) that differ from running_overrides (the ones in force; NULL: none),
+ * over the writer's control pipe. The thread applies them between two batches (requests in
+ * hand are not disturbed): each changed override is layered again over the provider as at
+ * start-up, one change per provider (persisted, one event each). An override that left the
+ * file is logged: what it set stays until a restart. Call from the thread that called
+ * writer_new. 0, or -1 (out of memory, or the pipe failed). */
+int writer_reload(writer_t *self, const config_t *cfg, const store_layer_t *running_overrides);
+
 /* Stops the thread and waits for it: the writes already received are committed and answered
  * first. Needed when no front end runs (one that failed to start); after the front end's own
  * stop it only joins. Call it from the thread that called writer_new. Safe on NULL and twice. */

@@ -1,7 +1,9 @@
 /*
  * test_auth: the loopback rule (no non-local endpoint in clear without --allow-insecure) and
  * CURVE set-up: a wrong key file is refused, a good one with a clients directory works, and a
- * client whose key is not allowed gets no reply while an allowed one does.
+ * client whose key is not allowed gets no reply while an allowed one does. Roles (v1.1): the
+ * key tables of the clients (admins) and readers directories, the ZAP user id (the key's
+ * name) on every message, and a swap of the tables changing the role of a name at once.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -148,12 +150,211 @@ static void test_curve_allows_only_listed_clients(void **state)
     assert_int_equal(system(command), 0);
 }
 
+/* Generates name's key pair in dir and moves its public file into sub (a directory). */
+static void s_key_into(const char *dir, const char *name, const char *sub)
+{
+    char err[512], from[PATH_MAX], to[PATH_MAX + 64];
+    assert_int_equal(pm_keyfile_generate(dir, name, err, sizeof err), 0);
+    snprintf(from, sizeof from, "%s/%s.pub", dir, name);
+    snprintf(to, sizeof to, "%s/%s.pub", sub, name);
+    assert_int_equal(rename(from, to), 0);
+}
+
+static void s_copy_file(const char *from, const char *to)
+{
+    FILE *in = fopen(from, "rb"), *out = fopen(to, "wb");
+    assert_non_null(in);
+    assert_non_null(out);
+    char buf[4096];
+    size_t n;
+    while ((n = fread(buf, 1, sizeof buf, in)) > 0)
+        assert_int_equal(fwrite(buf, 1, n, out), n);
+    fclose(in);
+    assert_int_equal(fclose(out), 0);
+}
+
+static void s_rm_rf(const char *dir)
+{
+    char command[PATH_MAX + 16];
+    snprintf(command, sizeof command, "rm -rf '%s'", dir);
+    assert_int_equal(system(command), 0);
+}
+
+static void test_role_tables(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/pm-test-roles-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char admins[PATH_MAX], readers[PATH_MAX], other[PATH_MAX], err[512];
+    snprintf(admins, sizeof admins, "%s/admins", dir);
+    snprintf(readers, sizeof readers, "%s/readers", dir);
+    snprintf(other, sizeof other, "%s/other", dir);
+    assert_int_equal(mkdir(admins, 0700), 0);
+    assert_int_equal(mkdir(readers, 0700), 0);
+    assert_int_equal(mkdir(other, 0700), 0);
+    s_key_into(dir, "alice", admins);
+    s_key_into(dir, "rita", readers);
+    s_key_into(dir, "bob", admins);
+    /* bob's key is also in the readers directory (being moved): it counts once, as admin. */
+    char from[PATH_MAX + 32], to[PATH_MAX + 32];
+    snprintf(from, sizeof from, "%s/bob.pub", admins);
+    snprintf(to, sizeof to, "%s/bob.pub", readers);
+    s_copy_file(from, to);
+
+    auth_keys_t *keys = auth_keys_load(admins, readers, err, sizeof err);
+    assert_non_null(keys);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_NONE), 3);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_ADMIN), 2);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_READER), 1);
+    assert_int_equal(auth_keys_role(keys, "alice"), AUTH_ROLE_ADMIN);
+    assert_int_equal(auth_keys_role(keys, "bob"), AUTH_ROLE_ADMIN);
+    assert_int_equal(auth_keys_role(keys, "rita"), AUTH_ROLE_READER);
+    assert_int_equal(auth_keys_role(keys, "mallory"), AUTH_ROLE_NONE);
+    assert_int_equal(auth_keys_role(keys, ""), AUTH_ROLE_NONE);
+    assert_int_equal(auth_keys_role(keys, NULL), AUTH_ROLE_NONE);
+    auth_keys_destroy(&keys);
+    assert_null(keys);
+
+    /* A name that is not printable ASCII is skipped (it would go into logs and events). */
+    char odd[PATH_MAX + 32];
+    assert_int_equal(pm_keyfile_generate(dir, "odd", err, sizeof err), 0);
+    snprintf(from, sizeof from, "%s/odd.pub", dir);
+    snprintf(odd, sizeof odd, "%s/bad\tname.pub", readers);
+    assert_int_equal(rename(from, odd), 0);
+    keys = auth_keys_load(admins, readers, err, sizeof err);
+    assert_non_null(keys);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_NONE), 3);
+    assert_int_equal(auth_keys_role(keys, "bad\tname"), AUTH_ROLE_NONE);
+    auth_keys_destroy(&keys);
+    assert_int_equal(unlink(odd), 0);
+
+    /* Without a readers directory every key is an admin. */
+    keys = auth_keys_load(admins, NULL, err, sizeof err);
+    assert_non_null(keys);
+    assert_int_equal(auth_keys_count(keys, AUTH_ROLE_READER), 0);
+    assert_int_equal(auth_keys_role(keys, "rita"), AUTH_ROLE_NONE);
+    auth_keys_destroy(&keys);
+
+    /* A directory that cannot be read: refused, saying which. */
+    snprintf(to, sizeof to, "%s/missing", dir);
+    assert_null(auth_keys_load(admins, to, err, sizeof err));
+    assert_non_null(strstr(err, "readers directory"));
+    assert_null(auth_keys_load(to, readers, err, sizeof err));
+    assert_non_null(strstr(err, "clients directory"));
+
+    /* Two different keys under one name: the name would not say who the caller is. */
+    s_key_into(other, "rita", other);
+    snprintf(from, sizeof from, "%s/rita.pub", other);
+    snprintf(to, sizeof to, "%s/rita.pub", admins);
+    s_copy_file(from, to);
+    assert_null(auth_keys_load(admins, readers, err, sizeof err));
+    assert_non_null(strstr(err, "'rita'"));
+    s_rm_rf(dir);
+}
+
+static void test_roles_of_connections_and_swap(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/pm-test-roles-XXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char admins[PATH_MAX], readers[PATH_MAX], server_key[PATH_MAX], path[PATH_MAX], err[512];
+    snprintf(admins, sizeof admins, "%s/admins", dir);
+    snprintf(readers, sizeof readers, "%s/readers", dir);
+    assert_int_equal(mkdir(admins, 0700), 0);
+    assert_int_equal(mkdir(readers, 0700), 0);
+    assert_int_equal(pm_keyfile_generate(dir, "server", err, sizeof err), 0);
+    s_key_into(dir, "alice", admins);
+    s_key_into(dir, "rita", readers);
+    snprintf(server_key, sizeof server_key, "%s/server.key", dir);
+
+    void *ctx = zmq_ctx_new();
+    config_t cfg;
+    memset(&cfg, 0, sizeof cfg);
+    /* CURVE off: every caller is an admin, whatever its name. */
+    auth_t *plain = auth_new(ctx, &cfg, err, sizeof err);
+    assert_non_null(plain);
+    assert_false(auth_curve_on(plain));
+    assert_int_equal(auth_role_of(plain, NULL), AUTH_ROLE_ADMIN);
+    auth_destroy(&plain);
+
+    cfg.curve_secret_key_file = server_key;
+    cfg.curve_clients_dir = admins;
+    cfg.curve_readers_dir = readers;
+    auth_t *auth = auth_new(ctx, &cfg, err, sizeof err);
+    assert_non_null(auth);
+    assert_true(auth_curve_on(auth));
+    assert_int_equal(auth_client_count(auth), 2);
+    assert_int_equal(auth_role_of(auth, "alice"), AUTH_ROLE_ADMIN);
+    assert_int_equal(auth_role_of(auth, "rita"), AUTH_ROLE_READER);
+    assert_int_equal(auth_role_of(auth, NULL), AUTH_ROLE_NONE);
+
+    void *router = zmq_socket(ctx, ZMQ_ROUTER);
+    int zero = 0;
+    zmq_setsockopt(router, ZMQ_LINGER, &zero, sizeof zero);
+    assert_int_equal(auth_apply(auth, router), 0);
+    assert_int_equal(zmq_bind(router, "tcp://127.0.0.1:*"), 0);
+    char endpoint[64];
+    size_t size = sizeof endpoint;
+    assert_int_equal(zmq_getsockopt(router, ZMQ_LAST_ENDPOINT, endpoint, &size), 0);
+    char server_public[41], public[41], secret[41];
+    assert_int_equal(pm_keyfile_read(server_key, server_public, NULL, err, sizeof err), 0);
+    snprintf(path, sizeof path, "%s/rita.key", dir);
+    assert_int_equal(pm_keyfile_read(path, public, secret, err, sizeof err), 0);
+
+    /* The ZAP user id of rita's connection is her key's name, on every message. */
+    void *dealer = zmq_socket(ctx, ZMQ_DEALER);
+    zmq_setsockopt(dealer, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(dealer, ZMQ_CURVE_SERVERKEY, server_public, 40);
+    zmq_setsockopt(dealer, ZMQ_CURVE_PUBLICKEY, public, 40);
+    zmq_setsockopt(dealer, ZMQ_CURVE_SECRETKEY, secret, 40);
+    assert_int_equal(zmq_connect(dealer, endpoint), 0);
+    for (int round = 0; round < 2; round++) {
+        assert_int_equal(zmq_send(dealer, "hi", 2, 0), 2);
+        zmq_pollitem_t item = {router, 0, ZMQ_POLLIN, 0};
+        assert_int_equal(zmq_poll(&item, 1, 3000), 1);
+        zmq_msg_t identity, body;
+        zmq_msg_init(&identity);
+        zmq_msg_init(&body);
+        assert_true(zmq_msg_recv(&identity, router, 0) >= 0);
+        assert_true(zmq_msg_recv(&body, router, 0) >= 0);
+        const char *user = zmq_msg_gets(&body, "User-Id");
+        assert_non_null(user);
+        assert_string_equal(user, "rita");
+        /* Round 0: a reader. Then the tables are swapped (rita moved to the admins, alice
+         * removed): the same name has the new role at once. */
+        assert_int_equal(auth_role_of(auth, user), round == 0 ? AUTH_ROLE_READER : AUTH_ROLE_ADMIN);
+        zmq_msg_close(&identity);
+        zmq_msg_close(&body);
+        if (round == 0) {
+            char from[PATH_MAX + 32], to[PATH_MAX + 32];
+            snprintf(from, sizeof from, "%s/rita.pub", readers);
+            snprintf(to, sizeof to, "%s/rita.pub", admins);
+            assert_int_equal(rename(from, to), 0);
+            snprintf(from, sizeof from, "%s/alice.pub", admins);
+            assert_int_equal(unlink(from), 0);
+            auth_keys_t *keys = auth_keys_load(admins, readers, err, sizeof err);
+            assert_non_null(keys);
+            auth_set_keys(auth, &keys);
+            assert_null(keys);
+            assert_int_equal(auth_role_of(auth, "alice"), AUTH_ROLE_NONE);
+            assert_int_equal(auth_client_count(auth), 1);
+        }
+    }
+    zmq_close(dealer);
+    zmq_close(router);
+    auth_destroy(&auth);
+    zmq_ctx_term(ctx);
+    s_rm_rf(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_endpoint_is_local),
         cmocka_unit_test(test_check_config),
         cmocka_unit_test(test_curve_allows_only_listed_clients),
+        cmocka_unit_test(test_role_tables),
+        cmocka_unit_test(test_roles_of_connections_and_swap),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -180,8 +180,8 @@ static void s_start(env_t *e, const char *provider, bool force, bool persist, ch
 {
     int code = -1;
     char err[256] = "";
-    int rc = discovery_start(e->disc, e->reg, provider, force, persist, e->now, job_id, &code, err,
-                             sizeof err);
+    int rc = discovery_start(e->disc, e->reg, provider, force, persist, NULL, e->now, job_id, &code,
+                             err, sizeof err);
     if (rc != 0)
         fail_msg("discovery_start failed: %s", err);
     assert_int_equal(code, PM_OK);
@@ -473,9 +473,9 @@ static void test_provider_filter_and_not_found(void **state)
     char job[DISCOVERY_JOB_ID_SIZE] = "";
     int code = 0;
     char err[128] = "";
-    assert_int_equal(
-        discovery_start(e->disc, e->reg, "nope", false, true, e->now, job, &code, err, sizeof err),
-        -1);
+    assert_int_equal(discovery_start(e->disc, e->reg, "nope", false, true, NULL, e->now, job, &code,
+                                     err, sizeof err),
+                     -1);
     assert_int_equal(code, PM_ERR_NOT_FOUND);
     assert_string_equal(err, "Provider 'nope' not found");
     assert_int_equal(discovery_running(e->disc), 0);
@@ -802,6 +802,42 @@ static void test_periodic_and_on_start(void **state)
     s_end(e);
     settings = s_settings();
     s_begin(e, &settings, "{}");
+    assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), -1);
+    s_end(e);
+}
+
+/* Reload (SIGHUP): a schedule turned on, changed or off takes effect from now; an unchanged
+ * one keeps its due time. */
+static void test_set_schedule(void **state)
+{
+    env_t *e = *state;
+    config_discovery_t settings = s_settings();
+    settings.verify_interval_minutes = 10;
+    s_begin(e, &settings, "{}");
+    s_seal(e);
+    long ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 599000 && ms <= 600001);
+    e->now += 60;
+    /* Turned on: the list schedule starts one interval from the reload. */
+    settings.list_interval_minutes = 2;
+    discovery_set_schedule(e->disc, &settings);
+    ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 119000 && ms <= 120001);
+    /* Changed: the verify schedule starts over (it was due 540 s from now). */
+    e->now += 60;
+    settings.list_interval_minutes = 0;
+    settings.verify_interval_minutes = 1;
+    discovery_set_schedule(e->disc, &settings);
+    ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 59000 && ms <= 60001);
+    /* Unchanged: keeps its due time. */
+    e->now += 30;
+    discovery_set_schedule(e->disc, &settings);
+    ms = discovery_next_timeout_ms(e->disc, e->now);
+    assert_true(ms > 29000 && ms <= 30001);
+    /* Off. */
+    settings.verify_interval_minutes = 0;
+    discovery_set_schedule(e->disc, &settings);
     assert_int_equal(discovery_next_timeout_ms(e->disc, e->now), -1);
     s_end(e);
 }
@@ -1493,6 +1529,7 @@ int main(void)
         cmocka_unit_test(test_removed_provider_update_dropped),
         cmocka_unit_test(test_job_history_bounded),
         cmocka_unit_test(test_periodic_and_on_start),
+        cmocka_unit_test(test_set_schedule),
         cmocka_unit_test(test_destroy_while_running),
         cmocka_unit_test(test_queued_until_a_slot_frees),
         cmocka_unit_test(test_force_refresh_joining_cached_task),

@@ -1063,12 +1063,32 @@ static void test_op_names(void **state)
     assert_false(pm_op_safe_to_resend((pm_op_t)-1));
 }
 
+/* v1.1 roles: a reader gets every op that changes nothing, by name so that a new op must be
+ * placed on purpose. */
+static void test_op_allowed_for_reader(void **state)
+{
+    (void)state;
+    static const char *const refused[] = {"discover_models", "persist_provider_configs",
+                                          "set_provider",    "remove_provider",
+                                          "set_short_name",  "verify_models"};
+    for (int op = 0; op < PM_OP_COUNT_; op++) {
+        const char *name = pm_op_name((pm_op_t)op);
+        bool expected = true;
+        for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+            expected = expected && strcmp(name, refused[i]) != 0;
+        if (pm_op_allowed_for_reader((pm_op_t)op) != expected)
+            fail_msg("pm_op_allowed_for_reader(%s) should be %d", name, expected);
+    }
+    assert_false(pm_op_allowed_for_reader(PM_OP_COUNT_));
+    assert_false(pm_op_allowed_for_reader((pm_op_t)-1));
+}
+
 static void test_error_names(void **state)
 {
     (void)state;
     static const char *const expected[PM_ERR_COUNT_] = {
-        "ok",       "bad_request",  "unknown_op",  "not_found", "invalid_model",
-        "conflict", "unauthorized", "unavailable", "internal"};
+        "ok",           "bad_request", "unknown_op", "not_found", "invalid_model", "conflict",
+        "unauthorized", "unavailable", "internal",   "forbidden", "read_only"};
     for (int code = 0; code < PM_ERR_COUNT_; code++) {
         assert_string_equal(pm_error_name((pm_error_t)code), expected[code]);
         assert_int_equal(pm_error_from_name(expected[code], strlen(expected[code])), code);
@@ -1817,6 +1837,7 @@ int main(void)
         cmocka_unit_test(test_envelope_duplicates_and_odd_keys),
         cmocka_unit_test(test_op_names),
         cmocka_unit_test(test_error_names),
+        cmocka_unit_test(test_op_allowed_for_reader),
         cmocka_unit_test(test_arg_readers),
         cmocka_unit_test(test_str_dup_and_map_get),
         cmocka_unit_test(test_reply_ok_round_trip),

@@ -142,13 +142,21 @@ static void s_list(fixture_t *f, const char *key, const char *const *names, size
 
 static void s_part_done(fixture_t *f, const char *key)
 {
-    f->obs.on_part_done(f->obs.ctx, key, "job-1", DISCOVERY_JOB_VERIFY, NULL);
+    f->obs.on_part_done(f->obs.ctx, key, "job-1", DISCOVERY_JOB_VERIFY, "alice");
 }
 
+/* The parts that ended, each with who started its job ("alice", from s_part_done). */
 static size_t s_take_parts(fixture_t *f, char ***parts)
 {
     size_t count = 0;
-    assert_int_equal(status_keeper_take_parts(f->keeper, parts, &count), 0);
+    char **bys = NULL;
+    assert_int_equal(status_keeper_take_parts(f->keeper, parts, &bys, &count), 0);
+    for (size_t i = 0; i < count; i++) {
+        assert_non_null(bys);
+        assert_string_equal(bys[i], "alice");
+        free(bys[i]);
+    }
+    free(bys);
     return count;
 }
 

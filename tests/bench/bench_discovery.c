@@ -57,7 +57,8 @@ static double s_round(discovery_t *disc, const registry_t *reg, int *ok)
     int code = 0;
     char err[256];
     double start = s_now();
-    if (discovery_start(disc, reg, NULL, true, false, start, job, &code, err, sizeof err) != 0) {
+    if (discovery_start(disc, reg, NULL, true, false, NULL, start, job, &code, err, sizeof err) !=
+        0) {
         fprintf(stderr, "discovery_start: %s\n", err);
         return -1;
     }

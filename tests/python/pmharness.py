@@ -426,7 +426,8 @@ PROVIDER_KEYS = {"provider", "name", "base_api_url", "api_key", "valid_models",
 # v1's keys plus v1.1's additive ones (protocol-v1.1.md: "protocol", "status_version",
 # "epoch").
 HEALTH_KEYS = {"status", "version", "state_version", "providers", "models", "uptime_s",
-               "jobs_running", "protocol", "status_version", "epoch"}
+               "jobs_running", "protocol", "status_version", "epoch",
+               "reloaded_at", "reload_ok"}
 
 
 class DaemonTestCase(unittest.TestCase):
