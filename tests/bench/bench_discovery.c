@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 #include <zmq.h>
 
@@ -108,6 +109,40 @@ static double s_now(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* CPU seconds a process has run, all its threads including those that have ended (the fake
+ * runs a thread per request): utime + stime of /proc/<pid>/stat, in clock ticks. -1 when
+ * unreadable. */
+static double s_proc_cpu_s(pid_t pid)
+{
+    char path[64];
+    char buf[1024];
+    snprintf(path, sizeof path, "/proc/%ld/stat", (long)pid);
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return -1;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name may hold spaces and parentheses: the fields start after the last ')'. */
+    const char *p = strrchr(buf, ')');
+    unsigned long long utime = 0, stime = 0;
+    if (p == NULL || sscanf(p + 1, " %*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %llu %llu", &utime,
+                            &stime) != 2)
+        return -1;
+    long ticks = sysconf(_SC_CLK_TCK);
+    return ticks > 0 ? (double)(utime + stime) / (double)ticks : -1;
+}
+
+/* CPU seconds of this process (the coordinator and the worker threads). */
+static double s_self_cpu_s(void)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0)
+        return -1;
+    return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) +
+           (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) / 1e6;
 }
 
 static int s_compare_double(const void *a, const void *b)
@@ -278,6 +313,13 @@ int main(int argc, char **argv)
             .ctx = &observer, .verify_targets = s_verify_targets, .on_probe = s_on_probe};
         discovery_set_observer(disc, &hooks);
     }
+    /* The CPU the fake and this process spend per round: on a small shared machine a slow
+     * round is often the fake (one Python process) waiting for a core, not the coordinator. */
+    double fake_cpu0 = s_proc_cpu_s(fake.pid);
+    double self_cpu0 = s_self_cpu_s();
+    double load[3] = {-1, -1, -1};
+    if (getloadavg(load, 3) < 1)
+        load[0] = -1;
     for (int r = 0; r < cfg.rounds; r++) {
         int ok = 0;
         walls[r] = s_round(disc, reg, cfg.verify, &ok);
@@ -285,6 +327,12 @@ int main(int argc, char **argv)
             goto cleanup;
         succeeded += ok;
     }
+    double fake_cpu1 = s_proc_cpu_s(fake.pid);
+    double self_cpu1 = s_self_cpu_s();
+    double fake_cpu_per_round =
+        fake_cpu0 >= 0 && fake_cpu1 >= 0 ? (fake_cpu1 - fake_cpu0) / cfg.rounds : -1;
+    double self_cpu_per_round =
+        self_cpu0 >= 0 && self_cpu1 >= 0 ? (self_cpu1 - self_cpu0) / cfg.rounds : -1;
     json_t *stats = fake_upstream_call(&fake, "/_stats", NULL);
     long max_inflight = 0;
     long requests = 0;
@@ -315,12 +363,14 @@ int main(int argc, char **argv)
     for (int r = 0; r < cfg.rounds; r++)
         printf("%s%.3f", r ? ", " : "", walls[r]);
     printf("],\n  \"wall_s\": %.3f,\n  \"ideal_s\": %.3f,\n  \"ratio\": %.3f,\n"
-           "  \"target_ratio\": %.1f,\n  \"verdict\": \"%s\",\n  \"jobs_succeeded\": %d",
+           "  \"target_ratio\": %.1f,\n  \"verdict\": \"%s\",\n  \"jobs_succeeded\": %d,\n"
+           "  \"fake_cpu_s_per_round\": %.3f,\n  \"bench_cpu_s_per_round\": %.3f,\n"
+           "  \"loadavg_1min_at_start\": %.2f",
            median, ideal, ratio, target_ratio,
            cfg.quick               ? "n/a (quick)"
            : ratio <= target_ratio ? "PASS"
                                    : "MISS",
-           succeeded);
+           succeeded, fake_cpu_per_round, self_cpu_per_round, load[0]);
     long expected_probes = (long)cfg.rounds * cfg.providers * cfg.models;
     if (cfg.verify)
         printf(",\n  \"probes\": %ld,\n  \"probes_ok\": %ld,\n  \"probes_expected\": %ld",

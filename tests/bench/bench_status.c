@@ -346,7 +346,7 @@ static int s_usage(void)
 
 int main(int argc, char **argv)
 {
-    bench_config_t cfg = {.models = 100000, .providers = 100, .batch = 1000, .rounds = 7};
+    bench_config_t cfg = {.models = 100000, .providers = 100, .batch = 1000, .rounds = 9};
     for (int i = 1; i < argc; i++) {
         long *target = NULL;
         long min = 1, max = 0;

@@ -1040,16 +1040,21 @@ def bench_verify(cfg, tools, quick, log):
                 % (res["providers"], res["models_per_provider"], res["latency_ms"],
                    res["per_provider_limit"], res["workers"], len(walls)),
                 ["wall s", "min-max s", "ideal s", "ratio", "target", "verdict", "probes ok",
-                 "max inflight/provider", "jobs ok"],
+                 "max inflight/provider", "jobs ok", "cpu s/round fake/bench", "load"],
                 [["%.3f" % res["wall_s"],
                   "%.3f-%.3f" % (min(walls), max(walls)) if walls else "-",
                   "%.3f" % res["ideal_s"], fmt_ratio(res["ratio"]), "<= %g" % target,
                   verdict(targets[0]["pass"]),
                   "%s/%s" % (res.get("probes_ok"), res.get("probes_expected")),
                   str(res.get("max_inflight_per_provider", "-")),
-                  str(res.get("jobs_succeeded", "-"))]])
+                  str(res.get("jobs_succeeded", "-")),
+                  "%.2f / %.2f" % (res.get("fake_cpu_s_per_round", -1),
+                                   res.get("bench_cpu_s_per_round", -1)),
+                  "%.2f" % res.get("loadavg_1min_at_start", -1)]])
     print("  ideal = (1 list + %s/%s probe rounds) x %s ms; the real coordinator and workers in "
-          "process, the observer\n  naming each provider's valid_models as targets."
+          "process, the observer\n  naming each provider's valid_models as targets; cpu = "
+          "CPU seconds per round of the fake upstream\n  (one Python process) and of the "
+          "coordinator + workers; load = 1-minute load average at the start."
           % (res["models_per_provider"], res["per_provider_limit"], res["latency_ms"]))
     print_targets("V targets", targets)
     return {"result": res, "targets": targets}
@@ -1145,11 +1150,13 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                         started = time.perf_counter()
                     # CPU of the daemon and of the fake over the reads: on a small shared
                     # machine the fake's own work competes with the daemon's front thread.
-                    cpu0 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[0])
+                    # The fake runs a thread per request, gone by the time schedstat would
+                    # be summed: its figure is /proc/<pid>/stat's (10 ms ticks).
+                    cpu0 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
                     res = client.run(d.endpoint, 1, 1000000, 10, op="get_api_for_model_string",
                                      args=read_args, max_seconds=vr["seconds"],
                                      label="R %d %s" % (size, mode))
-                    cpu1 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[0])
+                    cpu1 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
                     res["daemon_cpu_ms"], res["fake_cpu_ms"] = [
                         (b - a) / 1e6 if a is not None and b is not None else None
                         for a, b in zip(cpu0, cpu1)]
