@@ -856,6 +856,114 @@ int pmclient_discover(pmclient_t *self, bool force_refresh, bool persist_on_succ
     return s_finish(self, &reply, rc);
 }
 
+/* Checks an optional string-array argument: given (array not NULL and count >= 0), no NULL
+ * element, a count that msgpack can hold. 0, or -1 with "bad_request". */
+static int s_check_str_array(pmclient_t *self, const char *const *array, long count,
+                             const char *name, bool *given)
+{
+    *given = array && count >= 0;
+    if (!*given)
+        return 0;
+    if ((unsigned long)count > UINT32_MAX) {
+        pmc_set_error(self, "bad_request", "too many entries in '%s'", name);
+        return -1;
+    }
+    for (long i = 0; i < count; i++) {
+        if (!array[i]) {
+            pmc_set_error(self, "bad_request", "'%s' has a NULL entry", name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static void s_args_str_array(s_args_t *args, const char *name, const char *const *array, long count)
+{
+    pm_pack_str(&args->pk, name);
+    msgpack_pack_array(&args->pk, (uint32_t)count);
+    for (long i = 0; i < count && !args->buffer.failed; i++)
+        pm_pack_str(&args->pk, array[i]);
+}
+
+static void s_args_bool(s_args_t *args, const char *name, bool value)
+{
+    pm_pack_str(&args->pk, name);
+    if (value)
+        msgpack_pack_true(&args->pk);
+    else
+        msgpack_pack_false(&args->pk);
+}
+
+int pmclient_model_status(pmclient_t *self, const char *provider, const char *model,
+                          const char *const *states, long n_states, pm_status_list_t **out)
+{
+    s_reply_t reply;
+    const msgpack_object *result;
+    s_args_t args;
+    bool has_states;
+    *out = NULL;
+    if (s_check_str_array(self, states, n_states, "states", &has_states) != 0)
+        return -1;
+    s_args_init(&args, (uint32_t)(provider != NULL) + (model != NULL) + has_states);
+    if (provider)
+        s_args_str(&args, "provider", provider);
+    if (model)
+        s_args_str(&args, "model", model);
+    if (has_states)
+        s_args_str_array(&args, "states", states, n_states);
+    int rc = s_call(self, "model_status", &args.buffer, &reply, &result);
+    s_buffer_clear(&args.buffer);
+    if (rc == 0)
+        rc = pmc_decode_status_list(self, result, out);
+    return s_finish(self, &reply, rc);
+}
+
+int pmclient_provider_status(pmclient_t *self, const char *provider,
+                             pm_provider_status_list_t **out)
+{
+    s_reply_t reply;
+    const msgpack_object *result;
+    s_args_t args;
+    *out = NULL;
+    s_args_init(&args, provider ? 1 : 0);
+    if (provider)
+        s_args_str(&args, "provider", provider);
+    int rc = s_call(self, "provider_status", &args.buffer, &reply, &result);
+    s_buffer_clear(&args.buffer);
+    if (rc == 0)
+        rc = pmc_decode_provider_status_list(self, result, out);
+    return s_finish(self, &reply, rc);
+}
+
+int pmclient_verify_models(pmclient_t *self, const char *provider, const char *const *models,
+                           long n_models, bool include_invalid, bool persist_on_success,
+                           char **job_out)
+{
+    s_reply_t reply;
+    const msgpack_object *result;
+    s_args_t args;
+    bool has_models;
+    *job_out = NULL;
+    if (s_check_str_array(self, models, n_models, "models", &has_models) != 0)
+        return -1;
+    s_args_init(&args, 2 + (uint32_t)(provider != NULL) + has_models);
+    s_args_bool(&args, "include_invalid", include_invalid);
+    s_args_bool(&args, "persist_on_success", persist_on_success);
+    if (provider)
+        s_args_str(&args, "provider", provider);
+    if (has_models)
+        s_args_str_array(&args, "models", models, n_models);
+    int rc = s_call(self, "verify_models", &args.buffer, &reply, &result);
+    s_buffer_clear(&args.buffer);
+    if (rc == 0) {
+        if (!result || result->type != MSGPACK_OBJECT_MAP)
+            rc = pmc_bad_reply(self, "verify_models result is not a map");
+        else
+            rc = pmc_take_str(self, pm_map_get(result, "job"), "job", job_out);
+    }
+    return s_finish(self, &reply, rc);
+}
+
 int pmclient_job_status(pmclient_t *self, const char *job, pm_job_t **out)
 {
     s_reply_t reply;

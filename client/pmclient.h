@@ -1,13 +1,15 @@
 /*
  * pmclient: the C client library of the provider-manager service (libpmclient).
  *
- * One function per operation of wire contract v1 (proto/PROTOCOL.md), typed results with one
- * free function each, and a raw escape hatch for tools. Requests follow the zguide's "Lazy
- * Pirate" pattern: a REQ socket, a poll with a timeout on every attempt, and on a timeout the
- * socket is closed and reopened so that a dead or restarted service never makes a call hang.
- * Reads are resent up to the retry limit; writes (set_provider, remove_provider,
- * set_short_name, persist_provider_configs, discover_models) are sent once only, because a
- * write whose reply was lost may have been applied.
+ * One function per operation of wire contract v1 (proto/PROTOCOL.md) and of v1.1's model
+ * status (model_status, provider_status, verify_models), typed results with one free function
+ * each, and a raw escape hatch for tools. Requests follow the zguide's "Lazy Pirate" pattern:
+ * a REQ socket, a poll with a timeout on every attempt, and on a timeout the socket is closed
+ * and reopened so that a dead or restarted service never makes a call hang. Reads (model_status
+ * and provider_status too) are resent up to the retry limit; writes (set_provider,
+ * remove_provider, set_short_name, persist_provider_configs, discover_models, verify_models)
+ * are sent once only, because a write whose reply was lost may have been applied. Keys of a
+ * reply that the library does not know are ignored (v1.1 adds some to v1's results).
  *
  * Conventions (CZMQ CLASS style):
  *   - every call returns 0 on success and -1 on failure; then pmclient_error_code() gives a
@@ -117,10 +119,18 @@ typedef struct {
     int64_t models;
     double uptime_s;
     int64_t jobs_running;
+    /* v1.1 (a v1 service sends neither): the protocol version ("1.1"), NULL when absent, and
+     * the status_version, valid when has_status_version. */
+    char *protocol;
+    bool has_status_version;
+    uint64_t status_version;
 } pm_health_t;
 void pm_health_free(pm_health_t **self_p);
 
-/* One provider's progress inside a discovery job. */
+/* One provider's progress inside a job. A discovery job's entries carry discovered,
+ * validated, valid and invalid; a verify job's (kind "verify") carry discovered (the models
+ * listed), checked, ok, failed and transient in their place. The counts a job's kind does not
+ * carry are 0. */
 typedef struct {
     char *key;
     char *state; /* "queued", "listing", "validating", "ok", "skipped", "error" */
@@ -129,9 +139,14 @@ typedef struct {
     int64_t valid;
     int64_t invalid;
     char *message;
+    int64_t checked;   /* verify: probes that finished */
+    int64_t ok;        /* verify: ... that answered */
+    int64_t failed;    /* verify: ... that gave a definitive model failure */
+    int64_t transient; /* verify: ... that gave a transient outcome (429, 5xx, timeout) */
 } pm_job_provider_t;
 
-/* job_status. success is -1 while unknown (nil), else 0 or 1. */
+/* job_status. success is -1 while unknown (nil), else 0 or 1. kind is "discover" or
+ * "verify" (a v1 service, which sends no kind, has only discovery jobs: "discover"). */
 typedef struct {
     char *job;
     char *state; /* "running" or "done" */
@@ -141,8 +156,72 @@ typedef struct {
     pm_job_provider_t *providers;
     size_t message_count;
     char **messages;
+    char *kind;
 } pm_job_t;
 void pm_job_free(pm_job_t **self_p);
+
+/* last_error of a status record or a provider status (v1.1). */
+typedef struct {
+    char *error_class; /* "model", "auth", "transient" or "error" */
+    int64_t status;    /* the HTTP status; 0 when the service sent nil (no HTTP answer) */
+    char *message;
+} pm_status_error_t;
+
+/* meta of a status record: only the keys the provider's /models entry had (has_* / NULL). */
+typedef struct {
+    bool has_context_length;
+    int64_t context_length;
+    bool has_max_output_tokens;
+    int64_t max_output_tokens;
+    char *owned_by; /* NULL when absent */
+    bool has_created;
+    int64_t created; /* unix seconds */
+} pm_model_meta_t;
+
+/* One model status record (model_status). Times are unix seconds and latency_ms is in
+ * milliseconds, each NAN when the service sent nil (test with isnan()). */
+typedef struct {
+    char *provider;
+    char *model; /* the long name */
+    char *state; /* "valid", "invalid", "failing", "gone", "unverified", "ignored" */
+    bool in_valid_models;
+    int listed; /* in the provider's last successful list: 1, 0, or -1 (nil: never listed) */
+    double first_seen_at;
+    double last_listed_at;
+    double last_checked_at;
+    double last_ok_at;
+    double latency_ms;
+    int64_t failures; /* consecutive definitive model failures */
+    bool has_last_error;
+    pm_status_error_t last_error; /* valid when has_last_error */
+    pm_model_meta_t meta;
+} pm_model_status_t;
+
+/* model_status: the records in the service's order. */
+typedef struct {
+    size_t count;
+    pm_model_status_t *records;
+} pm_status_list_t;
+void pm_status_list_free(pm_status_list_t **self_p);
+
+/* One provider_status entry. Times as in pm_model_status_t (NAN for nil). */
+typedef struct {
+    char *provider;
+    char *state; /* "ok", "no_key", "auth_failed", "unreachable", "error", "unknown" */
+    double last_list_at;
+    double last_list_ok_at;
+    bool has_models_listed;
+    int64_t models_listed;
+    bool has_last_error;
+    pm_status_error_t last_error;
+} pm_provider_status_t;
+
+/* provider_status: the providers in registry order. */
+typedef struct {
+    size_t count;
+    pm_provider_status_t *providers;
+} pm_provider_status_list_t;
+void pm_provider_status_list_free(pm_provider_status_list_t **self_p);
 
 /* Arguments of set_provider. Strings are borrowed for the duration of the call. A NULL
  * provider / name / base_api_url is not sent (the service then answers bad_request).
@@ -263,6 +342,28 @@ int pmclient_find_model(pmclient_t *self, const char *name, pm_matches_t **out);
 int pmclient_discover(pmclient_t *self, bool force_refresh, bool persist_on_success,
                       const char *provider, char **job_out);
 
+/* model_status (v1.1): the status records, of every provider or of provider (NULL: all),
+ * of one model (long name; NULL: all), in the given states. states / n_states: the "states"
+ * argument; states NULL or n_states < 0 sends none (every state), n_states 0 sends [] (the
+ * service then answers no record). An unknown provider is "not_found", an unknown state name
+ * "bad_request". A read: resent after a timeout. */
+int pmclient_model_status(pmclient_t *self, const char *provider, const char *model,
+                          const char *const *states, long n_states, pm_status_list_t **out);
+
+/* provider_status (v1.1): of every provider, or of provider (NULL: all). A v1 service answers
+ * "unknown_op". A read: resent after a timeout. */
+int pmclient_provider_status(pmclient_t *self, const char *provider,
+                             pm_provider_status_list_t **out);
+
+/* verify_models (v1.1): starts a verification job and returns its id at once (caller frees
+ * *job_out); follow it with pmclient_job_status (kind "verify"). provider NULL: every
+ * provider. models / n_models: only these long names (models NULL or n_models < 0: all).
+ * include_invalid: also probe invalid_models, moving those that answer to valid_models. A
+ * write: not resent after a timeout. */
+int pmclient_verify_models(pmclient_t *self, const char *provider, const char *const *models,
+                           long n_models, bool include_invalid, bool persist_on_success,
+                           char **job_out);
+
 /* job_status. Unknown job: "not_found". */
 int pmclient_job_status(pmclient_t *self, const char *job, pm_job_t **out);
 
@@ -296,7 +397,7 @@ int pmclient_call_raw(pmclient_t *self, const char *op, const void *args, size_t
 
 typedef struct pmclient_events_t pmclient_events_t;
 
-/* Subscribes to the service's "providers" events at endpoint (NULL =
+/* Subscribes to the service's "providers" and "models" events at endpoint (NULL =
  * PMCLIENT_DEFAULT_EVENTS_ENDPOINT). As with any SUB socket, events published before the
  * subscription reaches the service are not seen. NULL on failure. */
 pmclient_events_t *pmclient_events_new(const char *endpoint);
@@ -309,9 +410,41 @@ pmclient_events_t *pmclient_events_new_curve(const char *endpoint, const char *s
 /* Waits up to timeout_ms (-1 = forever) for the next "changed" event. Returns 1 with
  * *state_version and *keys (the keys the change touched; caller frees; keys may be NULL when
  * not wanted), 0 when nothing arrived in time or a signal interrupted the wait, -1 on a
- * socket error. Malformed events and events of other kinds are skipped. */
+ * socket error. Malformed events and events of other kinds (models events too: see
+ * pmclient_events_recv) are skipped. */
 int pmclient_events_next(pmclient_events_t *self, int timeout_ms, int64_t *state_version,
                          pm_strings_t **keys);
+
+/* One change of a models event. */
+typedef struct {
+    char *model;
+    char *from; /* NULL: the model was not known before (nil) */
+    char *to;
+} pm_model_change_t;
+
+#define PMCLIENT_EVENT_CHANGED 1        /* topic "providers", event "changed" */
+#define PMCLIENT_EVENT_MODELS_CHANGED 2 /* topic "models", event "models_changed" (v1.1) */
+
+/* An event of pmclient_events_recv. kind PMCLIENT_EVENT_CHANGED: state_version and keys (the
+ * keys the change touched). kind PMCLIENT_EVENT_MODELS_CHANGED: status_version, provider and
+ * the changes (state transitions of that provider's models, in the service's order). The
+ * fields of the other kind are 0 / NULL. */
+typedef struct {
+    int kind;
+    int64_t state_version;
+    pm_strings_t *keys;
+    uint64_t status_version;
+    char *provider;
+    size_t change_count;
+    pm_model_change_t *changes;
+} pm_event_t;
+void pm_event_free(pm_event_t **self_p);
+
+/* Waits up to timeout_ms (-1 = forever) for the next "changed" or "models_changed" event.
+ * Returns 1 with *out (caller frees with pm_event_free), 0 when nothing arrived in time or a
+ * signal interrupted the wait, -1 on a socket error. Malformed events, heartbeats and events
+ * of other kinds are skipped; unknown keys are ignored. */
+int pmclient_events_recv(pmclient_events_t *self, int timeout_ms, pm_event_t **out);
 
 void pmclient_events_destroy(pmclient_events_t **self_p);
 

@@ -62,5 +62,9 @@ int pmc_decode_merged(pmclient_t *self, const msgpack_object *obj, pm_merged_t *
 int pmc_decode_matches(pmclient_t *self, const msgpack_object *obj, pm_matches_t **out);
 int pmc_decode_health(pmclient_t *self, const msgpack_object *obj, pm_health_t **out);
 int pmc_decode_job(pmclient_t *self, const msgpack_object *obj, pm_job_t **out);
+/* v1.1: model_status's array of records and provider_status's array of entries. */
+int pmc_decode_status_list(pmclient_t *self, const msgpack_object *obj, pm_status_list_t **out);
+int pmc_decode_provider_status_list(pmclient_t *self, const msgpack_object *obj,
+                                    pm_provider_status_list_t **out);
 
 #endif

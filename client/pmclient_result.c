@@ -9,6 +9,7 @@
 #include "pm_proto.h"
 #include "pmclient_internal.h"
 
+#include <math.h>
 #include <msgpack.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -180,6 +181,7 @@ void pm_health_free(pm_health_t **self_p)
         return;
     free((*self_p)->status);
     free((*self_p)->version);
+    free((*self_p)->protocol);
     free(*self_p);
     *self_p = NULL;
 }
@@ -200,6 +202,51 @@ void pm_job_free(pm_job_t **self_p)
         free(self->providers);
     }
     s_free_strv(self->messages, self->message_count);
+    free(self->kind);
+    free(self);
+    *self_p = NULL;
+}
+
+static void s_status_error_clear(pm_status_error_t *error)
+{
+    free(error->error_class);
+    free(error->message);
+    memset(error, 0, sizeof *error);
+}
+
+void pm_status_list_free(pm_status_list_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    pm_status_list_t *self = *self_p;
+    if (self->records) {
+        for (size_t i = 0; i < self->count; i++) {
+            pm_model_status_t *record = &self->records[i];
+            free(record->provider);
+            free(record->model);
+            free(record->state);
+            s_status_error_clear(&record->last_error);
+            free(record->meta.owned_by);
+        }
+        free(self->records);
+    }
+    free(self);
+    *self_p = NULL;
+}
+
+void pm_provider_status_list_free(pm_provider_status_list_t **self_p)
+{
+    if (!self_p || !*self_p)
+        return;
+    pm_provider_status_list_t *self = *self_p;
+    if (self->providers) {
+        for (size_t i = 0; i < self->count; i++) {
+            free(self->providers[i].provider);
+            free(self->providers[i].state);
+            s_status_error_clear(&self->providers[i].last_error);
+        }
+        free(self->providers);
+    }
     free(self);
     *self_p = NULL;
 }
@@ -429,12 +476,37 @@ int pmc_decode_health(pmclient_t *self, const msgpack_object *obj, pm_health_t *
             goto fail;
         health->uptime_s = (double)whole;
     }
+    /* v1.1's keys: absent from a v1 service, checked when present. */
+    const msgpack_object *protocol = pm_map_get(obj, "protocol");
+    if (protocol && protocol->type != MSGPACK_OBJECT_NIL &&
+        pmc_take_str(self, protocol, "protocol", &health->protocol) != 0)
+        goto fail;
+    const msgpack_object *status_version = pm_map_get(obj, "status_version");
+    if (status_version && status_version->type != MSGPACK_OBJECT_NIL) {
+        if (status_version->type != MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            pmc_bad_reply(self, "status_version is not a non-negative integer");
+            goto fail;
+        }
+        health->has_status_version = true;
+        health->status_version = status_version->via.u64;
+    }
     *out = health;
     return 0;
 
 fail:
     pm_health_free(&health);
     return -1;
+}
+
+/* A job count of map: required, or else read when present (0 when absent). */
+static int s_take_count(pmclient_t *self, const msgpack_object *map, const char *key, bool required,
+                        int64_t *out)
+{
+    const msgpack_object *value = pm_map_get(map, key);
+    *out = 0;
+    if (!value && !required)
+        return 0;
+    return pmc_take_int(self, value, key, out);
 }
 
 int pmc_decode_job(pmclient_t *self, const msgpack_object *obj, pm_job_t **out)
@@ -448,6 +520,17 @@ int pmc_decode_job(pmclient_t *self, const msgpack_object *obj, pm_job_t **out)
     if (pmc_take_str(self, pm_map_get(obj, "job"), "job", &job->job) != 0 ||
         pmc_take_str(self, pm_map_get(obj, "state"), "state", &job->state) != 0)
         goto fail;
+    /* A v1 service sends no kind and has only discovery jobs. */
+    const msgpack_object *kind = pm_map_get(obj, "kind");
+    if (kind) {
+        if (pmc_take_str(self, kind, "kind", &job->kind) != 0)
+            goto fail;
+    } else if (!(job->kind = strdup("discover"))) {
+        pmc_nomem(self);
+        goto fail;
+    }
+    bool verify = strcmp(job->kind, "verify") == 0;
+    bool discover = strcmp(job->kind, "discover") == 0;
 
     const msgpack_object *success = pm_map_get(obj, "success");
     if (!success || success->type == MSGPACK_OBJECT_NIL)
@@ -485,16 +568,21 @@ int pmc_decode_job(pmclient_t *self, const msgpack_object *obj, pm_job_t **out)
             pmc_bad_reply(self, "a job provider entry is not a map");
             goto fail;
         }
+        /* Each kind's counts are required; those of the other kind (and every count of a
+         * kind this library does not know) are read when present. */
+        const msgpack_object *val = &kv->val;
         if (pmc_take_str(self, &kv->key, "job provider key", &entry->key) != 0 ||
-            pmc_take_str(self, pm_map_get(&kv->val, "state"), "job provider state",
-                         &entry->state) != 0 ||
-            pmc_take_int(self, pm_map_get(&kv->val, "discovered"), "discovered",
-                         &entry->discovered) != 0 ||
-            pmc_take_int(self, pm_map_get(&kv->val, "validated"), "validated", &entry->validated) !=
+            pmc_take_str(self, pm_map_get(val, "state"), "job provider state", &entry->state) !=
                 0 ||
-            pmc_take_int(self, pm_map_get(&kv->val, "valid"), "valid", &entry->valid) != 0 ||
-            pmc_take_int(self, pm_map_get(&kv->val, "invalid"), "invalid", &entry->invalid) != 0 ||
-            pmc_take_str(self, pm_map_get(&kv->val, "message"), "job provider message",
+            s_take_count(self, val, "discovered", discover, &entry->discovered) != 0 ||
+            s_take_count(self, val, "validated", discover, &entry->validated) != 0 ||
+            s_take_count(self, val, "valid", discover, &entry->valid) != 0 ||
+            s_take_count(self, val, "invalid", discover, &entry->invalid) != 0 ||
+            s_take_count(self, val, "checked", verify, &entry->checked) != 0 ||
+            s_take_count(self, val, "ok", verify, &entry->ok) != 0 ||
+            s_take_count(self, val, "failed", verify, &entry->failed) != 0 ||
+            s_take_count(self, val, "transient", verify, &entry->transient) != 0 ||
+            pmc_take_str(self, pm_map_get(val, "message"), "job provider message",
                          &entry->message) != 0)
             goto fail;
     }
@@ -507,4 +595,201 @@ int pmc_decode_job(pmclient_t *self, const msgpack_object *obj, pm_job_t **out)
 fail:
     pm_job_free(&job);
     return -1;
+}
+
+/* ------------------------------------------------------------------- v1.1 model status */
+
+/* A time or latency: a msgpack float (or integer), NAN for nil. The key must be there: the
+ * contract always sends it, so its absence means the reply is not the contract's. */
+static int s_take_time(pmclient_t *self, const msgpack_object *map, const char *key, double *out)
+{
+    const msgpack_object *value = pm_map_get(map, key);
+    *out = NAN;
+    if (!value) {
+        pmc_set_error(self, PMCLIENT_ERR_BAD_REPLY,
+                      "reply does not match the contract: %s is missing", key);
+        return -1;
+    }
+    switch (value->type) {
+    case MSGPACK_OBJECT_NIL:
+        return 0;
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64:
+        *out = value->via.f64;
+        return 0;
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        *out = (double)value->via.u64;
+        return 0;
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+        *out = (double)value->via.i64;
+        return 0;
+    default:
+        pmc_set_error(self, PMCLIENT_ERR_BAD_REPLY,
+                      "reply does not match the contract: %s is neither a number nor nil", key);
+        return -1;
+    }
+}
+
+/* last_error: nil (*has = false) or {"class": str, "status": int or nil, "message": str}. */
+static int s_take_status_error(pmclient_t *self, const msgpack_object *map, bool *has,
+                               pm_status_error_t *out)
+{
+    const msgpack_object *value = pm_map_get(map, "last_error");
+    *has = false;
+    if (!value)
+        return pmc_bad_reply(self, "last_error is missing");
+    if (value->type == MSGPACK_OBJECT_NIL)
+        return 0;
+    if (value->type != MSGPACK_OBJECT_MAP)
+        return pmc_bad_reply(self, "last_error is neither a map nor nil");
+    if (pmc_take_str(self, pm_map_get(value, "class"), "last_error.class", &out->error_class) !=
+            0 ||
+        pmc_take_str(self, pm_map_get(value, "message"), "last_error.message", &out->message) != 0)
+        return -1;
+    const msgpack_object *status = pm_map_get(value, "status");
+    out->status = 0;
+    if (status && status->type != MSGPACK_OBJECT_NIL &&
+        pmc_take_int(self, status, "last_error.status", &out->status) != 0)
+        return -1;
+    *has = true;
+    return 0;
+}
+
+/* meta: a map of the known keys, each optional; keys not known are ignored. */
+static int s_take_meta(pmclient_t *self, const msgpack_object *map, pm_model_meta_t *out)
+{
+    const msgpack_object *meta = pm_map_get(map, "meta");
+    if (!meta || meta->type != MSGPACK_OBJECT_MAP)
+        return pmc_bad_reply(self, "meta is not a map");
+    const msgpack_object *value = pm_map_get(meta, "context_length");
+    if (value) {
+        if (pmc_take_int(self, value, "meta.context_length", &out->context_length) != 0)
+            return -1;
+        out->has_context_length = true;
+    }
+    if ((value = pm_map_get(meta, "max_output_tokens"))) {
+        if (pmc_take_int(self, value, "meta.max_output_tokens", &out->max_output_tokens) != 0)
+            return -1;
+        out->has_max_output_tokens = true;
+    }
+    if ((value = pm_map_get(meta, "created"))) {
+        if (pmc_take_int(self, value, "meta.created", &out->created) != 0)
+            return -1;
+        out->has_created = true;
+    }
+    if ((value = pm_map_get(meta, "owned_by")) &&
+        pmc_take_str(self, value, "meta.owned_by", &out->owned_by) != 0)
+        return -1;
+    return 0;
+}
+
+static int s_take_bool(pmclient_t *self, const msgpack_object *map, const char *key, bool *out)
+{
+    const msgpack_object *value = pm_map_get(map, key);
+    if (!value || value->type != MSGPACK_OBJECT_BOOLEAN) {
+        pmc_set_error(self, PMCLIENT_ERR_BAD_REPLY,
+                      "reply does not match the contract: %s is not a boolean", key);
+        return -1;
+    }
+    *out = value->via.boolean;
+    return 0;
+}
+
+static int s_decode_record(pmclient_t *self, const msgpack_object *obj, pm_model_status_t *record)
+{
+    if (obj->type != MSGPACK_OBJECT_MAP)
+        return pmc_bad_reply(self, "a status record is not a map");
+    if (pmc_take_str(self, pm_map_get(obj, "provider"), "provider", &record->provider) != 0 ||
+        pmc_take_str(self, pm_map_get(obj, "model"), "model", &record->model) != 0 ||
+        pmc_take_str(self, pm_map_get(obj, "state"), "state", &record->state) != 0 ||
+        s_take_bool(self, obj, "in_valid_models", &record->in_valid_models) != 0)
+        return -1;
+    const msgpack_object *listed = pm_map_get(obj, "listed");
+    if (!listed || (listed->type != MSGPACK_OBJECT_NIL && listed->type != MSGPACK_OBJECT_BOOLEAN))
+        return pmc_bad_reply(self, "listed is neither a boolean nor nil");
+    record->listed = listed->type == MSGPACK_OBJECT_NIL ? -1 : listed->via.boolean ? 1 : 0;
+    if (s_take_time(self, obj, "first_seen_at", &record->first_seen_at) != 0 ||
+        s_take_time(self, obj, "last_listed_at", &record->last_listed_at) != 0 ||
+        s_take_time(self, obj, "last_checked_at", &record->last_checked_at) != 0 ||
+        s_take_time(self, obj, "last_ok_at", &record->last_ok_at) != 0 ||
+        s_take_time(self, obj, "latency_ms", &record->latency_ms) != 0 ||
+        pmc_take_int(self, pm_map_get(obj, "failures"), "failures", &record->failures) != 0 ||
+        s_take_status_error(self, obj, &record->has_last_error, &record->last_error) != 0 ||
+        s_take_meta(self, obj, &record->meta) != 0)
+        return -1;
+    return 0;
+}
+
+int pmc_decode_status_list(pmclient_t *self, const msgpack_object *obj, pm_status_list_t **out)
+{
+    *out = NULL;
+    if (!obj || obj->type != MSGPACK_OBJECT_ARRAY)
+        return pmc_bad_reply(self, "model_status result is not an array");
+    pm_status_list_t *list = calloc(1, sizeof *list);
+    if (!list)
+        return pmc_nomem(self);
+    size_t n = obj->via.array.size;
+    list->records = pmc_calloc_array(n, sizeof *list->records);
+    if (!list->records) {
+        free(list);
+        return pmc_nomem(self);
+    }
+    /* count covers every slot from the start, so that the free function releases what a
+     * failing record left half-filled (the slots are zeroed). */
+    list->count = n;
+    for (size_t i = 0; i < n; i++) {
+        if (s_decode_record(self, &obj->via.array.ptr[i], &list->records[i]) != 0) {
+            pm_status_list_free(&list);
+            return -1;
+        }
+    }
+    *out = list;
+    return 0;
+}
+
+static int s_decode_provider_status(pmclient_t *self, const msgpack_object *obj,
+                                    pm_provider_status_t *entry)
+{
+    if (obj->type != MSGPACK_OBJECT_MAP)
+        return pmc_bad_reply(self, "a provider_status entry is not a map");
+    if (pmc_take_str(self, pm_map_get(obj, "provider"), "provider", &entry->provider) != 0 ||
+        pmc_take_str(self, pm_map_get(obj, "state"), "state", &entry->state) != 0 ||
+        s_take_time(self, obj, "last_list_at", &entry->last_list_at) != 0 ||
+        s_take_time(self, obj, "last_list_ok_at", &entry->last_list_ok_at) != 0)
+        return -1;
+    const msgpack_object *listed = pm_map_get(obj, "models_listed");
+    if (!listed)
+        return pmc_bad_reply(self, "models_listed is missing");
+    if (listed->type != MSGPACK_OBJECT_NIL) {
+        if (pmc_take_int(self, listed, "models_listed", &entry->models_listed) != 0)
+            return -1;
+        entry->has_models_listed = true;
+    }
+    return s_take_status_error(self, obj, &entry->has_last_error, &entry->last_error);
+}
+
+int pmc_decode_provider_status_list(pmclient_t *self, const msgpack_object *obj,
+                                    pm_provider_status_list_t **out)
+{
+    *out = NULL;
+    if (!obj || obj->type != MSGPACK_OBJECT_ARRAY)
+        return pmc_bad_reply(self, "provider_status result is not an array");
+    pm_provider_status_list_t *list = calloc(1, sizeof *list);
+    if (!list)
+        return pmc_nomem(self);
+    size_t n = obj->via.array.size;
+    list->providers = pmc_calloc_array(n, sizeof *list->providers);
+    if (!list->providers) {
+        free(list);
+        return pmc_nomem(self);
+    }
+    list->count = n;
+    for (size_t i = 0; i < n; i++) {
+        if (s_decode_provider_status(self, &obj->via.array.ptr[i], &list->providers[i]) != 0) {
+            pm_provider_status_list_free(&list);
+            return -1;
+        }
+    }
+    *out = list;
+    return 0;
 }

@@ -16,6 +16,7 @@
 #include <getopt.h>
 #include <jansson.h>
 #include <limits.h>
+#include <math.h>
 #include <msgpack.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -30,7 +31,7 @@
 #define EXIT_USAGE 2
 #define EXIT_UNREACHABLE 3
 
-#define S_DISCOVER_POLL_MS 200
+#define S_DISCOVER_POLL_MS 200 /* discover and verify */
 #define S_BAR_WIDTH 24
 #define S_MASK_MIN_LEN 12 /* shorter keys are shown as "***": 7 visible characters is too many */
 #define S_MAX_MODEL_ARGS 100000
@@ -748,6 +749,14 @@ static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
         s_print_field_int("models", (long long)health->models);
         s_print_field("uptime_s", uptime);
         s_print_field_int("jobs_running", (long long)health->jobs_running);
+        /* v1.1's fields, shown only when the service sent them (a v1 service does not). */
+        if (health->protocol)
+            s_print_field("protocol", health->protocol);
+        if (health->has_status_version) {
+            char text[32];
+            snprintf(text, sizeof text, "%llu", (unsigned long long)health->status_version);
+            s_print_field("status_version", text);
+        }
         status = EXIT_OK;
     }
     pm_health_free(&health);
@@ -766,8 +775,22 @@ static int s_cmd_providers(s_ctx_t *ctx, int argc, char **argv)
         pm_provider_list_free(&list);
         return s_done_json(ctx);
     }
-    static const char *const headers[] = {"KEY", "NAME", "URL", "MODELS", "API KEY"};
-    enum { COLS = 5, TEXT = 32 };
+    /* STATUS is v1.1's provider_status: "-" when the service is v1 (unknown_op), or when it
+     * cannot answer it now (a warning says why); the listing itself still stands. */
+    pm_provider_status_list_t *statuses = NULL;
+    if (pmclient_provider_status(ctx->client, NULL, &statuses) != 0) {
+        if (pmclient_error_is_unreachable(ctx->client)) {
+            pm_provider_list_free(&list);
+            return s_fail(ctx);
+        }
+        if (strcmp(pmclient_error_code(ctx->client), "unknown_op") != 0) {
+            fprintf(stderr, "pmctl: no provider status: %s: ", pmclient_error_code(ctx->client));
+            s_put(stderr, pmclient_error_message(ctx->client));
+            fputc('\n', stderr);
+        }
+    }
+    static const char *const headers[] = {"KEY", "NAME", "URL", "MODELS", "API KEY", "STATUS"};
+    enum { COLS = 6, TEXT = 32 };
     const char **cells = calloc(list->count * COLS + 1, sizeof *cells);
     char(*texts)[2][TEXT] = calloc(list->count + 1, sizeof *texts);
     if (!cells || !texts) {
@@ -784,12 +807,18 @@ static int s_cmd_providers(s_ctx_t *ctx, int argc, char **argv)
         cells[i * COLS + 2] = p->base_api_url;
         cells[i * COLS + 3] = texts[i][0];
         cells[i * COLS + 4] = texts[i][1];
+        cells[i * COLS + 5] = "-";
+        for (size_t j = 0; statuses && j < statuses->count; j++) {
+            if (strcmp(statuses->providers[j].provider, p->provider) == 0)
+                cells[i * COLS + 5] = statuses->providers[j].state;
+        }
     }
     s_print_table(headers, COLS, cells, list->count);
     status = EXIT_OK;
 cleanup:
     free(cells);
     free(texts);
+    pm_provider_status_list_free(&statuses);
     pm_provider_list_free(&list);
     return status;
 }
@@ -917,9 +946,13 @@ static int s_cmd_find(s_ctx_t *ctx, int argc, char **argv)
     return EXIT_OK;
 }
 
-/* The progress line of one provider of a discovery job. */
-static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_width, bool bar)
+/* The progress line of one provider of a discovery or (verify) verification job. */
+static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_width, bool bar,
+                                 bool verify)
 {
+    /* A verification job's progress: probes finished out of the models listed (a bound, as
+     * not every listed model is probed: the bar fills when the provider's part ends). */
+    int64_t done = verify ? entry->checked : entry->validated;
     s_put(stdout, entry->key);
     s_pad(stdout, key_width - s_width(entry->key) + 2);
     bool finished = strcmp(entry->state, "ok") == 0 || strcmp(entry->state, "skipped") == 0 ||
@@ -928,11 +961,11 @@ static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_widt
         size_t filled = 0;
         if (finished)
             filled = S_BAR_WIDTH;
-        else if (entry->discovered > 0 && entry->validated > 0)
-            filled = (size_t)((entry->validated >= entry->discovered
-                                   ? 1.0
-                                   : (double)entry->validated / (double)entry->discovered) *
-                              S_BAR_WIDTH);
+        else if (entry->discovered > 0 && done > 0)
+            filled =
+                (size_t)((done >= entry->discovered ? 1.0
+                                                    : (double)done / (double)entry->discovered) *
+                         S_BAR_WIDTH);
         fputc('[', stdout);
         for (size_t i = 0; i < S_BAR_WIDTH; i++)
             fputc(i < filled ? '#' : '.', stdout);
@@ -940,8 +973,14 @@ static void s_print_job_provider(const pm_job_provider_t *entry, size_t key_widt
     }
     s_put(stdout, entry->state);
     s_pad(stdout, s_width(entry->state) < 11 ? 11 - s_width(entry->state) : 1);
-    printf(" %lld/%lld validated, %lld valid, %lld invalid", (long long)entry->validated,
-           (long long)entry->discovered, (long long)entry->valid, (long long)entry->invalid);
+    if (verify)
+        /* Not "checked/listed": a verification probes only some of the listed models. */
+        printf(" %lld listed, %lld checked, %lld ok, %lld failed, %lld transient",
+               (long long)entry->discovered, (long long)entry->checked, (long long)entry->ok,
+               (long long)entry->failed, (long long)entry->transient);
+    else
+        printf(" %lld/%lld validated, %lld valid, %lld invalid", (long long)entry->validated,
+               (long long)entry->discovered, (long long)entry->valid, (long long)entry->invalid);
     if (entry->message && *entry->message && (finished || !bar)) {
         fputs("  ", stdout);
         s_put(stdout, entry->message);
@@ -959,16 +998,22 @@ static size_t s_job_key_width(const pm_job_t *job)
     return width;
 }
 
+static bool s_job_is_verify(const pm_job_t *job)
+{
+    return job->kind && strcmp(job->kind, "verify") == 0;
+}
+
 static void s_print_job(const pm_job_t *job)
 {
     s_print_field("job", job->job);
+    s_print_field("kind", job->kind);
     s_print_field("state", job->state);
     s_print_field("success", job->success < 0 ? "-" : job->success ? "true" : "false");
     s_print_field("persisted", job->persisted ? "true" : "false");
     size_t width = s_job_key_width(job);
     for (size_t i = 0; i < job->provider_count; i++) {
         fputs("  ", stdout);
-        s_print_job_provider(&job->providers[i], width, false);
+        s_print_job_provider(&job->providers[i], width, false, s_job_is_verify(job));
         fputc('\n', stdout);
     }
     for (size_t i = 0; i < job->message_count; i++) {
@@ -1008,6 +1053,7 @@ typedef struct {
     char *state;
     int64_t discovered;
     int64_t validated;
+    int64_t checked;
 } s_seen_t;
 
 static void s_seen_clear(s_seen_t *seen, size_t count)
@@ -1037,7 +1083,7 @@ static void s_progress_plain(const pm_job_t *job, s_seen_t **seen_p, size_t *see
         s_seen_t *last = &seen[i];
         if (last->key && strcmp(last->key, entry->key) == 0 && last->state &&
             strcmp(last->state, entry->state) == 0 && last->discovered == entry->discovered &&
-            last->validated == entry->validated)
+            last->validated == entry->validated && last->checked == entry->checked)
             continue;
         free(last->key);
         free(last->state);
@@ -1045,7 +1091,8 @@ static void s_progress_plain(const pm_job_t *job, s_seen_t **seen_p, size_t *see
         last->state = strdup(entry->state);
         last->discovered = entry->discovered;
         last->validated = entry->validated;
-        s_print_job_provider(entry, width, false);
+        last->checked = entry->checked;
+        s_print_job_provider(entry, width, false, s_job_is_verify(job));
         fputc('\n', stdout);
     }
     fflush(stdout);
@@ -1059,7 +1106,7 @@ static void s_progress_tty(const pm_job_t *job, size_t *lines_drawn)
     size_t width = s_job_key_width(job);
     for (size_t i = 0; i < job->provider_count; i++) {
         fputs("\r\033[2K", stdout);
-        s_print_job_provider(&job->providers[i], width, true);
+        s_print_job_provider(&job->providers[i], width, true, s_job_is_verify(job));
         fputc('\n', stdout);
     }
     /* Lines left over from a longer previous frame. */
@@ -1089,6 +1136,8 @@ static const s_option_t s_discover_options[] = {
      offsetof(s_discover_args_t, wait)},
     {0}};
 
+static int s_follow_job(s_ctx_t *ctx, char *job_id, bool wait);
+
 static int s_cmd_discover(s_ctx_t *ctx, int argc, char **argv)
 {
     s_discover_args_t args = {.persist = true, .wait = true};
@@ -1099,7 +1148,16 @@ static int s_cmd_discover(s_ctx_t *ctx, int argc, char **argv)
     char *job_id = NULL;
     if (pmclient_discover(ctx->client, args.force, args.persist, args.provider, &job_id) != 0)
         return s_fail(ctx);
-    if (!args.wait) {
+    return s_follow_job(ctx, job_id, args.wait);
+}
+
+/* Follows a job just started (job_id, which this frees): with wait, shows its progress until
+ * it ends (a bar per provider on a TTY, changed lines otherwise, the final job_status with
+ * --json) and returns EXIT_OK when it succeeded; without, prints its id. */
+static int s_follow_job(s_ctx_t *ctx, char *job_id, bool wait)
+{
+    int status;
+    if (!wait) {
         status = EXIT_OK;
         if (ctx->json)
             status = s_done_json(ctx);
@@ -1380,6 +1438,173 @@ static int s_cmd_alias(s_ctx_t *ctx, int argc, char **argv)
     return status;
 }
 
+/* A repeatable option's values (borrowed from argv). */
+typedef struct {
+    const char **items;
+    size_t count;
+} s_strvec_t;
+
+/* Setter of a repeatable option: appends to the s_strvec_t at the option's offset. */
+static int s_set_push(void *target, const s_option_t *option, const char *command,
+                      const char *value, int *status)
+{
+    s_strvec_t *vector = (s_strvec_t *)((char *)target + option->offset);
+    if (s_push(&vector->items, &vector->count, value) != 0) {
+        *status = s_usage_error(command, "too many --%s options", option->name);
+        return -1;
+    }
+    return 0;
+}
+
+/* "-" for nil (NAN), else how long ago t was: "42s ago", "3m ago", "5h ago", "2d ago". Relative
+ * times read at a glance in a table, which is what an operator scans it for ("when did this
+ * model last answer?"); --json has the exact times. A time ahead of this clock reads "0s ago". */
+static void s_format_ago(double t, double now, char *out, size_t size)
+{
+    if (isnan(t)) {
+        snprintf(out, size, "-");
+        return;
+    }
+    double age = now - t > 0 ? now - t : 0;
+    if (age < 60)
+        snprintf(out, size, "%llds ago", (long long)age);
+    else if (age < 3600)
+        snprintf(out, size, "%lldm ago", (long long)(age / 60));
+    else if (age < 86400)
+        snprintf(out, size, "%lldh ago", (long long)(age / 3600));
+    else
+        snprintf(out, size, "%lldd ago", (long long)(age / 86400));
+}
+
+static double s_wall_clock(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) != 0)
+        return NAN;
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+typedef struct {
+    const char *provider;
+    const char *model;
+    s_strvec_t states;
+} s_status_args_t;
+
+static const s_option_t s_status_options[] = {
+    {"provider", 'p', "P", 0, "only the models of provider P", s_set_string,
+     offsetof(s_status_args_t, provider)},
+    {"state", 's', "S", S_REPEAT,
+     "only models in state S (valid, invalid, failing, gone,\nunverified, ignored); repeat for "
+     "more",
+     s_set_push, offsetof(s_status_args_t, states)},
+    {"model", 'm', "M", 0, "only the model with long name M", s_set_string,
+     offsetof(s_status_args_t, model)},
+    {0}};
+
+static int s_cmd_status(s_ctx_t *ctx, int argc, char **argv)
+{
+    s_status_args_t args = {0};
+    int status;
+    if (s_parse_command(argc, argv, &args, &status) != 0) {
+        free(args.states.items);
+        return status;
+    }
+    pm_status_list_t *list = NULL;
+    int rc = pmclient_model_status(ctx->client, args.provider, args.model, args.states.items,
+                                   args.states.count ? (long)args.states.count : -1, &list);
+    free(args.states.items);
+    if (rc != 0)
+        return s_fail(ctx);
+    if (ctx->json) {
+        pm_status_list_free(&list);
+        return s_done_json(ctx);
+    }
+    if (list->count == 0) {
+        fputs("pmctl: no model status records match\n", stderr);
+        pm_status_list_free(&list);
+        return EXIT_OK;
+    }
+    static const char *const headers[] = {"PROVIDER", "MODEL",    "STATE",  "LAST OK",
+                                          "LATENCY",  "FAILURES", "CONTEXT"};
+    enum { COLS = 7, TEXT = 32 };
+    const char **cells = calloc(list->count * COLS, sizeof *cells);
+    char(*texts)[4][TEXT] = calloc(list->count, sizeof *texts);
+    if (!cells || !texts) {
+        fprintf(stderr, "pmctl: out of memory\n");
+        status = EXIT_FAILED;
+        goto cleanup;
+    }
+    double now = s_wall_clock();
+    for (size_t i = 0; i < list->count; i++) {
+        const pm_model_status_t *r = &list->records[i];
+        s_format_ago(r->last_ok_at, now, texts[i][0], TEXT);
+        /* A local model answers in a few ms: one decimal there, whole ms above. */
+        if (isnan(r->latency_ms))
+            snprintf(texts[i][1], TEXT, "-");
+        else if (r->latency_ms < 10)
+            snprintf(texts[i][1], TEXT, "%.1f ms", r->latency_ms);
+        else
+            snprintf(texts[i][1], TEXT, "%.0f ms", r->latency_ms);
+        snprintf(texts[i][2], TEXT, "%lld", (long long)r->failures);
+        if (r->meta.has_context_length)
+            snprintf(texts[i][3], TEXT, "%lld", (long long)r->meta.context_length);
+        else
+            snprintf(texts[i][3], TEXT, "-");
+        cells[i * COLS + 0] = r->provider;
+        cells[i * COLS + 1] = r->model;
+        cells[i * COLS + 2] = r->state;
+        for (size_t c = 0; c < 4; c++)
+            cells[i * COLS + 3 + c] = texts[i][c];
+    }
+    s_print_table(headers, COLS, cells, list->count);
+    status = EXIT_OK;
+cleanup:
+    free(cells);
+    free(texts);
+    pm_status_list_free(&list);
+    return status;
+}
+
+typedef struct {
+    const char *provider;
+    s_strvec_t models;
+    bool include_invalid;
+    bool persist;
+    bool wait;
+} s_verify_args_t;
+
+static const s_option_t s_verify_options[] = {
+    {"provider", 'p', "P", 0, "only provider P", s_set_string, offsetof(s_verify_args_t, provider)},
+    {"model", 'm', "M", S_REPEAT, "only the model with long name M; repeat for more", s_set_push,
+     offsetof(s_verify_args_t, models)},
+    {"include-invalid", 0, NULL, 0,
+     "also probe invalid_models; those that answer become valid\n(overrides the negative "
+     "cache)",
+     s_set_true, offsetof(s_verify_args_t, include_invalid)},
+    {"no-persist", 0, NULL, 0, "do not write the providers file on success", s_set_false,
+     offsetof(s_verify_args_t, persist)},
+    {"no-wait", 0, NULL, 0, "print the job id and return at once", s_set_false,
+     offsetof(s_verify_args_t, wait)},
+    {0}};
+
+static int s_cmd_verify(s_ctx_t *ctx, int argc, char **argv)
+{
+    s_verify_args_t args = {.persist = true, .wait = true};
+    int status;
+    if (s_parse_command(argc, argv, &args, &status) != 0) {
+        free(args.models.items);
+        return status;
+    }
+    char *job_id = NULL;
+    int rc = pmclient_verify_models(ctx->client, args.provider, args.models.items,
+                                    args.models.count ? (long)args.models.count : -1,
+                                    args.include_invalid, args.persist, &job_id);
+    free(args.models.items);
+    if (rc != 0)
+        return s_fail(ctx);
+    return s_follow_job(ctx, job_id, args.wait);
+}
+
 static int s_set_count(void *target, const s_option_t *option, const char *command,
                        const char *value, int *status)
 {
@@ -1389,6 +1614,67 @@ static int s_set_count(void *target, const s_option_t *option, const char *comma
         return -1;
     }
     return 0;
+}
+
+/* A providers event: "state_version N: key, key"; a models event: one line per change,
+ * "status_version N: provider/model: from -> to" ("-" for a model not known before). */
+static void s_print_event(const pm_event_t *event)
+{
+    if (event->kind == PMCLIENT_EVENT_CHANGED) {
+        printf("state_version %lld:", (long long)event->state_version);
+        for (size_t i = 0; i < event->keys->count; i++) {
+            fputs(i ? ", " : " ", stdout);
+            s_put(stdout, event->keys->items[i]);
+        }
+        fputc('\n', stdout);
+        return;
+    }
+    if (event->change_count == 0) {
+        printf("status_version %llu: ", (unsigned long long)event->status_version);
+        s_put(stdout, event->provider);
+        fputc('\n', stdout);
+    }
+    for (size_t i = 0; i < event->change_count; i++) {
+        const pm_model_change_t *change = &event->changes[i];
+        printf("status_version %llu: ", (unsigned long long)event->status_version);
+        s_put(stdout, event->provider);
+        fputc('/', stdout);
+        s_put(stdout, change->model);
+        fputs(": ", stdout);
+        s_put(stdout, change->from ? change->from : "-");
+        fputs(" -> ", stdout);
+        s_put(stdout, change->to);
+        fputc('\n', stdout);
+    }
+}
+
+/* The event as one line of JSON, in the service's shape. */
+static void s_print_event_json(const pm_event_t *event)
+{
+    json_t *json = NULL;
+    if (event->kind == PMCLIENT_EVENT_CHANGED) {
+        json_t *keys = json_array();
+        for (size_t i = 0; keys && i < event->keys->count; i++)
+            json_array_append_new(keys, json_string(event->keys->items[i]));
+        json = json_pack("{s:s, s:I, s:o}", "event", "changed", "state_version",
+                         (json_int_t)event->state_version, "providers", keys);
+    } else {
+        json_t *changes = json_array();
+        for (size_t i = 0; changes && i < event->change_count; i++) {
+            const pm_model_change_t *c = &event->changes[i];
+            json_array_append_new(changes, json_pack("{s:s, s:o, s:s}", "model", c->model, "from",
+                                                     c->from ? json_string(c->from) : json_null(),
+                                                     "to", c->to));
+        }
+        json = json_pack("{s:s, s:I, s:s, s:o}", "event", "models_changed", "status_version",
+                         (json_int_t)event->status_version, "provider", event->provider, "changes",
+                         changes);
+    }
+    if (json && json_dumpf(json, stdout, JSON_COMPACT) == 0)
+        fputc('\n', stdout);
+    else
+        fputs("pmctl: cannot render the event as JSON\n", stderr);
+    json_decref(json);
 }
 
 static const s_option_t s_watch_options[] = {
@@ -1425,9 +1711,8 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
     long seen = 0;
     status = EXIT_OK;
     while (!s_interrupted && (count == 0 || seen < count)) {
-        int64_t state_version = 0;
-        pm_strings_t *keys = NULL;
-        int rc = pmclient_events_next(events, S_WATCH_POLL_MS, &state_version, &keys);
+        pm_event_t *event = NULL;
+        int rc = pmclient_events_recv(events, S_WATCH_POLL_MS, &event);
         if (rc < 0) {
             fprintf(stderr, "pmctl: transport: cannot receive events: %s\n", strerror(errno));
             status = EXIT_UNREACHABLE;
@@ -1436,27 +1721,12 @@ static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
         if (rc == 0)
             continue;
         seen++;
-        if (ctx->json) {
-            json_t *keys_json = json_array();
-            for (size_t i = 0; keys_json && i < keys->count; i++)
-                json_array_append_new(keys_json, json_string(keys->items[i]));
-            json_t *event = json_pack("{s:s, s:I, s:o}", "event", "changed", "state_version",
-                                      (json_int_t)state_version, "providers", keys_json);
-            if (event) {
-                json_dumpf(event, stdout, JSON_COMPACT);
-                fputc('\n', stdout);
-            }
-            json_decref(event);
-        } else {
-            printf("state_version %lld:", (long long)state_version);
-            for (size_t i = 0; i < keys->count; i++) {
-                fputs(i ? ", " : " ", stdout);
-                s_put(stdout, keys->items[i]);
-            }
-            fputc('\n', stdout);
-        }
+        if (ctx->json)
+            s_print_event_json(event);
+        else
+            s_print_event(event);
         fflush(stdout);
-        pm_strings_free(&keys);
+        pm_event_free(&event);
     }
     pmclient_events_destroy(&events);
     return status;
@@ -1486,8 +1756,8 @@ static int s_cmd_help(s_ctx_t *ctx, int argc, char **argv);
 
 static const s_command_t s_commands[] = {
     {"health", s_cmd_health, "", 0, NULL, "Show the service's health and counters.", NULL, true},
-    {"providers", s_cmd_providers, "", 0, NULL, "List the providers (API keys masked).", NULL,
-     true},
+    {"providers", s_cmd_providers, "", 0, NULL,
+     "List the providers (API keys masked) and their status.", NULL, true},
     {"provider", s_cmd_provider, "NAME", 1, NULL, "Show one provider (getitem).", NULL, true},
     {"models", s_cmd_models, "", 0, s_models_options,
      "List the available models (long names), of all providers or of one.", NULL, true},
@@ -1502,7 +1772,16 @@ static const s_command_t s_commands[] = {
      "Discover and validate models, showing progress until the job ends.\n"
      "Exit status 0 when the job succeeded, 1 when it failed.",
      NULL, true},
-    {"job", s_cmd_job, "ID", 1, NULL, "Show a discovery job's state.", NULL, true},
+    {"job", s_cmd_job, "ID", 1, NULL, "Show a discovery or verification job's state.", NULL, true},
+    {"status", s_cmd_status, "", 0, s_status_options,
+     "Show the status of the models: state, last success, latency, failures, context.",
+     "  Times are relative to now (\"3m ago\"); \"-\" means never or unknown. --json prints\n"
+     "  the records with every field, times as unix seconds.\n",
+     true},
+    {"verify", s_cmd_verify, "", 0, s_verify_options,
+     "Re-list and probe models now, showing progress until the job ends.\n"
+     "Exit status 0 when the job succeeded, 1 when it failed.",
+     NULL, true},
     {"persist", s_cmd_persist, "", 0, NULL, "Write the providers file now.", NULL, true},
     {"set-provider", s_cmd_set_provider, "KEY", 1, s_set_provider_options,
      "Create or update a provider.\n"
@@ -1513,7 +1792,10 @@ static const s_command_t s_commands[] = {
     {"alias", s_cmd_alias, "PROVIDER LONG SHORT", 3, NULL,
      "Set the short name of a provider's model.", NULL, true},
     {"watch", s_cmd_watch, "", 0, s_watch_options,
-     "Print change events until interrupted (Ctrl-C).", NULL, false},
+     "Print change events until interrupted (Ctrl-C).",
+     "  Provider changes print \"state_version N: KEY, ...\"; model status changes print one\n"
+     "  line per model, \"status_version N: PROVIDER/MODEL: FROM -> TO\" (FROM \"-\": new).\n",
+     false},
     {"keygen", s_cmd_keygen, "DIR", 1, s_keygen_options,
      "Write a CURVE key pair (DIR/NAME.key and DIR/NAME.pub).\n"
      "NAME.key holds the secret and the public key (mode 0600), NAME.pub the public key.\n"
@@ -1693,7 +1975,8 @@ int main(int argc, char **argv)
     memset(&action, 0, sizeof action);
     action.sa_handler = s_on_signal;
     sigemptyset(&action.sa_mask);
-    if (strcmp(command->name, "watch") == 0 || strcmp(command->name, "discover") == 0) {
+    if (strcmp(command->name, "watch") == 0 || strcmp(command->name, "discover") == 0 ||
+        strcmp(command->name, "verify") == 0) {
         if (sigaction(SIGINT, &action, NULL) != 0 || sigaction(SIGTERM, &action, NULL) != 0) {
             perror("pmctl: sigaction");
             return EXIT_FAILED;

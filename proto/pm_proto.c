@@ -608,6 +608,127 @@ static int s_unpack(msgpack_unpacked *unpacked, const void *data, size_t size, c
     return 0;
 }
 
+/* ------------------------------------------------------------------- id of a bad request */
+
+/* The object at bytes[0], read for its structure only: its size field when it has one (bin and
+ * ext included, which the precheck refuses but whose extent is still well defined). Sets
+ * *header (format byte, size field, ext type byte), *payload (bytes after the header) and
+ * *children (objects nested directly in it). -1 for 0xc1 or a header past the end. */
+static int s_extent(const unsigned char *bytes, size_t left, size_t *header, uint64_t *payload,
+                    uint64_t *children)
+{
+    unsigned b = bytes[0];
+    s_header_t h = s_classify(b);
+    int length_bytes = h.length_bytes;
+    size_t extra = 0; /* the ext type byte */
+    uint64_t fixed = 0;
+    if (h.kind == S_KIND_NEVER_USED)
+        return -1;
+    if (h.kind == S_KIND_BIN) {
+        length_bytes = b == 0xc4 ? 1 : b == 0xc5 ? 2 : 4;
+    } else if (h.kind == S_KIND_EXT) {
+        extra = 1;
+        if (b >= 0xd4) /* fixext 1, 2, 4, 8, 16 */
+            fixed = (uint64_t)1 << (b - 0xd4);
+        else
+            length_bytes = b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4;
+    }
+    size_t header_len = h.kind == S_KIND_SCALAR ? h.header_len : 1 + (size_t)length_bytes + extra;
+    if (header_len > left)
+        return -1;
+    uint32_t length = h.length;
+    if (length_bytes == 1)
+        length = bytes[1];
+    else if (length_bytes == 2)
+        length = s_be16(bytes + 1);
+    else if (length_bytes == 4)
+        length = s_be32(bytes + 1);
+    *header = header_len;
+    *payload = 0;
+    *children = 0;
+    if (h.kind == S_KIND_STR || h.kind == S_KIND_BIN)
+        *payload = length;
+    else if (h.kind == S_KIND_EXT)
+        *payload = fixed ? fixed : length;
+    else if (h.kind == S_KIND_ARRAY)
+        *children = length;
+    else if (h.kind == S_KIND_MAP)
+        *children = 2 * (uint64_t)length;
+    return 0;
+}
+
+/* Moves *pos past one whole object, by structure alone. No stack: a count of the objects still
+ * to read, which can never exceed the bytes left (every object takes one), so any depth is
+ * walked in linear time. 0, or -1 when the object runs past the end. */
+static int s_skip_object(const unsigned char *bytes, size_t size, size_t *pos)
+{
+    uint64_t pending = 1;
+    size_t at = *pos;
+    while (pending > 0) {
+        size_t header;
+        uint64_t payload, children;
+        if (at >= size || s_extent(bytes + at, size - at, &header, &payload, &children) < 0)
+            return -1;
+        size_t left = size - at - header;
+        if (payload > left || children > left)
+            return -1;
+        at += header + (size_t)payload;
+        pending = pending - 1 + children;
+        if (pending > size - at)
+            return -1;
+    }
+    *pos = at;
+    return 0;
+}
+
+/* True when [bytes, bytes+len) is exactly the str "id", in any of the str formats. */
+static bool s_is_id_key(const unsigned char *bytes, size_t len)
+{
+    size_t header;
+    uint64_t payload, children;
+    if (s_classify(bytes[0]).kind != S_KIND_STR ||
+        s_extent(bytes, len, &header, &payload, &children) < 0)
+        return false;
+    return payload == 2 && header + 2 == len && memcmp(bytes + header, "id", 2) == 0;
+}
+
+/* A request that breaks an encoding rule somewhere (a bin or invalid UTF-8 inside args) still
+ * gets its id back when the envelope can be read: the top-level map is whole (every entry's
+ * extent is within the data, nothing trails it) and its first "id" value passes the precheck
+ * on its own. Then req->id is that value, decoded alone; otherwise it stays NULL. */
+static void s_salvage_id(pm_request_t *req, const unsigned char *bytes, size_t size)
+{
+    size_t header, pos;
+    uint64_t payload, children;
+    if (size == 0 || s_classify(bytes[0]).kind != S_KIND_MAP ||
+        s_extent(bytes, size, &header, &payload, &children) < 0)
+        return;
+    pos = header;
+    size_t id_start = 0, id_end = 0;
+    for (uint64_t i = 0; i < children / 2; i++) {
+        size_t key = pos;
+        if (s_skip_object(bytes, size, &pos) < 0)
+            return;
+        size_t value = pos;
+        if (s_skip_object(bytes, size, &pos) < 0)
+            return;
+        if (id_end == 0 && s_is_id_key(bytes + key, value - key)) {
+            id_start = value; /* the first "id" wins, as everywhere in the envelope */
+            id_end = pos;
+        }
+    }
+    char detail[160];
+    if (pos != size || id_end == 0 ||
+        pm_proto_precheck(bytes + id_start, id_end - id_start, PM_PROTO_MAX_DEPTH - 1, detail,
+                          sizeof detail) != 0)
+        return;
+    size_t offset = 0;
+    if (msgpack_unpack_next(&req->unpacked, (const char *)bytes + id_start, id_end - id_start,
+                            &offset) == MSGPACK_UNPACK_SUCCESS &&
+        offset == id_end - id_start)
+        req->id = &req->unpacked.data;
+}
+
 pm_error_t pm_request_decode(pm_request_t *req, const void *data, size_t size, char *err,
                              size_t err_size)
 {
@@ -626,6 +747,7 @@ pm_error_t pm_request_decode(pm_request_t *req, const void *data, size_t size, c
     }
     if (pm_proto_precheck(data, size, PM_PROTO_MAX_DEPTH, detail, sizeof detail) != 0) {
         s_set_err(err, err_size, "request is not valid msgpack: %s", detail);
+        s_salvage_id(req, data, size);
         return PM_ERR_BAD_REQUEST;
     }
     if (s_unpack(&req->unpacked, data, size, "request", &code, err, err_size) != 0)

@@ -20,6 +20,7 @@
 #include <stddef.h>
 
 #define PM_PROTO_VERSION 1
+#define PM_PROTO_VERSION_TEXT "1.1"             /* health.protocol: v1 plus the additive v1.1 */
 #define PM_PROTO_MAX_MESSAGE_SIZE (1024 * 1024) /* ZMQ_MAXMSGSIZE on both sides */
 #define PM_PROTO_MAX_DEPTH 16                   /* containers nested in a request */
 #define PM_PROTO_EVENTS_TOPIC "providers"
@@ -128,13 +129,14 @@ typedef struct {
 } pm_request_t;
 
 /* Decodes and checks the envelope: a map with a str "op", an optional map "args", an optional
- * "id" of any type. Returns PM_OK; PM_ERR_BAD_REQUEST (then req->id is NULL when the id could
- * not be read, i.e. the bytes are not a valid msgpack map; it is set whenever the map has an
- * "id" key); PM_ERR_UNKNOWN_OP (req->id is set when present); PM_ERR_INTERNAL only when
- * memory ran out. The message goes in err.
- * req need not be initialised; it is overwritten (clear a previous request first). Whatever
- * the result, call pm_request_clear() afterwards. Duplicate keys: the first one wins; keys
- * that are not strings are ignored; other top-level keys are ignored. */
+ * "id" of any type. Returns PM_OK; PM_ERR_BAD_REQUEST (then req->id is set whenever the map has
+ * an "id" key that can be read: also when the bytes break an encoding rule elsewhere, e.g. a
+ * bin inside args, as long as the top-level map is whole and the id value is well-formed on
+ * its own; NULL when the envelope cannot be read); PM_ERR_UNKNOWN_OP (req->id is set when present);
+ * PM_ERR_INTERNAL only when memory ran out. The message goes in err. req need not be initialised;
+ * it is overwritten (clear a previous request first). Whatever the result, call pm_request_clear()
+ * afterwards. Duplicate keys: the first one wins; keys that are not strings are ignored; other
+ * top-level keys are ignored. */
 pm_error_t pm_request_decode(pm_request_t *req, const void *data, size_t size, char *err,
                              size_t err_size);
 /* Frees what a decode allocated and resets req. Safe twice, and on a zeroed struct. */

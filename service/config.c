@@ -27,7 +27,7 @@
 #include <strings.h>
 
 #ifndef PM_VERSION
-#define PM_VERSION "unknown"
+#error "PM_VERSION comes from CMake project(VERSION): build with CMake"
 #endif
 
 #ifndef PATH_MAX
@@ -174,6 +174,10 @@ static const s_discovery_key_t s_discovery_keys[] = {
     {"verify_interval_minutes", offsetof(config_discovery_t, verify_interval_minutes),
      S_KIND_DOUBLE, 0, 525600,
      "verify (probe) models every N minutes, fractions allowed, 0 = off (default 0)"},
+    {"fail_threshold", offsetof(config_discovery_t, fail_threshold), S_KIND_INT, 1, 1000000,
+     "consecutive definitive probe failures that make a model failing (default 3)"},
+    {"gone_threshold", offsetof(config_discovery_t, gone_threshold), S_KIND_INT, 1, 1000000,
+     "consecutive successful lists without a model that make it gone (default 2)"},
     {"list_max_bytes", offsetof(config_discovery_t, list_max_bytes), S_KIND_LONG, 1024, 1073741824,
      "largest model list response accepted (default 16777216)"},
     {"probe_max_bytes", offsetof(config_discovery_t, probe_max_bytes), S_KIND_LONG, 1024, 67108864,
@@ -193,6 +197,9 @@ static void s_discovery_defaults(config_discovery_t *discovery)
     discovery->on_start = false;
     discovery->list_interval_minutes = 60;
     discovery->verify_interval_minutes = 0;
+    discovery->fail_threshold = 3;
+    discovery->gone_threshold = 2;
+    discovery->prune = CONFIG_PRUNE_NONE;
     discovery->list_max_bytes = 16L * 1024 * 1024;
     discovery->probe_max_bytes = 64L * 1024;
 }
@@ -270,7 +277,7 @@ static const s_option_t s_options[OPT_COUNT] = {
          "PUB endpoint of change events (default " CONFIG_DEFAULT_EVENTS_ENDPOINT ")"},
     [OPT_DATA_DIR] = {"data-dir", "DIR", "PM_DATA_DIR",
                       "directory of " STORE_FILE_NAME " (default " CONFIG_DEFAULT_DATA_DIR ")"},
-    [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "request workers, 1 to 64 (default 4)"},
+    [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "discovery worker threads, 1 to 64 (default 4)"},
     [OPT_LOG_LEVEL] = {"log-level", "LEVEL", "PM_LOG_LEVEL",
                        "error, warn, info or debug (default info)"},
     [OPT_CURVE_SECRET_KEY_FILE] = {"curve-secret-key-file", "FILE", "PM_CURVE_SECRET_KEY_FILE",
@@ -524,6 +531,119 @@ static const yaml_node_t *s_file_section(s_file_t *file, const yaml_node_t *node
     return node;
 }
 
+static void s_ignore_clear(config_ignore_t *ignore)
+{
+    for (size_t i = 0; i < ignore->count; i++)
+        free(ignore->patterns[i]);
+    free(ignore->patterns);
+    free(ignore->provider);
+    memset(ignore, 0, sizeof *ignore);
+}
+
+/* discovery.prune: none | gone | failing_and_gone. */
+static int s_file_prune(s_file_t *file, config_t *cfg, const yaml_node_t *node)
+{
+    static const char *const names[] = {"none", "gone", "failing_and_gone"};
+    if (node->type == YAML_SCALAR_NODE && !s_is_null(node)) {
+        for (int i = 0; i < 3; i++) {
+            if (strcmp((const char *)node->data.scalar.value, names[i]) == 0) {
+                cfg->discovery.prune = i;
+                return 0;
+            }
+        }
+    }
+    s_file_error(file, node, "discovery.prune must be none, gone or failing_and_gone");
+    return -1;
+}
+
+/* An ignore list: a sequence of non-empty glob strings (null = empty). Replaces *out. */
+static int s_file_ignore(s_file_t *file, const yaml_node_t *node, const char *what,
+                         config_ignore_t *out)
+{
+    char *provider = out->provider;
+    out->provider = NULL;
+    s_ignore_clear(out);
+    out->provider = provider;
+    if (s_is_null(node))
+        return 0;
+    if (node->type != YAML_SEQUENCE_NODE) {
+        s_file_error(file, node, "%s must be a list of glob patterns", what);
+        return -1;
+    }
+    size_t count = (size_t)(node->data.sequence.items.top - node->data.sequence.items.start);
+    if (count > CONFIG_MAX_IGNORE_PATTERNS) {
+        s_file_error(file, node, "%s has more than %d patterns", what, CONFIG_MAX_IGNORE_PATTERNS);
+        return -1;
+    }
+    out->patterns = calloc(count + 1, sizeof *out->patterns);
+    if (!out->patterns) {
+        s_set_error(file->err, file->err_size, "out of memory");
+        return -1;
+    }
+    for (yaml_node_item_t *item = node->data.sequence.items.start;
+         item < node->data.sequence.items.top; item++) {
+        const yaml_node_t *entry = yaml_document_get_node(file->doc, *item);
+        if (!entry || entry->type != YAML_SCALAR_NODE || s_is_null(entry) ||
+            entry->data.scalar.length == 0 ||
+            entry->data.scalar.length > CONFIG_MAX_IGNORE_PATTERN_LEN) {
+            s_file_error(file, entry ? entry : node,
+                         "%s entries must be glob patterns of 1 to %d bytes", what,
+                         CONFIG_MAX_IGNORE_PATTERN_LEN);
+            return -1;
+        }
+        out->patterns[out->count] = strdup((const char *)entry->data.scalar.value);
+        if (!out->patterns[out->count]) {
+            s_set_error(file->err, file->err_size, "out of memory");
+            return -1;
+        }
+        out->count++;
+    }
+    return 0;
+}
+
+/* providers.<key>.ignore: read here (the store layer skips the key), one list per provider. */
+static int s_file_provider_ignores(s_file_t *file, config_t *cfg, const yaml_node_t *value)
+{
+    if (s_is_null(value) || value->type != YAML_MAPPING_NODE)
+        return 0; /* store_parse_providers reports the shape */
+    for (yaml_node_pair_t *pair = value->data.mapping.pairs.start;
+         pair < value->data.mapping.pairs.top; pair++) {
+        const yaml_node_t *key = yaml_document_get_node(file->doc, pair->key);
+        const yaml_node_t *provider = yaml_document_get_node(file->doc, pair->value);
+        if (!key || key->type != YAML_SCALAR_NODE || !provider ||
+            provider->type != YAML_MAPPING_NODE)
+            continue;
+        for (yaml_node_pair_t *field = provider->data.mapping.pairs.start;
+             field < provider->data.mapping.pairs.top; field++) {
+            const yaml_node_t *name = yaml_document_get_node(file->doc, field->key);
+            if (!name || name->type != YAML_SCALAR_NODE ||
+                strcmp((const char *)name->data.scalar.value, "ignore") != 0)
+                continue;
+            config_ignore_t *grown =
+                realloc(cfg->provider_ignore, (cfg->provider_ignore_count + 1) * sizeof *grown);
+            if (!grown) {
+                s_set_error(file->err, file->err_size, "out of memory");
+                return -1;
+            }
+            cfg->provider_ignore = grown;
+            config_ignore_t *entry = &cfg->provider_ignore[cfg->provider_ignore_count++];
+            memset(entry, 0, sizeof *entry);
+            entry->provider = strdup((const char *)key->data.scalar.value);
+            if (!entry->provider) {
+                s_set_error(file->err, file->err_size, "out of memory");
+                return -1;
+            }
+            char what[128];
+            snprintf(what, sizeof what, "providers.%.64s.ignore",
+                     (const char *)key->data.scalar.value);
+            if (s_file_ignore(file, yaml_document_get_node(file->doc, field->value), what, entry) !=
+                0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 static int s_file_discovery(s_file_t *file, config_t *cfg, const yaml_node_t *value)
 {
     bool failed;
@@ -537,6 +657,16 @@ static int s_file_discovery(s_file_t *file, config_t *cfg, const yaml_node_t *va
         if (s_file_check_key(file, section, pair, key) != 0)
             return -1;
         const char *name = (const char *)key->data.scalar.value;
+        if (strcmp(name, "prune") == 0) {
+            if (s_file_prune(file, cfg, node) != 0)
+                return -1;
+            continue;
+        }
+        if (strcmp(name, "ignore") == 0) {
+            if (s_file_ignore(file, node, "discovery.ignore", &cfg->ignore) != 0)
+                return -1;
+            continue;
+        }
         const s_discovery_key_t *known = NULL;
         for (size_t i = 0; i < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; i++) {
             if (strcmp(s_discovery_keys[i].key, name) == 0)
@@ -690,7 +820,8 @@ static int s_load_file(config_t *cfg, const char *path, char *err, size_t err_si
         } else if (strcmp(name, "providers") == 0) {
             /* The duplicate-key check above guarantees overrides is still empty here. */
             if (store_parse_providers(path, &doc, (void *)value, &cfg->overrides, s_stderr_warn,
-                                      NULL, err, err_size) != 0)
+                                      NULL, err, err_size) != 0 ||
+                s_file_provider_ignores(&file, cfg, value) != 0)
                 goto cleanup;
         } else {
             s_file_warn_unknown(&file, key, "");
@@ -718,6 +849,8 @@ static const struct {
 } s_discovery_env[] = {
     {"PM_DISCOVERY_LIST_INTERVAL_MINUTES", "list_interval_minutes"},
     {"PM_DISCOVERY_VERIFY_INTERVAL_MINUTES", "verify_interval_minutes"},
+    {"PM_DISCOVERY_FAIL_THRESHOLD", "fail_threshold"},
+    {"PM_DISCOVERY_GONE_THRESHOLD", "gone_threshold"},
 };
 
 static int s_apply_discovery_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err,
@@ -907,6 +1040,10 @@ void config_clear(config_t *cfg)
     free(cfg->curve_secret_key_file);
     free(cfg->curve_clients_dir);
     store_layer_clear(&cfg->overrides);
+    s_ignore_clear(&cfg->ignore);
+    for (size_t i = 0; i < cfg->provider_ignore_count; i++)
+        s_ignore_clear(&cfg->provider_ignore[i]);
+    free(cfg->provider_ignore);
     memset(cfg, 0, sizeof *cfg);
 }
 

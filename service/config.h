@@ -43,7 +43,27 @@ typedef struct {
      * job that probes nothing; default 60) and verification (probes cost money; default 0). */
     double list_interval_minutes;
     double verify_interval_minutes;
+
+    /* v1.1 model status: consecutive definitive probe failures that make a model failing
+     * (default 3), consecutive successful lists without it that make it gone (default 2),
+     * and what leaves valid_models (CONFIG_PRUNE_*, default none). */
+    int fail_threshold;
+    int gone_threshold;
+    int prune;
 } config_discovery_t;
+
+#define CONFIG_PRUNE_NONE 0
+#define CONFIG_PRUNE_GONE 1
+#define CONFIG_PRUNE_FAILING_AND_GONE 2
+#define CONFIG_MAX_IGNORE_PATTERNS 1024 /* per list: discovery.ignore, providers.<key>.ignore */
+#define CONFIG_MAX_IGNORE_PATTERN_LEN 1024
+
+/* Ignore globs (shell patterns on the long name): never probed, never counted. */
+typedef struct {
+    char *provider; /* NULL: the global list (discovery.ignore) */
+    size_t count;
+    char **patterns;
+} config_ignore_t;
 
 typedef struct {
     char *config_path; /* NULL when none */
@@ -54,11 +74,14 @@ typedef struct {
     log_level_t log_level;
     config_discovery_t discovery;
     /* Security (CURVE): all NULL when off. */
-    char *curve_secret_key_file; /* server secret key file (z85, see pmctl keygen) */
-    char *curve_clients_dir;     /* directory of allowed client public key files */
-    bool allow_insecure;         /* bind non-loopback tcp without CURVE */
-    store_layer_t overrides;     /* the config file's providers: section */
-    bool usage_error;            /* set by a failed config_load: a command-line usage error */
+    char *curve_secret_key_file;  /* server secret key file (z85, see pmctl keygen) */
+    char *curve_clients_dir;      /* directory of allowed client public key files */
+    bool allow_insecure;          /* bind non-loopback tcp without CURVE */
+    store_layer_t overrides;      /* the config file's providers: section */
+    config_ignore_t ignore;       /* discovery.ignore */
+    size_t provider_ignore_count; /* providers.<key>.ignore, one entry per provider */
+    config_ignore_t *provider_ignore;
+    bool usage_error; /* set by a failed config_load: a command-line usage error */
 } config_t;
 
 /* Fills cfg from defaults, file, environment and argv (in that precedence). getenv_fn lets

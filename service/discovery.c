@@ -1074,13 +1074,10 @@ static void s_on_result(discovery_t *self, const registry_t *current, discovery_
             break;
         case DISCOVERY_RESULT_ERROR:
             task->model_states[index] = MODEL_UNDECIDED;
-            if (result->verdict == DISCOVERY_VERDICT_AUTH_ERROR) {
-                /* The key was refused: the provider's part is an error, no model changes. */
-                s_task_fail(self, task, result->error);
-                return;
-            }
-            /* Transient (retries exhausted) or another error: no verdict on the model, and
-             * not the job's failure (reading 6). */
+            /* Auth (401/403: the provider becomes auth_failed, no model changes; a 403 is
+             * often one model the key may not use, so the other probes go on), transient
+             * (retries exhausted) or another error: no verdict on the model, and not the
+             * job's failure (reading 6: only a failed list fails a verify job). */
             if (result->verdict == DISCOVERY_VERDICT_TRANSIENT)
                 task->transient++;
             break;

@@ -25,7 +25,7 @@
 #include <zmq.h>
 
 #ifndef PM_VERSION
-#define PM_VERSION "0.0.0"
+#error "PM_VERSION comes from CMake project(VERSION): build with CMake"
 #endif
 
 #define WORKER_USER_AGENT "provider-manager/" PM_VERSION

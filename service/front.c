@@ -38,6 +38,7 @@ struct front_t {
     packed_t *packed; /* open addressing by provider pointer; capacity a power of two */
     size_t packed_capacity;
     msgpack_sbuffer reply;
+    size_t max_reply; /* PM_PROTO_MAX_REPLY_SIZE; lowered by tests */
     struct timespec started;
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
@@ -360,7 +361,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 7);
+    msgpack_pack_map(r->pk, 9);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -375,6 +376,11 @@ static void s_op_health(front_t *self, read_t *r)
     msgpack_pack_double(r->pk, uptime);
     pm_pack_str(r->pk, "jobs_running");
     msgpack_pack_int(r->pk, self->snapshot->jobs_running);
+    /* v1.1 (additive; v1 callers ignore unknown keys). */
+    pm_pack_str(r->pk, "protocol");
+    pm_pack_str(r->pk, PM_PROTO_VERSION_TEXT);
+    pm_pack_str(r->pk, "status_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->status_version);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
@@ -433,6 +439,23 @@ static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_pack
 
 /* ------------------------------------------------------------------------ socket loop */
 
+/* A read reply larger than the reply limit is never sent: no client could receive it (their
+ * ZMQ_MAXMSGSIZE is that limit, and a too-large message only drops the connection), so the
+ * caller gets `internal` saying why instead. */
+static void s_refuse_large_reply(front_t *self, msgpack_packer *pk, const msgpack_object *id)
+{
+    size_t size = self->reply.size;
+    char limit[48], message[128];
+    if (self->max_reply % (1024 * 1024) == 0)
+        snprintf(limit, sizeof limit, "%zu MiB", self->max_reply / (1024 * 1024));
+    else
+        snprintf(limit, sizeof limit, "%zu-byte", self->max_reply);
+    snprintf(message, sizeof message, "Reply of %zu bytes exceeds the %s reply limit", size, limit);
+    log_warn("front: %s", message);
+    self->reply.size = 0;
+    pm_reply_error(pk, id, PM_ERR_INTERNAL, message);
+}
+
 /* Sends the routing frames (up to and including the delimiter), then body. */
 static int s_send_reply(front_t *self, size_t envelope, const void *body, size_t size)
 {
@@ -457,8 +480,9 @@ static int s_forward_write(front_t *self, size_t count)
 }
 
 /* One message from a client: all frames are received before any reply is sent. Returns false
- * when none was waiting (the burst in front_run ends there). */
-static bool s_handle_client(front_t *self)
+ * when none was waiting (the burst in front_run ends there); sets *wrote when it handed a
+ * write to the writer (a send on the pipe, after which the pipe must be looked at again). */
+static bool s_handle_client(front_t *self, bool *wrote)
 {
     bool overflow;
     int received =
@@ -496,6 +520,7 @@ static bool s_handle_client(front_t *self)
             pm_reply_error(&pk, req.id, code, err);
         } else if (pm_op_is_write(req.op)) {
             pm_request_clear(&req);
+            *wrote = true;
             if (s_forward_write(self, count) < 0) {
                 log_error("front: cannot hand a write to the writer: %s", zmq_strerror(errno));
                 frames_close(self->frames, count);
@@ -503,6 +528,8 @@ static bool s_handle_client(front_t *self)
             return true; /* the frames now belong to the writer's message */
         } else {
             s_dispatch_read(self, &req, &pk);
+            if (self->reply.size > self->max_reply)
+                s_refuse_large_reply(self, &pk, req.id);
         }
         pm_request_clear(&req);
     }
@@ -518,14 +545,14 @@ static bool s_handle_client(front_t *self)
 }
 
 /* One message from the writer: a reply to route, a new snapshot, or the stop confirmation.
- * Returns 1 when the writer has stopped. */
+ * Returns 1 when the writer has stopped, -1 when no message was waiting, else 0. */
 static int s_handle_writer(front_t *self)
 {
     zmq_msg_t type;
     zmq_msg_init(&type);
     if (zmq_msg_recv(&type, self->pipe, ZMQ_DONTWAIT) < 0) {
         zmq_msg_close(&type);
-        return 0;
+        return -1;
     }
     char kind = zmq_msg_size(&type) == 1 ? *(const char *)zmq_msg_data(&type) : '?';
     bool more = zmq_msg_more(&type);
@@ -565,27 +592,80 @@ static void s_elapsed_ms(const struct timespec *since, long *ms)
     *ms = (now.tv_sec - since->tv_sec) * 1000L + (now.tv_nsec - since->tv_nsec) / 1000000L;
 }
 
+/* The wait of the request loop. zmq_poll costs, per call, a first non-blocking poll(2) and a
+ * ZMQ_EVENTS query per socket before it blocks (each query is a getpid and a poll(2) of the
+ * socket's mailbox), and the same queries again once it wakes: about six polls and four
+ * getpids per wake-up, paid by every request of a lone caller (issue 13). This loop polls the
+ * sockets' ZMQ_FD descriptors and the stop pipe itself, with one poll(2), and only when every
+ * socket it is responsible for is known to be empty.
+ *
+ * The rule that makes that safe: a ZMQ_FD only signals commands that arrive after the
+ * socket's mailbox was last drained, and a receive that fails with EAGAIN has just drained it
+ * (it is what a ZMQ_EVENTS query does). So a socket may be waited on through its ZMQ_FD once a
+ * non-blocking receive on it failed with EAGAIN and nothing was sent on it since: a send may
+ * process (and so consume) the very command that announced a new message. Hence the two
+ * "look again" flags below. */
+#define FRONT_BURST 64 /* messages from one side before the other side is looked at */
+
+/* Handles up to FRONT_BURST writer messages. Returns 1 when the writer has stopped, 0 when
+ * its pipe is empty, 2 when more may be waiting. *routed says a reply went to the router. */
+static int s_drain_writer(front_t *self, bool *routed)
+{
+    for (int i = 0; i < FRONT_BURST; i++) {
+        int rc = s_handle_writer(self);
+        if (rc == 1)
+            return 1;
+        if (rc < 0)
+            return 0;
+        *routed = true;
+    }
+    return 2;
+}
+
 int front_run(front_t *self, int stop_fd)
 {
-    zmq_pollitem_t items[3] = {{self->pipe, 0, ZMQ_POLLIN, 0},
-                               {NULL, stop_fd, ZMQ_POLLIN, 0},
-                               {self->router, 0, ZMQ_POLLIN, 0}};
+    int router_fd, pipe_fd;
+    size_t fd_size = sizeof router_fd;
+    if (zmq_getsockopt(self->router, ZMQ_FD, &router_fd, &fd_size) < 0 ||
+        (fd_size = sizeof pipe_fd, zmq_getsockopt(self->pipe, ZMQ_FD, &pipe_fd, &fd_size)) < 0) {
+        log_error("front: cannot get the sockets' descriptors: %s", zmq_strerror(errno));
+        return -1;
+    }
+    struct pollfd fds[3] = {{pipe_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}, {router_fd, POLLIN, 0}};
+    bool look_pipe = true, look_router = true; /* not known to be empty */
     for (;;) {
-        if (zmq_poll(items, 3, -1) < 0) {
+        /* The writer first: its snapshot must be current before the next read is answered. */
+        if (look_pipe) {
+            bool routed = false;
+            /* (a stop confirmation is only sent in answer to ours, after this loop) */
+            look_pipe = s_drain_writer(self, &routed) == 2;
+            if (routed)
+                look_router = true; /* the sends may have taken the router's wake-up */
+        }
+        if (look_router) {
+            bool wrote = false;
+            int served = 0;
+            while (served < FRONT_BURST && s_handle_client(self, &wrote))
+                served++;
+            look_router = served == FRONT_BURST;
+            if (wrote)
+                look_pipe = true;
+        }
+        /* Block only when both sockets are known to be empty; otherwise just look at the
+         * stop pipe (and pick up readiness) without waiting, so a flood cannot hide a stop. */
+        int rc = poll(fds, 3, look_pipe || look_router ? 0 : -1);
+        if (rc < 0) {
             if (errno == EINTR)
                 continue;
-            log_error("front: poll failed: %s", zmq_strerror(errno));
+            log_error("front: poll failed: %s", strerror(errno));
             return -1;
         }
-        if (items[0].revents & ZMQ_POLLIN)
-            s_handle_writer(self);
-        if (items[1].revents & ZMQ_POLLIN)
+        if (fds[1].revents & POLLIN)
             break;
-        /* Serve a bounded burst so that the writer's replies are never starved. */
-        for (int i = 0; i < 64 && (items[2].revents & ZMQ_POLLIN); i++) {
-            if (!s_handle_client(self))
-                break;
-        }
+        if (fds[0].revents)
+            look_pipe = true;
+        if (fds[2].revents)
+            look_router = true;
     }
 
     /* Stop taking requests; let the writer finish what it has and deliver its replies. */
@@ -622,6 +702,7 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         return NULL;
     }
     msgpack_sbuffer_init(&self->reply);
+    self->max_reply = PM_PROTO_MAX_REPLY_SIZE;
     clock_gettime(CLOCK_MONOTONIC, &self->started);
     int zero = 0, linger = FRONT_REPLY_LINGER_MS;
     int64_t max_size = PM_PROTO_MAX_MESSAGE_SIZE;
@@ -640,7 +721,7 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     }
     /* Connected only once the bind succeeded: the writer's PAIR takes one peer, and a peer
      * that connects and closes again races with the one that must then stop the writer
-     * (main.c, s_stop_writer), whose stop message would be lost and the daemon hang. */
+     * (writer_stop), whose stop message would be lost and the daemon hang. */
     self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
     if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
@@ -656,6 +737,11 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
 fail:
     front_destroy(&self);
     return NULL;
+}
+
+void front_set_max_reply(front_t *self, size_t max_bytes)
+{
+    self->max_reply = max_bytes;
 }
 
 void front_destroy(front_t **self_p)

@@ -4,7 +4,7 @@
  * A ROUTER socket on the request endpoint behaves exactly like REP to REQ clients (and to
  * DEALER clients that send the empty delimiter). Reads are answered at once from the current
  * immutable snapshot, in this thread: a read is microseconds of work, and a hop to another
- * thread would cost more than the work (see README, Benchmarks). Writes go to the writer
+ * thread would cost more than the work (see docs/benchmarks.md). Writes go to the writer
  * thread over inproc; their replies come back the same way and are routed to the caller, so a
  * slow write (a persist of a big registry) never stalls a read.
  */
@@ -27,6 +27,12 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
  * lets the writer finish the write in hand, delivers its replies and returns 0 (-1 on a
  * socket error). */
 int front_run(front_t *self, int stop_fd);
+
+/* Lowers the reply limit (PM_PROTO_MAX_REPLY_SIZE by default), so that a test can exercise
+ * the refusal of a too-large read reply without building a 64 MiB registry. Call it before
+ * front_run. A read whose reply would exceed the limit gets `internal`, "Reply of <n> bytes
+ * exceeds the 64 MiB reply limit", instead of the reply. */
+void front_set_max_reply(front_t *self, size_t max_bytes);
 
 void front_destroy(front_t **self_p);
 

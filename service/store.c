@@ -639,7 +639,9 @@ static int s_parse_provider(s_walk_t *walk, const yaml_node_t *value, provider_s
             return -1;
         int bit = s_field_bit(s_text(key));
         if (bit == 0) {
-            s_warn_unknown(walk, key);
+            /* ignore: the config file's per-provider ignore globs, read by config.c. */
+            if (strcmp(s_text(key), "ignore") != 0)
+                s_warn_unknown(walk, key);
             continue;
         }
         if (seen & bit) {

@@ -17,6 +17,8 @@
 #include "inproc.h"
 #include "log.h"
 #include "pm_proto.h"
+#include "status_keeper.h"
+#include "status_ops.h"
 #include "store.h"
 #include "wire.h"
 
@@ -55,7 +57,8 @@ struct writer_t {
     void *control_peer;
     void *pub; /* events PUB */
     discovery_t *discovery;
-    registry_t *current; /* sealed */
+    status_keeper_t *status; /* model status: its table, journal and discovery observer */
+    registry_t *current;     /* sealed */
     uint64_t state_version;
     int jobs_running_published;
     config_getenv_fn *getenv_fn;
@@ -112,6 +115,7 @@ snapshot_t *snapshot_new(registry_t *registry, uint64_t state_version, int jobs_
     self->registry = registry_ref(registry);
     self->state_version = state_version;
     self->jobs_running = jobs_running;
+    self->status_version = 0;
     return self;
 }
 
@@ -134,6 +138,7 @@ static int s_send_snapshot(writer_t *self)
         log_error("writer: out of memory publishing a snapshot");
         return -1;
     }
+    snap->status_version = status_keeper_version(self->status);
     WRITER_TSAN_RELEASE(snap);
     char type = WRITER_MSG_SNAPSHOT;
     if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0 ||
@@ -166,6 +171,28 @@ static void s_publish_event(writer_t *self, uint64_t version, const char *key)
         zmq_send(self->pub, buf.data, buf.size, 0) < 0)
         log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
     msgpack_sbuffer_destroy(&buf);
+}
+
+/* status_keeper's publisher: `models` events go out on the same PUB socket. */
+static void s_publish_raw(void *arg, const char *topic, const void *body, size_t size)
+{
+    writer_t *self = arg;
+    if (zmq_send(self->pub, topic, strlen(topic), ZMQ_SNDMORE) < 0 ||
+        zmq_send(self->pub, body, size, 0) < 0)
+        log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+}
+
+/* Commits model status after the registry changed (or a job part ended): sync, journal, then
+ * one `models` event per provider; health learns the new status_version by a snapshot. */
+static void s_commit_status(writer_t *self, const char *const *only, size_t only_count,
+                            bool send_snapshot)
+{
+    int rc = status_keeper_commit(self->status, self->current, s_now(), only, only_count,
+                                  s_publish_raw, self);
+    if (rc < 0)
+        log_error("writer: model status not committed (kept for the next commit)");
+    if (rc > 0 && send_snapshot)
+        s_send_snapshot(self);
 }
 
 static bool s_refuse_oversized(pending_t *item);
@@ -514,6 +541,18 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
     case PM_OP_JOB_STATUS:
         s_op_job_status(self, item, &pk);
         break;
+    case PM_OP_MODEL_STATUS:
+        status_ops_model_status(status_keeper_table(self->status), self->current, &item->request,
+                                &pk);
+        break;
+    case PM_OP_PROVIDER_STATUS:
+        status_ops_provider_status(status_keeper_table(self->status), self->current, &item->request,
+                                   &pk);
+        break;
+    case PM_OP_VERIFY_MODELS:
+        status_ops_verify_models(self->discovery, self->current, &item->request, NULL, s_now(),
+                                 &pk);
+        break;
     default:
         /* The front end answers reads itself; reaching here is a bug of ours. */
         pm_reply_error(&pk, item->id, PM_ERR_INTERNAL, "read operation sent to the writer");
@@ -521,14 +560,17 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
     }
 }
 
-/* Makes next current: state_version, snapshot, one event per change (keys in order). */
-static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count)
+/* Makes next current: state_version, model status (the batches of status_only, or every
+ * provider's when NULL), snapshot, one event per change (keys in order). */
+static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count,
+                           const char *const *status_only, size_t status_only_count)
 {
     registry_destroy(&self->current);
     self->current = *next_p;
     *next_p = NULL;
     uint64_t first = self->state_version + 1;
     self->state_version += key_count;
+    s_commit_status(self, status_only, status_only_count, false);
     s_send_snapshot(self);
     for (size_t i = 0; i < key_count; i++)
         s_publish_event(self, first + i, keys[i]);
@@ -596,7 +638,7 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
         }
     }
     if (ok && batch->next && key_count > 0)
-        s_make_current(self, &batch->next, keys, key_count);
+        s_make_current(self, &batch->next, keys, key_count, NULL, 0);
 }
 
 static void s_clear_batch(batch_t *batch)
@@ -676,16 +718,32 @@ static void s_handle_batch(writer_t *self)
     s_clear_batch(batch);
 }
 
+/* Adds key to keys unless it is there (one change per provider and job). */
+static void s_add_key(char **keys, size_t *count, char *key)
+{
+    for (size_t i = 0; i < *count; i++)
+        if (strcmp(keys[i], key) == 0)
+            return;
+    keys[(*count)++] = key;
+}
+
 static void s_handle_discovery(writer_t *self)
 {
     discovery_outcome_t outcome = {0};
+    status_keeper_set_registry(self->status, self->current);
     if (discovery_handle(self->discovery, self->current, s_now(), &outcome) < 0)
         log_error("writer: discovery socket error: %s", zmq_strerror(errno));
+    /* Providers whose part of a job ended in that call: their prune plans are applied now,
+     * in the same change as their discovery update. */
+    char **parts = NULL;
+    size_t part_count = 0;
+    status_keeper_take_parts(self->status, &parts, &part_count);
 
     registry_t *next = NULL;
-    char **keys = outcome.update_count ? calloc(outcome.update_count, sizeof(char *)) : NULL;
+    size_t slots = outcome.update_count + part_count;
+    char **keys = slots ? calloc(slots, sizeof(char *)) : NULL;
     size_t key_count = 0;
-    if (outcome.update_count && keys && (next = registry_clone(self->current))) {
+    if (slots && keys && (next = registry_clone(self->current))) {
         for (size_t i = 0; i < outcome.update_count; i++) {
             discovery_update_t *u = &outcome.updates[i];
             provider_t *p = registry_edit(next, u->provider_key);
@@ -699,22 +757,49 @@ static void s_handle_discovery(writer_t *self)
                 log_error("writer: out of memory applying discovery for %s", u->provider_key);
                 continue;
             }
-            keys[key_count++] = u->provider_key;
+            s_add_key(keys, &key_count, u->provider_key);
         }
-    } else if (outcome.update_count) {
+    } else if (slots) {
         log_error("writer: out of memory applying discovery results");
+    }
+    /* Prunes and returns: a ProviderConfig change that must be in the file when the job reads
+     * done, whatever the job's outcome (protocol v1.1, reading 8). */
+    bool prune_persist = false;
+    for (size_t i = 0; next && i < part_count; i++) {
+        int rc = status_keeper_apply_prune(self->status, next, parts[i]);
+        if (rc < 0)
+            log_error("writer: out of memory pruning %s", parts[i]);
+        if (rc > 0) {
+            s_add_key(keys, &key_count, parts[i]);
+            prune_persist = true;
+        }
     }
 
     char err[600] = "";
-    bool persist = outcome.persist_count > 0;
+    bool persist = outcome.persist_count > 0 || prune_persist;
     bool ok = true;
-    if (next || persist)
+    bool made_current = false;
+    if ((next && key_count) || persist)
         ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
-    if (next && key_count && registry_sealed(next))
-        s_make_current(self, &next, keys, key_count);
+    if (next && key_count && registry_sealed(next)) {
+        static const char *const no_part[1] = {NULL};
+        s_make_current(self, &next, keys, key_count, parts ? (const char *const *)parts : no_part,
+                       part_count);
+        made_current = true;
+    }
     registry_destroy(&next);
+    /* Status of the parts that changed no ProviderConfig: journalled and published before any
+     * job of them can read done (job_status is answered by this thread, after this). */
+    if (!made_current) {
+        /* No part ended: journal what changed, publish nothing (NULL would mean "all"). */
+        static const char *const no_part[1] = {NULL};
+        s_commit_status(self, parts ? (const char *const *)parts : no_part, part_count, true);
+    }
     for (size_t i = 0; i < outcome.persist_count; i++)
         discovery_job_persisted(self->discovery, outcome.persists[i].job_id, ok, ok ? NULL : err);
+    for (size_t i = 0; i < part_count; i++)
+        free(parts[i]);
+    free(parts);
     free(keys);
     discovery_outcome_clear(&outcome);
 }
@@ -758,6 +843,44 @@ static void *s_thread(void *arg)
 }
 
 /* ------------------------------------------------------------------------ life cycle */
+
+/* The status settings of cfg (thresholds, prune policy, ignore globs), borrowed from it. */
+static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t err_size)
+{
+    model_status_settings_t settings;
+    model_status_settings_init(&settings);
+    settings.fail_threshold = cfg->discovery.fail_threshold;
+    settings.gone_threshold = cfg->discovery.gone_threshold;
+    settings.prune = cfg->discovery.prune == CONFIG_PRUNE_FAILING_AND_GONE
+                         ? STATUS_PRUNE_FAILING_AND_GONE
+                     : cfg->discovery.prune == CONFIG_PRUNE_GONE ? STATUS_PRUNE_GONE
+                                                                 : STATUS_PRUNE_NONE;
+    settings.ignore = (const char *const *)cfg->ignore.patterns;
+    settings.ignore_count = cfg->ignore.count;
+    status_ignore_t *per_provider = cfg->provider_ignore_count
+                                        ? calloc(cfg->provider_ignore_count, sizeof *per_provider)
+                                        : NULL;
+    if (cfg->provider_ignore_count && !per_provider) {
+        snprintf(err, err_size, "out of memory");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->provider_ignore_count; i++) {
+        per_provider[i].provider = cfg->provider_ignore[i].provider;
+        per_provider[i].patterns = (const char *const *)cfg->provider_ignore[i].patterns;
+        per_provider[i].count = cfg->provider_ignore[i].count;
+    }
+    settings.provider_ignore = per_provider;
+    settings.provider_ignore_count = cfg->provider_ignore_count;
+    self->status =
+        status_keeper_new(cfg->data_dir, &settings, self->current, s_now(), err, err_size);
+    free(per_provider); /* the table copied the settings */
+    if (!self->status)
+        return -1;
+    discovery_observer_t observer;
+    status_keeper_observer(self->status, &observer);
+    discovery_set_observer(self->discovery, &observer);
+    return 0;
+}
 
 writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                      config_getenv_fn *getenv_fn, registry_t **registry_p, bool *bind_failed,
@@ -825,12 +948,17 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         goto fail;
     }
     self->current = *registry_p;
+    if (s_open_status(self, cfg, err, err_size) < 0) {
+        self->current = NULL;
+        goto fail;
+    }
     self->first = snapshot_new(self->current, 0, 0);
     if (!self->first) {
         self->current = NULL;
         snprintf(err, err_size, "out of memory");
         goto fail;
     }
+    self->first->status_version = status_keeper_version(self->status);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         self->current = NULL;
         snprintf(err, err_size, "cannot start the writer thread");
@@ -879,6 +1007,7 @@ void writer_destroy(writer_t **self_p)
     writer_t *self = *self_p;
     writer_stop(self);
     discovery_destroy(&self->discovery);
+    status_keeper_destroy(&self->status);
     if (self->pub)
         zmq_close(self->pub);
     if (self->pipe)

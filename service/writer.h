@@ -36,6 +36,7 @@ typedef struct {
     registry_t *registry; /* sealed, one reference owned by the snapshot */
     uint64_t state_version;
     int jobs_running;
+    uint64_t status_version; /* v1.1 model status (0 from snapshot_new; the writer sets it) */
 } snapshot_t;
 
 /* ThreadSanitizer (make tsan) cannot see the synchronisation inside libzmq, which is not

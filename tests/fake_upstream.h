@@ -206,6 +206,32 @@ static inline int fake_upstream_reset(const fake_upstream_t *fake)
     return rc;
 }
 
+/* Changes one scenario at run time without resetting any counter: body is the JSON of
+ * POST /_scenario ({"scenario": name, "models": [...], "set_behaviour": {model: B}, ...}, see
+ * fake_upstream.py). 0, or -1. */
+static inline int fake_upstream_update(const fake_upstream_t *fake, const char *body)
+{
+    json_t *reply = fake_upstream_call(fake, "/_scenario", body);
+    int rc = reply != NULL ? 0 : -1;
+    json_decref(reply);
+    return rc;
+}
+
+/* Clears the counters of one scenario only (the others keep theirs). 0, or -1. */
+static inline int fake_upstream_reset_scenario(const fake_upstream_t *fake, const char *name)
+{
+    json_t *body = json_pack("{s:s}", "scenario", name);
+    char *text = body ? json_dumps(body, JSON_COMPACT) : NULL;
+    json_decref(body);
+    if (text == NULL)
+        return -1;
+    json_t *reply = fake_upstream_call(fake, "/_reset", text);
+    free(text);
+    int rc = reply != NULL ? 0 : -1;
+    json_decref(reply);
+    return rc;
+}
+
 /* The statistics of one scenario (a new reference; an empty object when it saw nothing). */
 static inline json_t *fake_upstream_scenario(const fake_upstream_t *fake, const char *name)
 {

@@ -11,9 +11,17 @@ GET  /<scenario>/v1/models                 the model list ({"object": "list", "d
 POST /<scenario>/v1/chat/completions       a probe (a chat completion, finish_reason "length")
 
 Config (JSON):
-{"scenarios": {"<name>": {
-    "models": ["a", "b"]          model ids listed, or
+{"idle_timeout_s": S,             optional: close a keep-alive connection idle for S seconds
+ "scenarios": {"<name>": {
+    "models": ["a", {"id": "b", ...}]  model ids listed (a map is served as the entry), or
     "model_count": N              ids model-000 .. model-(N-1)
+    "meta": {"a": {...}}          extra fields of a model's /models entry (merged over the
+                                  default {"id", "object": "model", "owned_by": "fake"}), e.g.
+                                  OpenAI "created"/"owned_by", OpenRouter-like "context_length",
+                                  Groq-like "context_window", "max_completion_tokens", or any
+                                  unknown field
+    "behaviour": {"a": B}         how probes of model "a" are answered when no rule matches
+    "list_behaviour": B           how the model list is answered when no rule matches
     "latency_ms": 0               added to every request of the scenario
     "key": "good-key"             the bearer key expected (null = accept any); else 401
     "rules": [                    first matching rule with uses left answers instead
@@ -29,18 +37,45 @@ Config (JSON):
 In "json" and "body", the text {key} is replaced by the key the client sent (to check that
 the client never repeats it) and {model} by the requested model.
 
-Control endpoints:
-GET  /_stats   {"scenarios": {name: {"requests", "list", "probe": {model: n}, "max_inflight",
+A behaviour B is a name, or a map {"do": name, "retry_after": s, "delay_ms": d}:
+    "ok"              200 (the default)
+    "not_found"       404 {"error": {"code": "model_not_found", "message": "The model `a` does
+                      not exist ..."}} (on the list: 404 "not found")
+    "does_not_exist"  400 {"error": {"message": "The model `a` does not exist", ...}}
+    "unauthorized"    401 invalid_api_key          "forbidden"  403 permission denied
+    "rate_limited"    429 with Retry-After (retry_after, default 1)
+    "server_error"    500
+    "slow"            answers 200 after delay_ms; without delay_ms it never answers (the
+                      client times out; the fake notices the client closing and lets go)
+    "close"           closes the connection without an answer
+Rules (above) win over behaviours, so every existing config means what it meant.
+
+Control endpoints (they change nothing else and never need a restart):
+GET  /_stats   {"connections": n (TCP connections accepted: keep-alive reuse shows here),
+                "scenarios": {name: {"requests", "list", "probe": {model: n}, "max_inflight",
                 "inflight", "arrivals": {"list" | "probe:<model>": [monotonic seconds]},
-                "auth_failures", "user_agents": [...], "last_probe": {...}, "paths": {path: n}}}}
-POST /_reset   clears the statistics and the rules' use counters
+                "auth_failures", "user_agents": [...], "last_probe": {...}, "paths": {path: n},
+                "connections": n (TCP connections that carried this scenario's requests),
+                "answers": {"list" | "probe:<model>": {"<status>" | "close" | "hang": n}}}}}
+GET  /_counts  {"scenarios": {name: {"list": n, "probe": {model: n}, "requests": n}}}: the
+               per-provider list and per-model probe counters alone
+GET  /_config  the current config
+POST /_reset   clears the statistics and the rules' use counters; with a body
+               {"scenario": name} only that scenario's
 POST /_config  replaces the config (same JSON as above) and resets
+POST /_scenario {"scenario": name, <field>: value, ...}: changes one scenario at run time
+               (creates it when missing) WITHOUT resetting any counter. Each field given
+               replaces the scenario's field (null removes it), except:
+               "add_models": [...] / "remove_models": [...] edit the model list;
+               "set_behaviour": {model: B or null} / "set_meta": {model: {...} or null}
+               merge per model.
 """
 
 import argparse
 import json
+import select
 import signal
-import socketserver
+import socket
 import sys
 import threading
 import time
@@ -72,24 +107,78 @@ class State:
         self.stats = {}
         self.rule_uses = {}
         self.inflight = {}
+        self.connections = 0
+
+    def reset_scenario(self, name):
+        with self.lock:
+            self.stats.pop(name, None)
+            for key in [k for k in self.rule_uses if k[0] == name]:
+                del self.rule_uses[key]
+
+    def connected(self):
+        with self.lock:
+            self.connections += 1
+
+    def update_scenario(self, change):
+        """Applies a /_scenario change under the lock: readers see the old or the new
+        scenario, never half of it. Raises ValueError on a malformed change."""
+        if not isinstance(change, dict) or not isinstance(change.get("scenario"), str):
+            raise ValueError("a /_scenario body needs \"scenario\": name")
+        with self.lock:
+            scenarios = self.config.setdefault("scenarios", {})
+            old = scenarios.get(change["scenario"], {})
+            new = json.loads(json.dumps(old))  # deep copy: in-flight answers keep the old one
+            for field, value in change.items():
+                if field == "scenario":
+                    continue
+                if field == "add_models":
+                    ids = model_ids(new)
+                    new.pop("model_count", None)
+                    new["models"] = ids + [m for m in value if m not in ids]
+                elif field == "remove_models":
+                    new.pop("model_count", None)
+                    new["models"] = [m for m in model_ids(new)
+                                     if _entry_id(m) not in set(value)]
+                elif field in ("set_behaviour", "set_meta"):
+                    target = new.setdefault(field[4:], {})
+                    for model, spec in value.items():
+                        if spec is None:
+                            target.pop(model, None)
+                        else:
+                            target[model] = spec
+                elif value is None:
+                    new.pop(field, None)
+                else:
+                    new[field] = value
+            scenarios[change["scenario"]] = new
+
+    def answered(self, name, kind, model, outcome):
+        with self.lock:
+            s = self._scenario_stats(name)
+            tag = "list" if kind == "list" else "probe:%s" % model
+            counts = s["answers"].setdefault(tag, {})
+            counts[str(outcome)] = counts.get(str(outcome), 0) + 1
 
     def scenario(self, name):
-        return self.config.get("scenarios", {}).get(name)
+        with self.lock:
+            return self.config.get("scenarios", {}).get(name)
 
     def _scenario_stats(self, name):
         s = self.stats.get(name)
         if s is None:
             s = {"requests": 0, "list": 0, "probe": {}, "max_inflight": 0, "inflight": 0,
                  "arrivals": {}, "auth_failures": 0, "user_agents": [], "last_probe": None,
-                 "paths": {}}
+                 "paths": {}, "answers": {}, "connections": 0}
             self.stats[name] = s
         return s
 
-    def begin(self, name, kind, model, path, user_agent, probe_body):
+    def begin(self, name, kind, model, path, user_agent, probe_body, new_connection):
         now = time.monotonic()
         with self.lock:
             s = self._scenario_stats(name)
             s["requests"] += 1
+            if new_connection:
+                s["connections"] += 1
             s["paths"][path] = s["paths"].get(path, 0) + 1
             if kind == "list":
                 s["list"] += 1
@@ -138,14 +227,67 @@ class State:
 
     def snapshot(self):
         with self.lock:
-            return json.loads(json.dumps({"scenarios": self.stats}))
+            return json.loads(json.dumps({"connections": self.connections,
+                                          "scenarios": self.stats}))
+
+    def counts(self):
+        with self.lock:
+            return {"scenarios": {name: {"list": s["list"], "probe": dict(s["probe"]),
+                                         "requests": s["requests"]}
+                                  for name, s in self.stats.items()}}
+
+    def idle_timeout(self):
+        with self.lock:
+            value = self.config.get("idle_timeout_s")
+        return float(value) if isinstance(value, (int, float)) and value > 0 else None
+
+    def config_copy(self):
+        with self.lock:
+            return json.loads(json.dumps(self.config))
+
+
+def _entry_id(model):
+    return model.get("id") if isinstance(model, dict) else model
 
 
 def model_ids(scenario):
+    """The scenario's model list as configured: ids, or maps served as whole entries."""
     if "models" in scenario:
         return list(scenario["models"])
     count = int(scenario.get("model_count", 0))
     return ["model-%03d" % i for i in range(count)]
+
+
+def model_entry(scenario, model):
+    """One /models entry: the OpenAI shape, with the scenario's metadata for that model."""
+    if isinstance(model, dict):
+        return model
+    entry = {"id": model, "object": "model", "owned_by": "fake"}
+    meta = scenario.get("meta", {}).get(model)
+    if isinstance(meta, dict):
+        entry.update(meta)
+    return entry
+
+
+# Behaviour name -> (status, error payload or None). {model} is filled in when answering.
+BEHAVIOURS = {
+    "not_found": (404, {"error": {
+        "message": "The model `{model}` does not exist or you do not have access to it.",
+        "type": "invalid_request_error", "param": None, "code": "model_not_found"}}),
+    "does_not_exist": (400, {"error": {
+        "message": "The model `{model}` does not exist", "type": "invalid_request_error",
+        "param": "model", "code": None}}),
+    "unauthorized": (401, {"error": {"message": "Invalid API key",
+                                     "type": "invalid_request_error",
+                                     "code": "invalid_api_key"}}),
+    "forbidden": (403, {"error": {"message": "You are not allowed to use this model",
+                                  "type": "permission_error", "code": "forbidden"}}),
+    "rate_limited": (429, {"error": {"message": "Rate limit reached, retry later",
+                                     "type": "rate_limit_error", "code": "rate_limit_exceeded"}}),
+    "server_error": (500, {"error": {"message": "The server had an error",
+                                     "type": "server_error", "code": None}}),
+}
+HANG_POLL_SECONDS = 0.1
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -158,6 +300,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format, *args):  # quiet
         pass
+
+    def setup(self):
+        super().setup()
+        self.server.state.connected()
+        # Real servers close a keep-alive connection that stays idle (nginx: 75 s); a client
+        # must notice that and reconnect. Off unless the config sets idle_timeout_s.
+        idle = self.server.state.idle_timeout()
+        if idle:
+            self.connection.settimeout(idle)
 
     # ------------------------------------------------------------------ plumbing
     def _read_body(self):
@@ -203,8 +354,26 @@ class Handler(BaseHTTPRequestHandler):
             if self.path == "/_stats" and method == "GET":
                 self._send_json(200, self.server.state.snapshot())
                 return
+            if self.path == "/_counts" and method == "GET":
+                self._send_json(200, self.server.state.counts())
+                return
+            if self.path == "/_config" and method == "GET":
+                self._send_json(200, self.server.state.config_copy())
+                return
             if self.path == "/_reset" and method == "POST":
-                self.server.state.reset()
+                request = json.loads(body) if body.strip() else {}
+                if isinstance(request, dict) and isinstance(request.get("scenario"), str):
+                    self.server.state.reset_scenario(request["scenario"])
+                else:
+                    self.server.state.reset()
+                self._send_json(200, {"ok": True})
+                return
+            if self.path == "/_scenario" and method == "POST":
+                try:
+                    self.server.state.update_scenario(json.loads(body or b"{}"))
+                except (ValueError, TypeError, AttributeError) as e:
+                    self._send_json(400, {"ok": False, "error": str(e)})
+                    return
                 self._send_json(200, {"ok": True})
                 return
             if self.path == "/_config" and method == "POST":
@@ -236,7 +405,10 @@ class Handler(BaseHTTPRequestHandler):
             model = probe.get("model") if isinstance(probe, dict) else None
         else:
             kind, model, probe = "other", None, None
-        state.begin(name, kind, model, path, self.headers.get("User-Agent", ""), probe)
+        seen = self.__dict__.setdefault("_scenarios_seen", set())
+        state.begin(name, kind, model, path, self.headers.get("User-Agent", ""), probe,
+                    name not in seen)
+        seen.add(name)
         self._inflight_name = name
         try:
             self._answer(state, name, scenario, kind, model)
@@ -261,7 +433,12 @@ class Handler(BaseHTTPRequestHandler):
             return
         rule = state.pick_rule(name, scenario, kind, model)
         if rule is None:
-            self._default(scenario, kind, model)
+            if kind == "list":
+                behaviour = scenario.get("list_behaviour")
+            else:
+                behaviour = scenario.get("behaviour", {}).get(model)
+            outcome = self._behave(scenario, kind, model, behaviour)
+            state.answered(name, kind, model, outcome)
             return
         if rule.get("delay_ms"):
             time.sleep(rule["delay_ms"] / 1000.0)
@@ -300,15 +477,66 @@ class Handler(BaseHTTPRequestHandler):
     def _default_payload(self, scenario, kind, model):
         if kind == "list":
             return {"object": "list",
-                    "data": [{"id": m, "object": "model", "owned_by": "fake"}
-                             for m in model_ids(scenario)]}
+                    "data": [model_entry(scenario, m) for m in model_ids(scenario)]}
         return {"id": "chatcmpl-fake", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "finish_reason": "length",
                              "message": {"role": "assistant", "content": "Hello"}}],
                 "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
-    def _default(self, scenario, kind, model):
-        self._send_json(200, self._default_payload(scenario, kind, model))
+    def _behave(self, scenario, kind, model, behaviour):
+        """Answers by a behaviour (see the module doc); returns what was done ("200", "close",
+        "hang", ...) for the answer counters."""
+        if isinstance(behaviour, dict):
+            spec = behaviour
+            name = behaviour.get("do", "ok")
+        else:
+            spec = {}
+            name = behaviour or "ok"
+        if name == "close":
+            self.close_connection = True
+            self._release()
+            try:
+                self.connection.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            return "close"
+        if name == "slow":
+            if "delay_ms" not in spec:
+                self._hang_until_client_leaves()
+                return "hang"
+            time.sleep(float(spec["delay_ms"]) / 1000.0)
+            name = "ok"
+        elif spec.get("delay_ms"):
+            time.sleep(float(spec["delay_ms"]) / 1000.0)
+        if name == "ok":
+            self._send_json(200, self._default_payload(scenario, kind, model))
+            return 200
+        status, payload = BEHAVIOURS.get(name, (500, {"error": {
+            "message": "fake: unknown behaviour %s" % name, "type": "fake_error"}}))
+        if kind == "list" and name == "not_found":
+            payload = {"error": {"message": "not found", "type": "invalid_request_error"}}
+        headers = {}
+        if name == "rate_limited":
+            headers["Retry-After"] = str(spec.get("retry_after", 1))
+        text = json.dumps(payload).replace("{model}", model or "")
+        self._send(status, text.encode(), headers)
+        return status
+
+    def _hang_until_client_leaves(self):
+        """Never answers; returns when the client closes its end (or at shutdown), so that a
+        timed-out request does not keep a thread for HANG_SECONDS."""
+        self._release()
+        self.close_connection = True
+        deadline = time.monotonic() + HANG_SECONDS
+        while time.monotonic() < deadline and not self.server.state.shutdown.is_set():
+            readable, _, _ = select.select([self.connection], [], [], HANG_POLL_SECONDS)
+            if readable:
+                try:
+                    if self.connection.recv(1, socket.MSG_PEEK) == b"":
+                        return
+                except OSError:
+                    return
+                time.sleep(HANG_POLL_SECONDS)  # a pipelined byte: keep hanging
 
     def _send_big(self, status, size, chunked, headers):
         self.send_response(status)

@@ -7,8 +7,11 @@
  * ROUTER in a thread plays a server that never answers, answers with the wrong id, or with
  * broken bytes, to check the Lazy Pirate behaviour and the defensive decoding. pmctl
  * ($PM_PMCTL) is run for its exit codes and its masking of API keys. A second daemon with
- * CURVE checks key files and authentication. The last test stops the daemon with SIGTERM and
- * checks that it exits 0.
+ * CURVE checks key files and authentication. The model status tests (protocol v1.1) point a
+ * provider at tests/fake_upstream.py (models with metadata, one that does not exist), run a
+ * discovery and a verification, and check the typed records, provider statuses, job counts,
+ * models events and pmctl's status / verify / providers / watch output against the daemon.
+ * The last test stops the daemon with SIGTERM and checks that it exits 0.
  */
 #define _XOPEN_SOURCE 700 /* nftw() */
 #include <setjmp.h>
@@ -20,7 +23,11 @@
 
 #include "pmclient.h"
 
+/* Only fake_upstream_start / _stop are used: the control calls (curl) are not compiled in. */
+#include "fake_upstream.h"
+
 #include <arpa/inet.h>
+#include <math.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -62,7 +69,8 @@ typedef struct {
     char dir[PATH_MAX];
     s_daemon_t daemon;
     pmclient_t *client;
-    char *builtin_key; /* the first key of a fresh daemon: a pinned provider */
+    char *builtin_key;        /* the first key of a fresh daemon: a pinned provider */
+    fake_upstream_t upstream; /* started by the model status tests; pid -1 until then */
 } s_suite_t;
 
 /* ------------------------------------------------------------------------------ helpers */
@@ -347,6 +355,8 @@ static int s_setup(void **state)
         free(suite);
         return -1;
     }
+    suite->upstream.pid = -1;
+    suite->upstream.stdin_fd = -1;
     *state = suite;
     if (s_daemon_start(&suite->daemon, suite->dir, "main", NULL) != 0)
         return -1;
@@ -362,6 +372,7 @@ static int s_teardown(void **state)
     if (!suite)
         return 0;
     pmclient_destroy(&suite->client);
+    fake_upstream_stop(&suite->upstream);
     if (suite->daemon.pid > 0) {
         kill(suite->daemon.pid, SIGKILL);
         waitpid(suite->daemon.pid, NULL, 0);
@@ -1581,6 +1592,393 @@ static void test_pmctl_keygen(void **state)
 }
 
 /* A second daemon with CURVE: the allowed client gets in, others time out. */
+/* --------------------------------------------------------- model status (protocol v1.1) */
+
+/* The fake's scenario "acme": two models that answer (with /models metadata in the OpenAI,
+ * OpenRouter-like and Groq-like spellings) and one that does not exist (404). */
+#define UPSTREAM_CONFIG                                                                            \
+    "{\"scenarios\": {\"acme\": {\"key\": null, \"models\": [\"good-a\", \"good-b\", \"bad-c\"],"  \
+    " \"meta\": {\"good-a\": {\"context_length\": 32000, \"owned_by\": \"acme-labs\","             \
+    " \"created\": 1700000000}, \"good-b\": {\"context_window\": 8192,"                            \
+    " \"max_completion_tokens\": 1024}}, \"behaviour\": {\"bad-c\": \"not_found\"}}}}"
+
+/* Creates provider key on the fake's scenario "acme" (started on first use). */
+static void s_status_provider(s_suite_t *suite, const char *key)
+{
+    if (suite->upstream.pid <= 0)
+        assert_int_equal(fake_upstream_start(&suite->upstream, UPSTREAM_CONFIG), 0);
+    char url[128];
+    snprintf(url, sizeof url, "%s/acme/v1", suite->upstream.origin);
+    pm_provider_spec_t spec = {.provider = key,
+                               .name = "Acme",
+                               .base_api_url = url,
+                               .has_api_key = true,
+                               .api_key = TEST_API_KEY};
+    assert_int_equal(pmclient_set_provider(suite->client, &spec, NULL), 0);
+}
+
+static pm_job_t *s_wait_job(pmclient_t *c, const char *job_id)
+{
+    pm_job_t *job = NULL;
+    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += WAIT_STEP_MS) {
+        pm_job_free(&job);
+        assert_int_equal(pmclient_job_status(c, job_id, &job), 0);
+        if (strcmp(job->state, "running") != 0)
+            return job;
+        s_sleep_ms(WAIT_STEP_MS);
+    }
+    fail_msg("job %s still running", job_id);
+    return NULL;
+}
+
+static uint64_t s_status_version(pmclient_t *client)
+{
+    pm_health_t *health = NULL;
+    assert_int_equal(pmclient_health(client, &health), 0);
+    assert_non_null(health->protocol);
+    assert_string_equal(health->protocol, "1.1");
+    assert_true(health->has_status_version);
+    uint64_t version = health->status_version;
+    pm_health_free(&health);
+    return version;
+}
+
+/* The final state of model in the transitions of events (the last "to"), or NULL; *from_nil
+ * says whether its first transition came from nil. */
+static const char *s_final_state(pm_event_t *const *events, size_t count, const char *provider,
+                                 const char *model, bool *from_nil)
+{
+    const char *to = NULL;
+    bool first = true;
+    for (size_t i = 0; i < count; i++) {
+        if (strcmp(events[i]->provider, provider) != 0)
+            continue;
+        for (size_t j = 0; j < events[i]->change_count; j++) {
+            if (strcmp(events[i]->changes[j].model, model) != 0)
+                continue;
+            if (first && from_nil)
+                *from_nil = events[i]->changes[j].from == NULL;
+            first = false;
+            to = events[i]->changes[j].to;
+        }
+    }
+    return to;
+}
+
+static void test_model_status_after_discovery(void **state)
+{
+    s_suite_t *suite = *state;
+    pmclient_t *c = suite->client;
+    pmclient_events_t *events = pmclient_events_new(suite->daemon.events_endpoint);
+    assert_non_null(events);
+    /* Let the subscription reach the daemon: a providers event must get through first. */
+    s_status_provider(suite, "acme");
+    int64_t version = 0;
+    int rc = 0;
+    for (int attempt = 0; attempt < 100 && rc != 1; attempt++) {
+        s_status_provider(suite, "acme");
+        rc = pmclient_events_next(events, 300, &version, NULL);
+    }
+    assert_int_equal(rc, 1);
+    while (pmclient_events_next(events, 300, &version, NULL) == 1) {
+    }
+    uint64_t before = s_status_version(c);
+
+    char *job_id = NULL;
+    assert_int_equal(pmclient_discover(c, true, true, "acme", &job_id), 0);
+    pm_job_t *job = s_wait_job(c, job_id);
+    assert_int_equal(job->success, 1);
+    assert_string_equal(job->kind, "discover");
+    assert_int_equal(job->providers[0].valid, 2);
+    assert_int_equal(job->providers[0].invalid, 1);
+    pm_job_free(&job);
+    free(job_id);
+    uint64_t after = s_status_version(c);
+    assert_true(after > before);
+
+    /* Records: valid_models order, then invalid_models; every field as the upstream made it. */
+    pm_status_list_t *list = NULL;
+    assert_int_equal(pmclient_model_status(c, "acme", NULL, NULL, -1, &list), 0);
+    assert_int_equal(list->count, 3);
+    const pm_model_status_t *a = &list->records[0], *b = &list->records[1],
+                            *bad = &list->records[2];
+    assert_string_equal(a->provider, "acme");
+    assert_string_equal(a->model, "good-a");
+    assert_string_equal(a->state, "valid");
+    assert_true(a->in_valid_models);
+    assert_int_equal(a->listed, 1);
+    assert_false(isnan(a->first_seen_at));
+    assert_true(a->last_listed_at >= a->first_seen_at);
+    assert_false(isnan(a->last_checked_at));
+    assert_true(a->last_ok_at == a->last_checked_at);
+    assert_true(a->latency_ms >= 0.0);
+    assert_int_equal(a->failures, 0);
+    assert_false(a->has_last_error);
+    assert_true(a->meta.has_context_length);
+    assert_int_equal(a->meta.context_length, 32000);
+    assert_false(a->meta.has_max_output_tokens);
+    assert_string_equal(a->meta.owned_by, "acme-labs");
+    assert_true(a->meta.has_created);
+    assert_int_equal(a->meta.created, 1700000000);
+
+    assert_string_equal(b->model, "good-b");
+    assert_string_equal(b->state, "valid");
+    assert_int_equal(b->meta.context_length, 8192); /* from context_window */
+    assert_true(b->meta.has_max_output_tokens);
+    assert_int_equal(b->meta.max_output_tokens, 1024);
+    assert_string_equal(b->meta.owned_by, "fake");
+    assert_false(b->meta.has_created);
+
+    assert_string_equal(bad->model, "bad-c");
+    assert_string_equal(bad->state, "invalid");
+    assert_false(bad->in_valid_models);
+    assert_int_equal(bad->listed, 1);
+    assert_false(isnan(bad->last_checked_at));
+    assert_true(isnan(bad->last_ok_at));
+    assert_true(isnan(bad->latency_ms));
+    assert_true(bad->has_last_error);
+    assert_string_equal(bad->last_error.error_class, "model");
+    assert_int_equal(bad->last_error.status, 404);
+    assert_null(strstr(bad->last_error.message, TEST_API_KEY));
+    pm_status_list_free(&list);
+
+    /* Filters: one model of every provider; states; the empty list; bad input. */
+    assert_int_equal(pmclient_model_status(c, NULL, "bad-c", NULL, -1, &list), 0);
+    assert_int_equal(list->count, 1);
+    assert_string_equal(list->records[0].provider, "acme");
+    pm_status_list_free(&list);
+    const char *states[] = {"invalid", "failing"};
+    assert_int_equal(pmclient_model_status(c, "acme", NULL, states, 2, &list), 0);
+    assert_int_equal(list->count, 1);
+    assert_string_equal(list->records[0].model, "bad-c");
+    pm_status_list_free(&list);
+    assert_int_equal(pmclient_model_status(c, "acme", NULL, states, 0, &list), 0);
+    assert_int_equal(list->count, 0);
+    pm_status_list_free(&list);
+    assert_int_equal(pmclient_model_status(c, "acme", "no-such-model", NULL, -1, &list), 0);
+    assert_int_equal(list->count, 0);
+    pm_status_list_free(&list);
+    const char *sleepy[] = {"sleepy"};
+    s_assert_error(c, pmclient_model_status(c, NULL, NULL, sleepy, 1, &list), "bad_request", NULL);
+    assert_null(list);
+    s_assert_error(c, pmclient_model_status(c, "nope", NULL, NULL, -1, &list), "not_found",
+                   "Provider 'nope' not found");
+
+    /* provider_status: acme listed fine; every provider in registry order, the built-in
+     * ones without a key. */
+    pm_provider_status_list_t *providers = NULL;
+    assert_int_equal(pmclient_provider_status(c, "acme", &providers), 0);
+    assert_int_equal(providers->count, 1);
+    assert_string_equal(providers->providers[0].provider, "acme");
+    assert_string_equal(providers->providers[0].state, "ok");
+    assert_true(providers->providers[0].has_models_listed);
+    assert_int_equal(providers->providers[0].models_listed, 3);
+    assert_false(isnan(providers->providers[0].last_list_ok_at));
+    assert_false(providers->providers[0].has_last_error);
+    pm_provider_status_list_free(&providers);
+    assert_int_equal(pmclient_provider_status(c, NULL, &providers), 0);
+    pm_strings_t *keys = NULL;
+    assert_int_equal(pmclient_keys(c, &keys), 0);
+    assert_int_equal(providers->count, keys->count);
+    for (size_t i = 0; i < keys->count; i++)
+        assert_string_equal(providers->providers[i].provider, keys->items[i]);
+    assert_string_equal(providers->providers[0].provider, suite->builtin_key);
+    assert_string_equal(providers->providers[0].state, "no_key");
+    pm_strings_free(&keys);
+    pm_provider_status_list_free(&providers);
+    s_assert_error(c, pmclient_provider_status(c, "nope", &providers), "not_found",
+                   "Provider 'nope' not found");
+    assert_null(providers);
+
+    /* models events: every model's first transition comes from nil, the last one ends in its
+     * state, and the last event carries the status_version health reports. */
+    pm_event_t *seen[32] = {0};
+    size_t count = 0;
+    uint64_t last_version = 0;
+    while (count < 32 && last_version < after) {
+        pm_event_t *event = NULL;
+        assert_int_equal(pmclient_events_recv(events, 10000, &event), 1);
+        if (event->kind == PMCLIENT_EVENT_MODELS_CHANGED) {
+            last_version = event->status_version;
+            seen[count++] = event;
+        } else {
+            pm_event_free(&event);
+        }
+    }
+    assert_int_equal(last_version, after);
+    const char *const models[] = {"good-a", "good-b", "bad-c"};
+    const char *const finals[] = {"valid", "valid", "invalid"};
+    for (size_t i = 0; i < 3; i++) {
+        bool from_nil = false;
+        const char *final = s_final_state(seen, count, "acme", models[i], &from_nil);
+        assert_non_null(final);
+        assert_string_equal(final, finals[i]);
+        assert_true(from_nil);
+    }
+    for (size_t i = 0; i < count; i++)
+        pm_event_free(&seen[i]);
+    pmclient_events_destroy(&events);
+}
+
+static void test_verify_job(void **state)
+{
+    s_suite_t *suite = *state;
+    pmclient_t *c = suite->client;
+    char *job_id = NULL;
+
+    /* valid_models only: good-a and good-b are probed, bad-c (the negative cache) is not */
+    assert_int_equal(pmclient_verify_models(c, "acme", NULL, -1, false, true, &job_id), 0);
+    pm_job_t *job = s_wait_job(c, job_id);
+    free(job_id);
+    assert_string_equal(job->kind, "verify");
+    assert_string_equal(job->state, "done");
+    assert_int_equal(job->success, 1);
+    assert_int_equal(job->provider_count, 1);
+    assert_string_equal(job->providers[0].key, "acme");
+    assert_string_equal(job->providers[0].state, "ok");
+    assert_int_equal(job->providers[0].discovered, 3);
+    assert_int_equal(job->providers[0].checked, 2);
+    assert_int_equal(job->providers[0].ok, 2);
+    assert_int_equal(job->providers[0].failed, 0);
+    assert_int_equal(job->providers[0].transient, 0);
+    pm_job_free(&job);
+
+    /* include_invalid, one model: bad-c is probed and still does not exist */
+    const char *models[] = {"bad-c"};
+    assert_int_equal(pmclient_verify_models(c, "acme", models, 1, true, false, &job_id), 0);
+    job = s_wait_job(c, job_id);
+    free(job_id);
+    assert_string_equal(job->kind, "verify");
+    assert_int_equal(job->success, 1);
+    assert_int_equal(job->providers[0].checked, 1);
+    assert_int_equal(job->providers[0].ok, 0);
+    assert_int_equal(job->providers[0].failed, 1);
+    pm_job_free(&job);
+    pm_status_list_t *list = NULL;
+    assert_int_equal(pmclient_model_status(c, "acme", "bad-c", NULL, -1, &list), 0);
+    assert_int_equal(list->count, 1);
+    assert_string_equal(list->records[0].state, "invalid");
+    pm_status_list_free(&list);
+
+    s_assert_error(c, pmclient_verify_models(c, "nope", NULL, -1, false, true, &job_id),
+                   "not_found", "Provider 'nope' not found");
+    assert_null(job_id);
+}
+
+static void s_assert_contains(const char *text, const char *fragment)
+{
+    assert_non_null(text);
+    if (!strstr(text, fragment))
+        fail_msg("output lacks '%s':\n%s", fragment, text);
+}
+
+static void test_pmctl_status_verify_providers(void **state)
+{
+    s_suite_t *suite = *state;
+    const char *ep = suite->daemon.endpoint;
+    char *out = NULL;
+
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "status", "--provider", "acme", NULL},
+                &out),
+        0);
+    s_assert_contains(out, "PROVIDER  MODEL   STATE    LAST OK  LATENCY  FAILURES  CONTEXT\n");
+    s_assert_contains(out, "acme      good-a  valid    ");
+    s_assert_contains(out, "s ago   "); /* checked moments ago */
+    s_assert_contains(out, "0         32000\n");
+    s_assert_contains(out, "0         8192\n");
+    s_assert_contains(out, "acme      bad-c   invalid  -        -        ");
+    assert_null(strstr(out, TEST_API_KEY));
+    free(out);
+    assert_int_equal(s_pmctl(suite,
+                             (const char *[]){"--endpoint", ep, "status", "-p", "acme", "--state",
+                                              "invalid", NULL},
+                             &out),
+                     0);
+    assert_null(strstr(out, "good-a"));
+    s_assert_contains(out, "bad-c");
+    free(out);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "--json", "status", "-m", "good-b", NULL},
+                &out),
+        0);
+    s_assert_contains(out, "\"model\": \"good-b\"");
+    s_assert_contains(out, "\"max_output_tokens\": 1024");
+    s_assert_contains(out, "\"last_error\": null");
+    free(out);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "status", "-p", "nope", NULL}, NULL), 1);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "status", "-s", "sleepy", NULL}, NULL),
+        1);
+
+    /* verify: progress and the job's lines, exit 0; a provider that does not exist: 1 */
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "verify", "-p", "acme", NULL}, &out), 0);
+    s_assert_contains(out, "acme  ok          3 listed, 2 checked, 2 ok, 0 failed, 0 transient");
+    assert_null(strstr(out, TEST_API_KEY));
+    free(out);
+    assert_int_equal(
+        s_pmctl(suite, (const char *[]){"--endpoint", ep, "verify", "-p", "nope", NULL}, NULL), 1);
+
+    /* providers: the STATUS column */
+    assert_int_equal(s_pmctl(suite, (const char *[]){"--endpoint", ep, "providers", NULL}, &out),
+                     0);
+    s_assert_contains(out, "  STATUS\n");
+    s_assert_contains(out, "  ok\n");     /* acme */
+    s_assert_contains(out, "  no_key\n"); /* the built-in providers */
+    free(out);
+    assert_int_equal(s_pmctl(suite, (const char *[]){"--endpoint", ep, "health", NULL}, &out), 0);
+    s_assert_contains(out, "protocol       1.1\n");
+    s_assert_contains(out, "status_version ");
+    free(out);
+}
+
+/* pmctl watch prints the models events of a discovery, one line per model. */
+static void test_pmctl_watch_models(void **state)
+{
+    s_suite_t *suite = *state;
+    const char *binary = getenv("PM_PMCTL");
+    assert_non_null(binary);
+    char out_path[PATH_MAX + 32];
+    snprintf(out_path, sizeof out_path, "%s/watch-models.out", suite->dir);
+    char *argv[] = {"pmctl", "--events-endpoint", suite->daemon.events_endpoint, "watch", NULL};
+    pid_t pid = s_spawn(binary, argv, out_path, NULL);
+    assert_true(pid > 0);
+    /* A new provider per round (a subscriber misses what precedes its subscription): its
+     * discovery makes first sightings, from nil. */
+    char key[32], expected[128];
+    bool found = false;
+    for (int round = 0; round < 20 && !found; round++) {
+        snprintf(key, sizeof key, "watch%d", round);
+        s_status_provider(suite, key);
+        char *job_id = NULL;
+        assert_int_equal(pmclient_discover(suite->client, true, false, key, &job_id), 0);
+        pm_job_t *job = s_wait_job(suite->client, job_id);
+        pm_job_free(&job);
+        free(job_id);
+        snprintf(expected, sizeof expected, ": %s/good-a: - -> ", key);
+        for (int waited = 0; waited < 2000 && !found; waited += 100) {
+            char *out = s_read_file(out_path);
+            found = out && strstr(out, expected);
+            free(out);
+            if (!found)
+                s_sleep_ms(100);
+        }
+    }
+    kill(pid, SIGTERM);
+    assert_int_equal(s_wait_exit(pid), 0);
+    assert_true(found);
+    char *out = s_read_file(out_path);
+    /* "status_version N: watchK/bad-c: ... -> invalid" at the end of the story */
+    snprintf(expected, sizeof expected, ": %s/bad-c: ", key);
+    s_assert_contains(out, expected);
+    s_assert_contains(out, " -> invalid\n");
+    s_assert_contains(out, "status_version ");
+    assert_null(strstr(out, TEST_API_KEY));
+    free(out);
+}
+
 static void test_curve(void **state)
 {
     s_suite_t *suite = *state;
@@ -1671,6 +2069,10 @@ int main(void)
         cmocka_unit_test(test_pmctl_exit_codes_and_masking),
         cmocka_unit_test(test_pmctl_watch),
         cmocka_unit_test(test_pmctl_keygen),
+        cmocka_unit_test(test_model_status_after_discovery),
+        cmocka_unit_test(test_verify_job),
+        cmocka_unit_test(test_pmctl_status_verify_providers),
+        cmocka_unit_test(test_pmctl_watch_models),
         cmocka_unit_test(test_curve),
         cmocka_unit_test(test_daemon_stops_cleanly),
     };

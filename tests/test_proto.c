@@ -531,6 +531,152 @@ static void test_envelope_not_msgpack(void **state)
     pb_destroy(&b);
 }
 
+/* Packs {"op": "set_provider", "id": <id>, "args": {"provider": "p", "valid_models":
+ * {"m": <bad>}}} where bad is a bin (bad_kind 0), invalid UTF-8 (1), or in args directly (2:
+ * "name": bin). id_kind: 0 int 7, 1 str "r-1", 2 a bin id, 3 no id, 4 an id of invalid UTF-8,
+ * 5 the id key given twice (7, then "second"). id_first puts the id before op. */
+static void pack_bad_request(packbuf_t *b, int id_kind, int bad_kind, bool id_first)
+{
+    static const char bad_utf8[] = {(char)0xc3, (char)0x28};
+    int entries = id_kind == 3 ? 2 : id_kind == 5 ? 4 : 3;
+    msgpack_pack_map(&b->pk, (uint32_t)entries);
+    for (int pass = 0; pass < 2; pass++) {
+        if ((pass == 0) != id_first) {
+            pack_s(b, "op");
+            pack_s(b, "set_provider");
+            pack_s(b, "args");
+            msgpack_pack_map(&b->pk, 2);
+            pack_s(b, "provider");
+            pack_s(b, "p");
+            if (bad_kind == 2) {
+                pack_s(b, "name");
+                msgpack_pack_bin(&b->pk, 2);
+                msgpack_pack_bin_body(&b->pk, "ab", 2);
+                continue;
+            }
+            pack_s(b, "valid_models");
+            msgpack_pack_map(&b->pk, 1);
+            pack_s(b, "m");
+            if (bad_kind == 0) {
+                msgpack_pack_bin(&b->pk, 2);
+                msgpack_pack_bin_body(&b->pk, "ab", 2);
+            } else {
+                msgpack_pack_str(&b->pk, sizeof bad_utf8);
+                msgpack_pack_str_body(&b->pk, bad_utf8, sizeof bad_utf8);
+            }
+            continue;
+        }
+        if (id_kind == 3)
+            continue;
+        pack_s(b, "id");
+        if (id_kind == 0 || id_kind == 5) {
+            msgpack_pack_int(&b->pk, 7);
+        } else if (id_kind == 1) {
+            pack_s(b, "r-1");
+        } else if (id_kind == 2) {
+            msgpack_pack_bin(&b->pk, 1);
+            msgpack_pack_bin_body(&b->pk, "x", 1);
+        } else {
+            msgpack_pack_str(&b->pk, sizeof bad_utf8);
+            msgpack_pack_str_body(&b->pk, bad_utf8, sizeof bad_utf8);
+        }
+        if (id_kind == 5) {
+            pack_s(b, "id");
+            pack_s(b, "second");
+        }
+    }
+}
+
+/* Issue 13: the id comes back whenever the envelope and the id itself are well-formed, even
+ * when something inside args breaks an encoding rule. */
+static void test_envelope_id_echoed_when_args_are_bad(void **state)
+{
+    (void)state;
+    char err[ERR_SIZE];
+    pm_request_t req;
+    for (int bad = 0; bad < 3; bad++) {
+        for (int first = 0; first < 2; first++) {
+            packbuf_t b;
+            pb_init(&b);
+            pack_bad_request(&b, 0, bad, first);
+            assert_int_equal(decode(&req, &b, err), PM_ERR_BAD_REQUEST);
+            assert_starts_with(err, "request is not valid msgpack: ");
+            assert_non_null(req.id);
+            assert_int_equal(req.id->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+            assert_int_equal(req.id->via.u64, 7);
+            pm_request_clear(&req);
+            pb_destroy(&b);
+
+            pb_init(&b);
+            pack_bad_request(&b, 1, bad, first);
+            assert_int_equal(decode(&req, &b, err), PM_ERR_BAD_REQUEST);
+            assert_non_null(req.id);
+            assert_int_equal(req.id->type, MSGPACK_OBJECT_STR);
+            assert_span(req.id->via.str.ptr, req.id->via.str.size, "r-1");
+            pm_request_clear(&req);
+            pb_destroy(&b);
+
+            /* The first id wins, as in a well-formed request. */
+            pb_init(&b);
+            pack_bad_request(&b, 5, bad, first);
+            assert_int_equal(decode(&req, &b, err), PM_ERR_BAD_REQUEST);
+            assert_non_null(req.id);
+            assert_int_equal(req.id->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+            assert_int_equal(req.id->via.u64, 7);
+            pm_request_clear(&req);
+            pb_destroy(&b);
+
+            /* An id that breaks the rules itself, or none: no id. */
+            for (int id_kind = 2; id_kind <= 4; id_kind++) {
+                pb_init(&b);
+                pack_bad_request(&b, id_kind, bad, first);
+                assert_int_equal(decode(&req, &b, err), PM_ERR_BAD_REQUEST);
+                assert_null(req.id);
+                pm_request_clear(&req);
+                pb_destroy(&b);
+            }
+        }
+    }
+
+    /* A container id with a nested array is decoded whole. */
+    static const unsigned char nested[] = {0x82, 0xa2, 'i', 'd', 0x92, 0x01, 0x91, 0xa1,
+                                           'x',  0xa4, 'a', 'r', 'g',  's',  0xc4, 0x00};
+    assert_int_equal(pm_request_decode(&req, nested, sizeof nested, err, ERR_SIZE),
+                     PM_ERR_BAD_REQUEST);
+    assert_non_null(req.id);
+    assert_int_equal(req.id->type, MSGPACK_OBJECT_ARRAY);
+    assert_int_equal(req.id->via.array.size, 2);
+    assert_int_equal(req.id->via.array.ptr[1].type, MSGPACK_OBJECT_ARRAY);
+    pm_request_clear(&req);
+
+    /* Ext values and a deep nest in args are skipped by their extent. */
+    unsigned char deep[64] = {0x83, 0xa2, 'i',  'd',  0x05, 0xa1, 'x',
+                              0xd5, 0x01, 0x00, 0x00, 0xa1, 'y'};
+    size_t n = 13;
+    for (int i = 0; i < 30; i++)
+        deep[n++] = 0x91;
+    deep[n++] = 0xc0;
+    assert_int_equal(pm_request_decode(&req, deep, n, err, ERR_SIZE), PM_ERR_BAD_REQUEST);
+    assert_non_null(req.id);
+    assert_int_equal(req.id->via.u64, 5);
+    pm_request_clear(&req);
+
+    /* The envelope cannot be read: truncated, a lying count, trailing bytes, not a map. */
+    static const unsigned char truncated[] = {0x82, 0xa2, 'i', 'd',  0x07, 0xa4, 'a',
+                                              'r',  'g',  's', 0xc4, 0x05, 'a'};
+    static const unsigned char lying[] = {0x83, 0xa2, 'i', 'd', 0x07, 0xa1, 'x', 0xc4, 0x00};
+    static const unsigned char trailing[] = {0x81, 0xa2, 'i', 'd', 0x07, 0xc4, 0x00};
+    static const unsigned char array[] = {0x92, 0xa2, 'i', 'd', 0xc4, 0x00};
+    const unsigned char *unreadable[] = {truncated, lying, trailing, array};
+    size_t sizes[] = {sizeof truncated, sizeof lying, sizeof trailing, sizeof array};
+    for (size_t i = 0; i < 4; i++) {
+        assert_int_equal(pm_request_decode(&req, unreadable[i], sizes[i], err, ERR_SIZE),
+                         PM_ERR_BAD_REQUEST);
+        assert_null(req.id);
+        pm_request_clear(&req);
+    }
+}
+
 static void test_envelope_too_large(void **state)
 {
     (void)state;
@@ -1658,6 +1804,7 @@ int main(void)
         cmocka_unit_test(test_utf8),
         cmocka_unit_test(test_envelope_valid),
         cmocka_unit_test(test_envelope_not_msgpack),
+        cmocka_unit_test(test_envelope_id_echoed_when_args_are_bad),
         cmocka_unit_test(test_envelope_too_large),
         cmocka_unit_test(test_envelope_not_a_map),
         cmocka_unit_test(test_envelope_no_op),

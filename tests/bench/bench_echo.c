@@ -7,7 +7,8 @@
  * price of the service itself (decode, lookup, encode, ROUTER routing), not of ZeroMQ.
  *
  * Usage: bench_echo --endpoint EP [--endpoint EP ...] [--provider KEY] [--name NAME]
- *                   [--url URL] [--api-key KEY] [--model LONG=SHORT ...] [--result LONG]
+ *                   [--url URL] [--api-key KEY] [--model LONG=SHORT ...] [--invalid NAME ...]
+ *                   [--result LONG]
  * Prints "ready" to stderr once every endpoint is bound, and the reply size to stdout. Stops
  * on SIGTERM / SIGINT.
  */
@@ -22,6 +23,7 @@
 
 #define ECHO_MAX_ENDPOINTS 4
 #define ECHO_MAX_MODELS 64
+#define ECHO_MAX_INVALID 64
 #define ECHO_RECV_BUFFER (PM_PROTO_MAX_MESSAGE_SIZE + 1)
 
 typedef struct {
@@ -35,6 +37,8 @@ typedef struct {
     const char *model_short[ECHO_MAX_MODELS];
     char *model_text[ECHO_MAX_MODELS]; /* owned copies that the two arrays above point into */
     int model_count;
+    const char *invalid[ECHO_MAX_INVALID]; /* invalid_models, in order */
+    int invalid_count;
     const char *result;
 } echo_args_t;
 
@@ -50,7 +54,7 @@ static void s_usage(void)
 {
     fprintf(stderr, "usage: bench_echo --endpoint EP [--endpoint EP ...] [--provider KEY] "
                     "[--name NAME] [--url URL] [--api-key KEY] [--model LONG=SHORT ...] "
-                    "[--result LONG]\n");
+                    "[--invalid NAME ...] [--result LONG]\n");
 }
 
 static void s_args_clear(echo_args_t *args)
@@ -91,6 +95,12 @@ static int s_parse(echo_args_t *args, int argc, char **argv)
             args->api_key = value;
         } else if (strcmp(flag, "--result") == 0) {
             args->result = value;
+        } else if (strcmp(flag, "--invalid") == 0) {
+            if (args->invalid_count >= ECHO_MAX_INVALID) {
+                fprintf(stderr, "bench_echo: at most %d invalid models\n", ECHO_MAX_INVALID);
+                return -1;
+            }
+            args->invalid[args->invalid_count++] = value;
         } else if (strcmp(flag, "--model") == 0) {
             if (args->model_count >= ECHO_MAX_MODELS) {
                 fprintf(stderr, "bench_echo: at most %d models\n", ECHO_MAX_MODELS);
@@ -145,7 +155,9 @@ static int s_build_reply(const echo_args_t *args, msgpack_sbuffer *out)
         rc |= pm_pack_str(&pk, args->model_short[i]);
     }
     rc |= pm_pack_str(&pk, "invalid_models");
-    rc |= msgpack_pack_array(&pk, 0);
+    rc |= msgpack_pack_array(&pk, (uint32_t)args->invalid_count);
+    for (int i = 0; i < args->invalid_count; i++)
+        rc |= pm_pack_str(&pk, args->invalid[i]);
     rc |= pm_pack_str(&pk, args->result);
     return rc == 0 ? 0 : -1;
 }

@@ -3,10 +3,15 @@
 costs grow with the registry.
 
 Tables (printed aligned to stdout, also written to <build>/bench/results.json):
-  A. Request path vs transport limit: bench_echo (a bare REP server sending a fixed reply of
-     the same bytes as the daemon's get_api_for_model_string reply) against the real daemon,
-     1 and 8 concurrent clients, tcp loopback and ipc: requests/s, p50/p99, server CPU per
-     request, service/echo ratios. Targets: throughput >= 0.9x echo, CPU/request <= 1.2x echo.
+  A. Request path vs transport limit: bench_echo (a bare single-threaded REP server sending a
+     fixed reply of the same bytes as the daemon's get_api_for_model_string reply) against the
+     real daemon, 1 and 8 concurrent clients, tcp loopback and ipc, for two shapes: the
+     headline "realistic" one (get_api_for_model_string("openai/gpt-4o") with 20 valid models
+     with short names, an API key and 6 invalid models: a 696-byte reply) and the earlier
+     "small" one (4 models, 319 bytes). req/s (median and range over the rounds), p50/p99,
+     server CPU per request, syscalls per request (strace -c -f on the server in a separate
+     pass), service/echo ratios. Targets (realistic shape): throughput >= 0.95x echo,
+     CPU/request <= 1.1x echo, syscalls/request <= 1.2x echo.
   B. Growth with the registry: 100 / 10,000 / 100,000 models over 10 and 100 providers:
      resolution p50 (unprefixed name only the LAST provider has; prefixed name), for
      get_api_for_model_string (the contract's reply carries the whole ProviderConfig) and
@@ -62,19 +67,57 @@ WRITERS = 8
 STARTUP_TIMEOUT_S = 60.0
 MIB = 1024 * 1024
 
-# The provider the request-path table resolves against (the daemon and the echo both hold it).
-REQUEST_PROVIDER = "bench"
-REQUEST_PROVIDER_NAME = "Bench Provider"
-REQUEST_MODELS = [
-    ("bench-chat-large-2025-01", "chat-large"),
-    ("bench-chat-small-2025-01", "chat-small"),
-    ("bench-embed-v3", "embed"),
-    ("bench-reasoner-r1-preview", "reasoner"),
+# The shapes table A measures. Each is one provider (the daemon and the echo both hold it) and
+# the model string resolved against it. "realistic" is the headline: an OpenAI-like provider
+# with 20 valid models with short names, an API key and 6 invalid models (a reply of about
+# 700 bytes, issue 13); "small" is the earlier 4-model shape (about 300 bytes).
+REQUEST_SHAPES = [
+    {
+        "name": "realistic",
+        "provider": "openai",
+        "provider_name": "OpenAI",
+        "url": "https://api.openai.com/v1",
+        # a project key is long: with it the reply is 696 bytes, the size issue 13 measured
+        "api_key": "sk-proj-" + ("bench0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJ" * 3)[:123],
+        "models": [("gpt-4o", "4o"), ("gpt-4o-mini", "4o-mini"), ("gpt-4.1", "4.1"),
+                   ("gpt-4.1-mini", "4.1-mini"), ("gpt-4.1-nano", "4.1-nano"),
+                   ("gpt-4-turbo", "4-turbo"), ("gpt-4", "4"), ("gpt-3.5-turbo", "3.5"),
+                   ("o1", "o1"), ("o1-mini", "o1-mini"), ("o3", "o3"), ("o3-mini", "o3-mini"),
+                   ("o4-mini", "o4-mini"), ("gpt-5", "5"), ("gpt-5-mini", "5-mini"),
+                   ("gpt-5-nano", "5-nano"), ("chatgpt-4o-latest", "chatgpt"),
+                   ("gpt-4o-audio-preview", "audio"), ("gpt-4o-search-preview", "search"),
+                   ("codex-mini-latest", "codex")],
+        "invalid": ["text-embedding-3-small", "text-embedding-3-large", "whisper-1",
+                    "tts-1", "dall-e-3", "omni-moderation-latest"],
+        "model_string": "openai/gpt-4o",
+        "result": "gpt-4o",
+    },
+    {
+        "name": "small",
+        "provider": "bench",
+        "provider_name": "Bench Provider",
+        "url": BENCH_URL,
+        "api_key": BENCH_KEY,
+        "models": [("bench-chat-large-2025-01", "chat-large"),
+                   ("bench-chat-small-2025-01", "chat-small"),
+                   ("bench-embed-v3", "embed"),
+                   ("bench-reasoner-r1-preview", "reasoner")],
+        "invalid": [],
+        "model_string": "bench/bench-reasoner-r1-preview",
+        "result": "bench-reasoner-r1-preview",
+    },
 ]
-REQUEST_MODEL_STRING = REQUEST_PROVIDER + "/" + REQUEST_MODELS[-1][0]
+HEADLINE = REQUEST_SHAPES[0]
+
+
+def shape_providers(shape):
+    return [(shape["provider"], shape["provider_name"], shape["url"], shape["api_key"],
+             shape["models"], shape["invalid"])]
+
 
 FULL = {
     "rounds_a": 5,
+    "syscall_requests": 4000,
     "requests_1": 10000,  # per client thread
     "requests_8": 3000,
     "warmup": 50,
@@ -94,6 +137,7 @@ FULL = {
 }
 QUICK = {
     "rounds_a": 1,
+    "syscall_requests": 200,
     "requests_1": 1000,
     "requests_8": 200,
     "warmup": 5,
@@ -181,7 +225,9 @@ def write_yaml(path, providers):
     every name used here is plain [A-Za-z0-9 ._-] text, so no quoting is needed."""
     with open(path, "w") as f:
         f.write("providers:\n")
-        for key, name, url, api_key, models in providers:
+        for entry in providers:
+            key, name, url, api_key, models = entry[:5]
+            invalid = entry[5] if len(entry) > 5 else []
             f.write("  %s:\n    name: %s\n    base_api_url: %s\n" % (key, name, url))
             f.write("    api_key: %s\n" % (api_key if api_key else "null"))
             if models:
@@ -189,7 +235,11 @@ def write_yaml(path, providers):
                 f.write("".join("      %s: %s\n" % m for m in models))
             else:
                 f.write("    valid_models: {}\n")
-            f.write("    invalid_models: []\n")
+            if invalid:
+                f.write("    invalid_models:\n")
+                f.write("".join("      - %s\n" % m for m in invalid))
+            else:
+                f.write("    invalid_models: []\n")
 
 
 def writer_providers():
@@ -276,15 +326,17 @@ class Daemon:
 
 
 class Echo:
-    def __init__(self, binary, endpoints, log_path):
+    def __init__(self, binary, endpoints, log_path, shape):
         args = [binary]
         for ep in endpoints:
             args += ["--endpoint", ep]
-        args += ["--provider", REQUEST_PROVIDER, "--name", REQUEST_PROVIDER_NAME,
-                 "--url", BENCH_URL, "--api-key", BENCH_KEY,
-                 "--result", REQUEST_MODELS[-1][0]]
-        for long_name, short in REQUEST_MODELS:
+        args += ["--provider", shape["provider"], "--name", shape["provider_name"],
+                 "--url", shape["url"], "--api-key", shape["api_key"],
+                 "--result", shape["result"]]
+        for long_name, short in shape["models"]:
             args += ["--model", "%s=%s" % (long_name, short)]
+        for name in shape["invalid"]:
+            args += ["--invalid", name]
         self.log = open(log_path, "ab")
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=self.log)
@@ -372,24 +424,72 @@ class Client:
 # ----------------------------------------------------------------------------- table A
 
 
-def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
-    providers = [(REQUEST_PROVIDER, REQUEST_PROVIDER_NAME, BENCH_URL, BENCH_KEY, REQUEST_MODELS)]
+def strace_syscalls(pid, run, seconds_hint=None):
+    """Runs run() while `strace -c -f` is attached to pid; returns (calls by syscall, total).
+    strace slows the server down, so this is a separate pass from the timed rounds; the counts
+    per request are what it is for. None when strace is missing or cannot attach."""
+    strace = shutil.which("strace")
+    if not strace:
+        return None
+    out = tempfile.NamedTemporaryFile(prefix="pm-strace-", suffix=".txt", delete=False)
+    out.close()
+    proc = subprocess.Popen([strace, "-q", "-c", "-f", "-p", str(pid), "-o", out.name],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # attached to every thread before the first request
+        if proc.poll() is not None:
+            return None
+        result = run()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        proc.stderr.close()
+    calls = {}
+    try:
+        with open(out.name) as f:
+            for line in f:
+                parts = line.split()
+                # "% time  seconds  usecs/call  calls  [errors]  syscall"
+                if len(parts) < 5 or not parts[0].replace(".", "").isdigit():
+                    continue
+                name = parts[-1]
+                try:
+                    calls[name] = calls.get(name, 0) + int(parts[3])
+                except ValueError:
+                    continue
+    finally:
+        os.unlink(out.name)
+    calls.pop("total", None)
+    return calls, sum(calls.values()), result
+
+
+def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log, shape):
+    providers = shape_providers(shape)
+    tag = shape["name"]
     transports = {
         "tcp": ("tcp://127.0.0.1:%d" % free_port(), "tcp://127.0.0.1:%d" % free_port()),
-        "ipc": ("ipc://%s/pm.sock" % tmp, "ipc://%s/echo.sock" % tmp),
+        "ipc": ("ipc://%s/pm-%s.sock" % (tmp, tag), "ipc://%s/echo-%s.sock" % (tmp, tag)),
     }
+    op_args = {"model_string": shape["model_string"]}
     daemons, echo = {}, None
     samples = {}  # (transport, clients, server) -> list of per-round dicts
+    syscalls = {}  # (transport, clients, server) -> {"per_request": x, "top": {...}}
     try:
         for name, (service_ep, _) in transports.items():
-            data_dir = os.path.join(tmp, "a-" + name)
+            data_dir = os.path.join(tmp, "a-%s-%s" % (tag, name))
             os.makedirs(data_dir, mode=0o700)
             write_yaml(os.path.join(data_dir, PROVIDERS_FILE), providers)
             d = Daemon(daemon_bin, data_dir, service_ep, os.path.join(tmp, "daemon-a.log"))
             daemons[name] = d  # before start(): a daemon that fails half-way is still stopped
             d.start(zctx)
         echo = Echo(os.path.join(tools, "bench_echo"), [ep for _, ep in transports.values()],
-                    os.path.join(tmp, "echo.log"))
+                    os.path.join(tmp, "echo.log"), shape)
         servers = {"service": (lambda t: daemons[t].pid, 0), "echo": (lambda t: echo.pid, 1)}
         for r in range(cfg["rounds_a"]):
             for name, (service_ep, echo_ep) in transports.items():
@@ -402,9 +502,9 @@ def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
                         reqs = cfg["requests_1"] if clients == 1 else cfg["requests_8"]
                         c0 = proc_cpu(pid)
                         res = client.run(ep, clients, reqs, cfg["warmup"],
-                                         op="get_api_for_model_string",
-                                         args={"model_string": REQUEST_MODEL_STRING},
-                                         label="A %s %s %d clients" % (server, name, clients))
+                                         op="get_api_for_model_string", args=op_args,
+                                         label="A %s %s %s %d clients" % (tag, server, name,
+                                                                          clients))
                         c1 = proc_cpu(pid)
                         served = res["requests"] + clients * cfg["warmup"]
                         res["cpu_us_per_req"] = (
@@ -413,6 +513,27 @@ def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
                             (c1[1] - c0[1]) / 1000.0 / served if c0[1] is not None else None)
                         samples.setdefault((name, clients, server), []).append(res)
                         log(".")
+        # Syscalls per request: one pass per cell under strace, after the timed rounds.
+        for name, (service_ep, echo_ep) in transports.items():
+            for clients in (1, 8):
+                for server in ("echo", "service"):
+                    ep = service_ep if server == "service" else echo_ep
+                    per_thread = max(1, cfg["syscall_requests"] // clients)
+
+                    def run_once(ep=ep, clients=clients, per_thread=per_thread):
+                        return client.run(ep, clients, per_thread, 0,
+                                          op="get_api_for_model_string", args=op_args,
+                                          label="A syscalls %s %s" % (tag, server))
+                    got = strace_syscalls(servers[server][0](name), run_once)
+                    if got is None:
+                        continue
+                    calls, total, res = got
+                    served = res["requests"] or 1
+                    top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+                    syscalls[(name, clients, server)] = {
+                        "per_request": total / served,
+                        "top": {k: v / served for k, v in top}}
+                    log("s")
     finally:
         for d in daemons.values():
             d.stop()
@@ -426,43 +547,73 @@ def bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log):
             svc = samples[(name, clients, "service")]
             ech = samples[(name, clients, "echo")]
             # paired ratios: round r of the service against round r of the echo
-            tput = median([s["rps"] / e["rps"] for s, e in zip(svc, ech) if e["rps"]])
-            cpu = median([s["cpu_us_per_req"] / e["cpu_us_per_req"] for s, e in zip(svc, ech)
-                          if s["cpu_us_per_req"] and e["cpu_us_per_req"]])
-            entry = {"transport": name, "clients": clients,
-                     "throughput_ratio": tput, "cpu_ratio": cpu,
-                     "throughput_target": 0.9, "cpu_target": 1.2,
-                     "throughput_pass": tput is not None and tput >= 0.9,
-                     "cpu_pass": cpu is not None and cpu <= 1.2}
+            tputs = [s["rps"] / e["rps"] for s, e in zip(svc, ech) if e["rps"]]
+            cpus = [s["cpu_us_per_req"] / e["cpu_us_per_req"] for s, e in zip(svc, ech)
+                    if s["cpu_us_per_req"] and e["cpu_us_per_req"]]
+            tput, cpu = median(tputs), median(cpus)
+            sys_svc = syscalls.get((name, clients, "service"))
+            sys_echo = syscalls.get((name, clients, "echo"))
+            sys_ratio = (sys_svc["per_request"] / sys_echo["per_request"]
+                         if sys_svc and sys_echo and sys_echo["per_request"] else None)
+            entry = {"shape": tag, "transport": name, "clients": clients,
+                     "throughput_ratio": tput, "cpu_ratio": cpu, "syscall_ratio": sys_ratio,
+                     "throughput_ratios": tputs, "cpu_ratios": cpus,
+                     "throughput_target": 0.95, "cpu_target": 1.1, "syscall_target": 1.2,
+                     "throughput_pass": tput is not None and tput >= 0.95,
+                     "cpu_pass": cpu is not None and cpu <= 1.1,
+                     "syscall_pass": sys_ratio is not None and sys_ratio <= 1.2}
             for server, runs in (("echo", ech), ("service", svc)):
+                sc = syscalls.get((name, clients, server))
                 entry[server] = {
                     "rps": median([x["rps"] for x in runs]),
+                    "rps_min": min(x["rps"] for x in runs),
+                    "rps_max": max(x["rps"] for x in runs),
                     "p50_us": median([x["p50_us"] for x in runs]),
                     "p99_us": median([x["p99_us"] for x in runs]),
                     "cpu_us_per_req": median([x["cpu_us_per_req"] for x in runs]),
                     "cpu_stat_us_per_req": median([x["cpu_stat_us_per_req"] for x in runs]),
                     "reply_bytes": median([x["reply_bytes"] for x in runs]),
+                    "syscalls_per_req": sc["per_request"] if sc else None,
+                    "syscalls_top": sc["top"] if sc else None,
                     "rounds": runs,
                 }
-                rows.append([name, str(clients), server, fmt_int(entry[server]["rps"]),
-                             fmt_us(entry[server]["p50_us"]), fmt_us(entry[server]["p99_us"]),
-                             fmt_us(entry[server]["cpu_us_per_req"]),
-                             fmt_int(entry[server]["reply_bytes"]),
-                             "" if server == "echo" else fmt_ratio(tput) + " " + verdict(
-                                 entry["throughput_pass"]),
-                             "" if server == "echo" else fmt_ratio(cpu) + " " + verdict(
-                                 entry["cpu_pass"])])
+                e = entry[server]
+                spread = "%s-%s" % (fmt_int(e["rps_min"]), fmt_int(e["rps_max"]))
+                rows.append([name, str(clients), server, fmt_int(e["rps"]), spread,
+                             fmt_us(e["p50_us"]), fmt_us(e["p99_us"]),
+                             fmt_us(e["cpu_us_per_req"]),
+                             "-" if e["syscalls_per_req"] is None else
+                             "%.1f" % e["syscalls_per_req"],
+                             fmt_int(e["reply_bytes"]),
+                             "" if server == "echo" else "%s %s [%s]" % (
+                                 fmt_ratio(tput), verdict(entry["throughput_pass"]),
+                                 fmt_spread(tputs)),
+                             "" if server == "echo" else "%s %s [%s]" % (
+                                 fmt_ratio(cpu), verdict(entry["cpu_pass"]), fmt_spread(cpus)),
+                             "" if server == "echo" else "%s %s" % (
+                                 fmt_ratio(sys_ratio), verdict(entry["syscall_pass"]))])
             out.append(entry)
-    print_table("A. Request path vs transport limit: get_api_for_model_string (%d rounds, "
-                "medians; ratios are medians of paired rounds)" % cfg["rounds_a"],
-                ["transport", "clients", "server", "req/s", "p50 us", "p99 us", "cpu us/req",
-                 "reply B", "tput svc/echo (>=0.9)", "cpu svc/echo (<=1.2)"], rows)
+    print_table("A. Request path vs transport limit, %s shape: get_api_for_model_string(%r), "
+                "%d models + %d invalid (%d rounds, medians; ratios are medians of paired "
+                "rounds, [min-max])" % (tag, shape["model_string"], len(shape["models"]),
+                                        len(shape["invalid"]), cfg["rounds_a"]),
+                ["transport", "clients", "server", "req/s", "req/s range", "p50 us", "p99 us",
+                 "cpu us/req", "sys/req", "reply B", "tput svc/echo (>=0.95)",
+                 "cpu svc/echo (<=1.1)", "sys svc/echo (<=1.2)"], rows)
     sizes = {int(e[s]["reply_bytes"] or 0) for e in out for s in ("echo", "service")}
     if len(sizes) != 1:
         print("  note: echo and service reply sizes differ: %s" % sorted(sizes))
     print("  server CPU: sum of the server's per-thread run time (/proc/<pid>/task/*/schedstat) "
           "over the round,\n  divided by the requests served (warm-up included); "
-          "/proc/<pid>/stat utime+stime is in results.json.")
+          "/proc/<pid>/stat utime+stime is in results.json.\n  sys/req: `strace -c -f` on the "
+          "server during a separate pass of %d requests (all threads)."
+          % cfg["syscall_requests"])
+    for name in transports:
+        for server in ("echo", "service"):
+            sc = syscalls.get((name, 1, server))
+            if sc:
+                print("    %s %-7s 1 client: %s" % (name, server, ", ".join(
+                    "%s %.1f" % kv for kv in sc["top"].items())))
     return out
 
 
@@ -1251,8 +1402,7 @@ def profile_request_path(cfg, tools, daemon_bin, tmp, zctx, client, out_dir, log
         return {"skipped": "perf not found"}
     data_dir = os.path.join(tmp, "profile")
     os.makedirs(data_dir, mode=0o700)
-    write_yaml(os.path.join(data_dir, PROVIDERS_FILE),
-               [(REQUEST_PROVIDER, REQUEST_PROVIDER_NAME, BENCH_URL, BENCH_KEY, REQUEST_MODELS)])
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(HEADLINE))
     ep = "tcp://127.0.0.1:%d" % free_port()
     d = Daemon(daemon_bin, data_dir, ep, os.path.join(tmp, "daemon-profile.log"))
     os.makedirs(out_dir, exist_ok=True)
@@ -1266,7 +1416,7 @@ def profile_request_path(cfg, tools, daemon_bin, tmp, zctx, client, out_dir, log
                                stderr=subprocess.PIPE)
         time.sleep(0.3)
         res = client.run(ep, 1, 1000000, cfg["warmup"], op="get_api_for_model_string",
-                         args={"model_string": REQUEST_MODEL_STRING}, max_seconds=seconds,
+                         args={"model_string": HEADLINE["model_string"]}, max_seconds=seconds,
                          label="profile")
         _, err = rec.communicate(timeout=seconds + 30)
         if rec.returncode != 0:
@@ -1325,6 +1475,11 @@ def fmt_bytes(v):
 
 def fmt_mib(kib):
     return "-" if kib is None else "%.1f" % (kib / 1024.0)
+
+
+def fmt_spread(values):
+    values = [v for v in values if v is not None]
+    return "%.2f-%.2f" % (min(values), max(values)) if values else "-"
 
 
 def fmt_ratio(v):
@@ -1393,6 +1548,8 @@ def main():
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
     ap.add_argument("--only", choices=["a", "b", "c", "s", "v", "r"], action="append",
                     help="run only these tables (repeatable; W comes with B)")
+    ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
+                    "build's); e.g. an older build, for a before/after comparison")
     ap.add_argument("--profile", action="store_true",
                     help="also perf-profile the daemon under the 1-client resolution load")
     opts = ap.parse_args()
@@ -1402,7 +1559,8 @@ def main():
 
     build = os.path.abspath(opts.build)
     tools = os.path.join(build, "tests", "bench")
-    daemon_bin = os.path.join(build, "service", "provider-manager")
+    daemon_bin = (os.path.abspath(opts.daemon) if opts.daemon
+                  else os.path.join(build, "service", "provider-manager"))
     for path in (daemon_bin, os.path.join(tools, "bench_echo"),
                  os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry")):
         if not os.access(path, os.X_OK):
@@ -1430,20 +1588,26 @@ def main():
              results["machine"].get("cpu", "?"), os.cpu_count() or 0, os.getloadavg()[0]))
     try:
         if "a" in only:
-            log("A: request path ")
-            results["request_path"] = bench_request_path(cfg, tools, daemon_bin, tmp, zctx,
-                                                         client, log)
+            results["request_path"] = []
             a_targets = []
-            for e in results["request_path"]:
-                a_targets.append({"name": "throughput %s %d client(s)" % (e["transport"],
-                                                                          e["clients"]),
-                                  "value": e["throughput_ratio"], "unit": "x",
-                                  "target": ">= 0.9", "pass": e["throughput_pass"]})
-                a_targets.append({"name": "CPU/request %s %d client(s)" % (e["transport"],
-                                                                           e["clients"]),
-                                  "value": e["cpu_ratio"], "unit": "x", "target": "<= 1.2",
-                                  "pass": e["cpu_pass"]})
-            print_targets("A targets (service/echo)", a_targets)
+            for shape in REQUEST_SHAPES:
+                log("A: request path, %s shape " % shape["name"])
+                entries = bench_request_path(cfg, tools, daemon_bin, tmp, zctx, client, log,
+                                             shape)
+                results["request_path"] += entries
+                if shape is not HEADLINE:
+                    continue  # the targets are set on the realistic shape
+                for e in entries:
+                    cell = "%s %d client(s)" % (e["transport"], e["clients"])
+                    a_targets.append({"name": "throughput " + cell,
+                                      "value": e["throughput_ratio"], "unit": "x",
+                                      "target": ">= 0.95", "pass": e["throughput_pass"]})
+                    a_targets.append({"name": "CPU/request " + cell, "value": e["cpu_ratio"],
+                                      "unit": "x", "target": "<= 1.1", "pass": e["cpu_pass"]})
+                    a_targets.append({"name": "syscalls/request " + cell,
+                                      "value": e["syscall_ratio"], "unit": "x",
+                                      "target": "<= 1.2", "pass": e["syscall_pass"]})
+            print_targets("A targets (service/echo, %s shape)" % HEADLINE["name"], a_targets)
             results["request_path_targets"] = a_targets
         if "b" in only:
             log("B0: in process ")

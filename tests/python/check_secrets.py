@@ -4,8 +4,9 @@
 Usage: check_secrets.py PATH...   (files or directories, scanned recursively; missing ones are
 skipped, but at least one must exist)
 
-`make test` runs it over the ctest log (every test's whole output) and the daemon logs that
-pmharness keeps when PM_KEEP_LOGS is set. What a leak is: see pmsecrets.py. The matching
+`make test` runs it over the ctest log (every test's whole output), the daemon logs that
+pmharness keeps when PM_KEEP_LOGS is set, and the transcripts of status records, errors and
+events that test_model_status writes there (<pid>-model-status-transcript.log). What a leak is: see pmsecrets.py. The matching
 line is printed with the key's tail masked, so this check never leaks the key itself.
 """
 

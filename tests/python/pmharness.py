@@ -416,8 +416,9 @@ class Daemon:
 
 PROVIDER_KEYS = {"provider", "name", "base_api_url", "api_key", "valid_models",
                  "invalid_models"}
+# v1's keys plus v1.1's additive ones (protocol-v1.1.md: "protocol", "status_version").
 HEALTH_KEYS = {"status", "version", "state_version", "providers", "models", "uptime_s",
-               "jobs_running"}
+               "jobs_running", "protocol", "status_version"}
 
 
 class DaemonTestCase(unittest.TestCase):

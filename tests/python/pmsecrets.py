@@ -8,7 +8,10 @@ JSON-escaped forms differ from the raw one; scan() looks for all of them.
 
 The other suites' keys ("sk-bbx-...") predate this module: in daemon logs, where no key may
 appear even partly, scan(..., daemon_log=True) also looks for their "sk-bbx-" and "sk-test-"
-prefixes (a masked key keeps only "sk-").
+prefixes (a masked key keeps only "sk-"). The same strict scan applies to the transcripts the
+model-status suite keeps (status records, provider status, job status, error messages and
+"models" events, one JSON line each, in "<pid>-model-status-transcript.log"): nothing in them
+comes from a key, so not even a key's prefix may show up there.
 """
 
 import os
@@ -54,6 +57,25 @@ def scan_text(text, daemon_log=False):
     return found
 
 
+def scan_obj(obj, daemon_log=False):
+    """[(needle, text)] for every needle in a decoded reply or event (maps, lists, str and
+    bytes, map keys included): a status record, an error or a models event is checked whole,
+    whatever field a key hides in."""
+    found = []
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
+        elif isinstance(item, (str, bytes, bytearray)):
+            found.extend(scan_text(bytes(item) if isinstance(item, bytearray) else item,
+                                   daemon_log))
+    return found
+
+
 def mask(text):
     """text with every test key form replaced by <KEY>: safe to print in a failure message."""
     for needle in needles(daemon_log=True):
@@ -62,9 +84,11 @@ def mask(text):
 
 
 def _is_daemon_log(path):
-    """Daemon stderr/stdout copies (pmharness PM_KEEP_LOGS) and sanitizer logs."""
+    """Daemon stderr/stdout copies (pmharness PM_KEEP_LOGS), sanitizer logs, and the
+    model-status suite's transcripts: the outputs where not even a key prefix may appear."""
     name = os.path.basename(path)
-    return name.startswith(("stderr-", "stdout-")) or "-stderr-" in name or "-stdout-" in name
+    return (name.startswith(("stderr-", "stdout-")) or "-stderr-" in name
+            or "-stdout-" in name or name.endswith("-transcript.log"))
 
 
 def scan_paths(paths):

@@ -1,7 +1,9 @@
 """Crash safety of the persisted file, proven by killing the daemon and by starving its disk.
 
 - SIGKILL at random moments while a client writes in a loop, 200 times: after every kill the
-  file parses and equals either the last acknowledged state or the one in flight.
+  file parses and equals either the last acknowledged state or the one in flight; the model
+  status journal loads at the next start, agrees with the file (one record in valid_models
+  per valid model, no other) and status_version never goes back.
 - A full disk (a small tmpfs) and a read-only data dir: the write is refused with an error,
   the daemon keeps serving, the old file is byte-identical, nothing changed in memory.
 
@@ -66,6 +68,23 @@ class Writer(threading.Thread):
 
 
 class CrashSafetyTest(unittest.TestCase):
+    def check_status(self, d, last_version, kills):
+        """The status journal survived the last kill: it loaded, agrees with the providers
+        file and its version did not go back. Returns the version now."""
+        c = d.client()
+        version = c.ok("health")["status_version"]
+        self.assertGreaterEqual(version, last_version, "kill %d: status_version went back" % kills)
+        if c.ok("contains", {"provider_name": "crash"}):
+            valid = c.ok("getitem", {"provider_name": "crash"})["valid_models"]
+            records = c.ok("model_status", {"provider": "crash"})
+            in_valid = [r["model"] for r in records if r["in_valid_models"]]
+            self.assertEqual(in_valid, list(valid), "kill %d: status and file disagree" % kills)
+            self.assertTrue(all(r["state"] == "valid" for r in records), records)
+        journal = os.path.join(d.data_dir, "model-status.journal")
+        self.assertTrue(os.path.exists(journal), "kill %d: no status journal" % kills)
+        self.assertEqual(os.stat(journal).st_mode & 0o777, 0o600)
+        return version
+
     def test_sigkill_at_random_moments(self):
         rng = random.Random(20261126)
         tmp = tempfile.mkdtemp(prefix="pm-crash-")
@@ -73,10 +92,12 @@ class CrashSafetyTest(unittest.TestCase):
         step = 1
         acked_total = 0
         kills = 0
+        status_version = 0
         while kills < KILLS:
             d = Daemon(tmpdir=tmp, data_dir=data_dir)
             try:
                 d.start()
+                status_version = self.check_status(d, status_version, kills)
                 w = Writer(d, step)
                 w.start()
                 # Kill anywhere from "before the first write" to "several writes in".

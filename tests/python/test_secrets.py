@@ -11,7 +11,9 @@ over the wire must show up in the write of the providers file (so the trace is k
 work). The same trace shows the mode each file was created with.
 
 `make test` also greps every output of the whole run for the tail (check_secrets.py over
-the ctest log and the daemon logs that pmharness keeps with PM_KEEP_LOGS).
+the ctest log and the daemon logs that pmharness keeps with PM_KEEP_LOGS), and the transcripts
+of status records, errors and events that test_model_status keeps there too (strictly: not
+even a key prefix). test_model_status checks its own replies, events, logs and status files.
 
 Run: PM_DAEMON=... python3 -m unittest -v test_secrets   (in tests/python)
 """
@@ -141,6 +143,53 @@ class CheckerTest(unittest.TestCase):
         self.write("ctest.log", "test_api_key_nil_clears ... ok\n")
         rc = self.run_checker()
         self.assertEqual(rc.returncode, 0, rc.stdout)
+
+    def status_record(self, message):
+        return {"provider": "p", "model": "m", "state": "failing", "in_valid_models": True,
+                "listed": True, "first_seen_at": 1.0, "last_listed_at": 2.0,
+                "last_checked_at": 3.0, "last_ok_at": None, "latency_ms": None, "failures": 3,
+                "last_error": {"class": "model", "status": 400, "message": message},
+                "meta": {"owned_by": "x"}}
+
+    def test_scan_obj_finds_a_key_anywhere_in_a_record_or_event(self):
+        key = test_key("obj")
+        self.assertEqual(pmsecrets.scan_obj(self.status_record("no such model")), [])
+        for obj in (self.status_record("bad key %s" % key),
+                    {"event": "models_changed", "provider": "p",
+                     "changes": [{"model": key, "from": None, "to": "valid"}]},
+                    [{"provider": "p", "last_error": {"message": key.encode()}}],
+                    {key: 1}):
+            self.assertTrue(pmsecrets.scan_obj(obj), obj)
+        self.assertTrue(pmsecrets.scan_obj({"message": "sk-test-x"}, daemon_log=True))
+        self.assertEqual(pmsecrets.scan_obj({"message": key[:3] + "..." + key[-4:]},
+                                            daemon_log=True), [])
+
+    def test_model_status_transcripts_are_checked_strictly(self):
+        # The model-status suite writes what it received to $PM_KEEP_LOGS: a record holding
+        # a key there must fail `make test`, and so must even a key's prefix.
+        import pmharness
+        import test_model_status
+        old = pmharness.KEEP_LOGS
+        pmharness.KEEP_LOGS = self.dir
+        try:
+            transcript = test_model_status.Transcript()
+        finally:
+            pmharness.KEEP_LOGS = old
+        self.assertEqual(os.path.dirname(transcript.path), self.dir)
+        transcript.add("model_status", [self.status_record("upstream said fine")])
+        self.assertEqual(self.run_checker().returncode, 0)
+        transcript.add("model_status", [self.status_record("Incorrect API key provided: %s"
+                                                           % test_key("rec"))])
+        rc = self.run_checker()
+        self.assertEqual(rc.returncode, 1, rc.stdout)
+        self.assertIn(b"LEAK", rc.stdout)
+        self.assertIn(b"transcript", rc.stdout)
+        self.assertNotIn(test_key("rec").encode(), rc.stdout + rc.stderr)
+        os.unlink(transcript.path)
+        transcript.add("event models", {"event": "models_changed", "provider": "p",
+                                        "changes": [{"model": "sk-test-only-a-prefix",
+                                                     "from": None, "to": "valid"}]})
+        self.assertEqual(self.run_checker().returncode, 1)
 
     def test_prefixes_count_in_daemon_logs_only(self):
         self.write("1-stderr-7.log", "set_provider acme key sk-bbx-acme-0001\n")
