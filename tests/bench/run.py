@@ -1232,6 +1232,13 @@ def _verify_registry(origin, total, providers, models):
     return regs
 
 
+def _verified_ok(result):
+    """Models of the verified providers (vp-NN) that answered, per job_status."""
+    providers = result.get("providers") or {}
+    return sum(p.get("ok") or 0 for k, p in providers.items()
+               if isinstance(k, str) and k.startswith("vp-") and isinstance(p, dict))
+
+
 def _wait_job(zctx, endpoint, job, deadline_s=VERIFY_JOB_TIMEOUT_S):
     """Polls job_status until done; (result map, seconds waited)."""
     t0 = time.perf_counter()
@@ -1261,6 +1268,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
     read_model = "vp-%02d/model-%03d" % (vr["providers"] - 1, vr["models"] - 1)
     read_args = {"model_string": read_model}
     samples = {size: {"idle": [], "verify": [], "jobs": []} for size in vr["sizes"]}
+    expected_ok = vr["providers"] * vr["models"]  # every verified model answers every job
     try:
         for size in vr["sizes"]:
             data_dir = os.path.join(tmp, "r-%d" % size)
@@ -1285,8 +1293,9 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                 log("skipped\n")
                 return {"skipped": "verify_models: %s" % err.get("code"), "targets": []}
             result, _ = _wait_job(zctx, d.endpoint, reply["result"]["job"])
-            if not result.get("success"):
-                raise BenchError("warm-up verify job failed: %s" % result.get("messages"))
+            if not result.get("success") or _verified_ok(result) != expected_ok:
+                raise BenchError("warm-up verify job failed (%d of %d models ok): %s"
+                                 % (_verified_ok(result), expected_ok, result.get("messages")))
         for r in range(vr["rounds"]):
             for size in (vr["sizes"] if r % 2 == 0 else list(reversed(vr["sizes"]))):
                 d = daemons[size]
@@ -1318,7 +1327,9 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                         running = (first.get("result") or {}).get("state") == "running"
                         result, _ = _wait_job(zctx, d.endpoint, job)
                         samples[size]["jobs"].append({
-                            "job": job, "success": result.get("success"),
+                            "job": job, "probes_ok": _verified_ok(result),
+                            "success": (result.get("success") is True and
+                                        _verified_ok(result) == expected_ok),
                             "reads_s": reads_end, "wall_s": time.perf_counter() - started,
                             "running_when_reads_ended": running})
                 log(".")
