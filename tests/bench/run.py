@@ -1144,7 +1144,7 @@ def bench_status_persist(cfg, tools, quick, log):
     ratio = res["ratio"]["median"]
     targets = [{"name": "status batch of %s / providers-file persist, %s models"
                         % (fmt_int(res["batch_records"]), fmt_int(res["models"])),
-                "value": ratio, "unit": "x", "target": "< %g" % target,
+                "value": ratio * 100, "unit": "%", "target": "< %g%%" % (target * 100),
                 "pass": ratio < target}]
     print_table("S. Status persistence, in process (bench_status, %d rounds side by side: "
                 "median (min-max) ms)" % res["rounds"],
@@ -1524,6 +1524,8 @@ def print_targets(title, targets):
             shown = "%.3f s" % v
         elif t["unit"] == "MiB":
             shown = "%.1f MiB" % v
+        elif t["unit"] == "%":
+            shown = "%.1f%%" % v
         else:
             shown = "%s %s" % (fmt_int(v), t["unit"])
         rows.append([t["name"], shown, t["target"], verdict(t["pass"])])
