@@ -1158,13 +1158,18 @@ def bench_status_persist(cfg, tools, quick, log):
                   fmt_bytes(res["batch_bytes"]), fmt_bytes(res["yaml_bytes"])]])
     print_table("S2. Status journal at %s records (%d rounds: median (min-max) ms)"
                 % (fmt_int(res["models"]), res["rounds"]),
-                ["load (replay) ms", "compaction ms", "snapshot B", "probes ms (in memory)"],
+                ["load (replay) ms", "compaction ms", "snapshot B", "probes ms (in memory)",
+                 "append cpu ms", "of which crc32", "fdatasync floor ms"],
                 [[_spread(res["load_ms"]), _spread(res["compact_ms"]),
-                  fmt_bytes(res["snapshot_bytes"]), _spread(res["probe_ms"])]])
+                  fmt_bytes(res["snapshot_bytes"]), _spread(res["probe_ms"]),
+                  _spread(res["append_cpu_ms"]), fmt_ms3(res["crc_ms"]["median"]),
+                  _spread(res["fsync_floor_ms"])]])
     print("  batch = model_status_take_dirty + status_store_append (one write + fdatasync) of "
           "one provider's %s\n  changed records (valid -> failing); persist = store_persist of "
           "the providers YAML (emit, fsync,\n  rename, dir fsync), same directory; load = "
-          "status_store_open replaying the compacted journal\n  into an empty table."
+          "status_store_open replaying the compacted journal\n  into an empty table; append "
+          "cpu = the append's thread CPU time (encoding, CRC-32, syscalls); fdatasync\n  floor "
+          "= as many bytes written + fdatasync'ed to a scratch file in the same directory."
           % fmt_int(res["batch_records"]))
     print_targets("S targets", targets)
     return {"result": res, "targets": targets}
