@@ -1360,6 +1360,9 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                  "idle_rps": median([x["rps"] for x in s["idle"]]),
                  "verify_rps": median([x["rps"] for x in s["verify"]]),
                  "ratio": ratio, "ratios": ratios,
+                 "ratio_of_medians": (median([x["p50_us"] for x in s["verify"]]) /
+                                      median([x["p50_us"] for x in s["idle"]])
+                                      if median([x["p50_us"] for x in s["idle"]]) else None),
                  "job_wall_s": median([j["wall_s"] for j in jobs]),
                  "idle_daemon_cpu_ms": median([x["daemon_cpu_ms"] for x in s["idle"]]),
                  "verify_daemon_cpu_ms": median([x["daemon_cpu_ms"] for x in s["verify"]]),
@@ -1374,6 +1377,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
         rows.append([fmt_int(size), fmt_int(entry["verified_models"]),
                      fmt_us(entry["idle_p50_us"]), fmt_us(entry["verify_p50_us"]),
                      fmt_ratio(ratio), fmt_spread_ratio(ratios),
+                     fmt_ratio(entry["ratio_of_medians"]),
                      fmt_us(entry["idle_p99_us"]), fmt_us(entry["verify_p99_us"]),
                      "%.2f" % entry["job_wall_s"] if entry["job_wall_s"] else "-",
                      "%s / %s / %s" % (fmt_int(entry["idle_daemon_cpu_ms"]),
@@ -1387,14 +1391,15 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                 % (read_model, vr["seconds"], vr["providers"], vr["models"], vr["latency_ms"],
                    vr["rounds"]),
                 ["models", "verified", "idle p50 us", "verify p50 us", "ratio", "ratio min-max",
+                 "ratio of medians",
                  "idle p99 us", "verify p99 us", "job s", "cpu ms idle/verify/fake",
                  "overlapped", "jobs ok"], rows)
-    print("  ratio = median of the rounds' (p50 during / p50 idle); overlapped = rounds whose "
-          "job was still running\n  when the reads ended; models beyond the verified ones "
-          "belong to keyless providers (skipped by the job).\n  cpu = CPU time over the "
-          "reads window (%g s): the daemon's (all threads) idle and during the job, and\n"
-          "  the fake upstream's during the job (its work competes for the same cores)."
-          % vr["seconds"])
+    print("  ratio = median of the rounds' (p50 during / p50 idle), the target's figure; ratio of "
+          "medians = the two p50\n  columns divided; overlapped = rounds whose job was still "
+          "running when the reads ended; models beyond\n  the verified ones belong to keyless "
+          "providers (skipped by the job). cpu = CPU time over the reads\n  window (%g s): the "
+          "daemon's (all threads) idle and during the job, and the fake upstream's during\n"
+          "  the job (its work competes for the same cores)." % vr["seconds"])
     print_targets("R targets", targets)
     return {"sizes": out, "targets": targets}
 
