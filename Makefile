@@ -20,11 +20,13 @@ CMAKE_FLAGS ?= -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPM_WERROR=ON
 
 # Debian 12 packages the build and the tests need.
 DEB_PACKAGES = build-essential cmake pkg-config libzmq3-dev libmsgpack-dev libyaml-dev \
-	libcurl4-openssl-dev libjansson-dev libcmocka-dev python3 python3-zmq python3-msgpack python3-yaml \
-	ca-certificates
+	libcurl4-openssl-dev libjansson-dev libcmocka-dev libmicrohttpd-dev python3 python3-zmq \
+	python3-msgpack python3-yaml ca-certificates
 
-# Tools of the test suite (strace: test_secrets' system-call check) and of the hardening runs.
-TEST_PACKAGES = strace
+# Tools of the test suite (strace: test_secrets' system-call check; prometheus: a real
+# Prometheus scrapes the daemon in test_metrics, and its promtool checks the text) and of the
+# hardening runs.
+TEST_PACKAGES = strace prometheus
 FUZZ_PACKAGES = clang libclang-rt-14-dev
 VALGRIND_PACKAGES = valgrind
 
@@ -34,9 +36,10 @@ ASAN_BUILD = build-asan
 TSAN_BUILD = build-tsan
 FUZZ_BUILD = build-fuzz
 # The suites that exercise threads: the writer, the discovery workers, readers in the front
-# end during writes and discoveries, the in-process front end + writer of the fuzz replay.
+# end during writes and discoveries, the in-process front end + writer of the fuzz replay, the
+# client replica's readers while it applies changes.
 # CMakePresets.json's tsan test preset has the same list (tests/python/test_docs.py checks).
-TSAN_TESTS = ^(test_discovery_worker|test_discovery|test_writer|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security)$$
+TSAN_TESTS = ^(test_discovery_worker|test_pmclient_replica|test_discovery|test_writer|test_front|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_model_status)$$
 SANITIZER_LOGS = sanitizer-logs
 # ASan/LSan/TSan reports go to files (log_path), so a report from a daemon that a test stops
 # with SIGKILL is not lost either; UBSan's go to stderr (gcc), kept by ctest and PM_KEEP_LOGS.

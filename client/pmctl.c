@@ -11,6 +11,7 @@
  * cannot drive the terminal.
  */
 #include "pmclient.h"
+#include "pmclient_replica.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +19,7 @@
 #include <limits.h>
 #include <math.h>
 #include <msgpack.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1608,8 +1610,7 @@ static int s_cmd_verify(s_ctx_t *ctx, int argc, char **argv)
 static int s_set_count(void *target, const s_option_t *option, const char *command,
                        const char *value, int *status)
 {
-    (void)option;
-    if (s_parse_int(value, 1, LONG_MAX, (long *)target) != 0) {
+    if (s_parse_int(value, 1, LONG_MAX, (long *)((char *)target + option->offset)) != 0) {
         *status = s_usage_error(command, "--count must be a positive integer, not '%s'", value);
         return -1;
     }
@@ -1677,15 +1678,168 @@ static void s_print_event_json(const pm_event_t *event)
     json_decref(json);
 }
 
+typedef struct {
+    long count;
+    bool replica;
+    long heartbeat_ms;
+} s_watch_args_t;
+
+static int s_set_heartbeat(void *target, const s_option_t *option, const char *command,
+                           const char *value, int *status)
+{
+    if (s_parse_int(value, 1, PMCLIENT_MAX_TIMEOUT_MS, (long *)((char *)target + option->offset)) !=
+        0) {
+        *status = s_usage_error(command, "--heartbeat-ms must be 1..%d, not '%s'",
+                                PMCLIENT_MAX_TIMEOUT_MS, value);
+        return -1;
+    }
+    return 0;
+}
+
 static const s_option_t s_watch_options[] = {
-    {"count", 'c', "N", 0, "stop after N events", s_set_count, 0}, {0}};
+    {"count", 'c', "N", 0, "stop after N events (with --replica: N changes applied)", s_set_count,
+     offsetof(s_watch_args_t, count)},
+    {"replica", 0, NULL, 0, "keep a local replica and show its changes and staleness", s_set_true,
+     offsetof(s_watch_args_t, replica)},
+    {"heartbeat-ms", 0, "MS", 0, "the service's heartbeat_ms, for --replica (default 1000)",
+     s_set_heartbeat, offsetof(s_watch_args_t, heartbeat_ms)},
+    {0}};
+
+/* watch --replica: the change callback runs on the replica's thread, the staleness lines on
+ * the main thread; one mutex keeps their lines whole. */
+typedef struct {
+    pthread_mutex_t mutex;
+    bool json;
+    long changes;
+} s_replica_watch_t;
+
+static void s_replica_line(s_replica_watch_t *watch, json_t *json, const char *text)
+{
+    pthread_mutex_lock(&watch->mutex);
+    if (watch->json) {
+        if (json && json_dumpf(json, stdout, JSON_COMPACT) == 0)
+            fputc('\n', stdout);
+        else
+            fputs("pmctl: cannot render the change as JSON\n", stderr);
+    } else {
+        fputs(text, stdout);
+    }
+    fflush(stdout);
+    pthread_mutex_unlock(&watch->mutex);
+    json_decref(json);
+}
+
+static void s_replica_changed(const pmclient_replica_change_t *change, void *arg)
+{
+    s_replica_watch_t *watch = arg;
+    char text[1024];
+    int used;
+    if (change->full)
+        used = snprintf(text, sizeof text, "snapshot: state_version %lld, epoch %s\n",
+                        (long long)change->state_version, change->epoch[0] ? change->epoch : "-");
+    else
+        used = snprintf(text, sizeof text, "state_version %lld:", (long long)change->state_version);
+    json_t *keys = json_array();
+    for (size_t i = 0; !change->full && i < change->key_count; i++) {
+        if (used >= 0 && (size_t)used < sizeof text)
+            used += snprintf(text + used, sizeof text - (size_t)used, "%s %s", i ? "," : "",
+                             change->keys[i]);
+        json_array_append_new(keys, json_string(change->keys[i]));
+    }
+    if (!change->full && used >= 0 && (size_t)used < sizeof text - 1)
+        snprintf(text + used, sizeof text - (size_t)used, "\n");
+    json_t *json = json_pack("{s:s, s:I, s:s, s:b, s:o}", "event", "replica_changed",
+                             "state_version", (json_int_t)change->state_version, "epoch",
+                             change->epoch, "snapshot", change->full, "providers", keys);
+    s_replica_line(watch, json, text);
+    pthread_mutex_lock(&watch->mutex);
+    watch->changes++;
+    pthread_mutex_unlock(&watch->mutex);
+}
+
+/* One line when the staleness changes: why, and how far behind. */
+static void s_replica_status(s_replica_watch_t *watch, const pmclient_replica_stats_t *st)
+{
+    char text[512], heard[64];
+    if (st->since_contact_s < 0)
+        snprintf(heard, sizeof heard, "never heard from the service");
+    else
+        snprintf(heard, sizeof heard, "last heard %.1f s ago", st->since_contact_s);
+    snprintf(text, sizeof text, "%s: state_version %lld, %lld behind, %s, %llu re-snapshots\n",
+             st->stale ? "stale" : "fresh", (long long)st->state_version,
+             (long long)st->versions_behind, heard, (unsigned long long)st->resnapshots);
+    json_t *json =
+        json_pack("{s:s, s:b, s:b, s:I, s:I, s:f, s:I}", "event", "replica_status", "synced",
+                  st->synced, "stale", st->stale, "state_version", (json_int_t)st->state_version,
+                  "versions_behind", (json_int_t)st->versions_behind, "since_contact_s",
+                  st->since_contact_s, "resnapshots", (json_int_t)st->resnapshots);
+    s_replica_line(watch, json, text);
+}
+
+static int s_watch_replica(s_ctx_t *ctx, const s_watch_args_t *args)
+{
+    char server_public[PMCLIENT_Z85_KEY_LEN + 1], client_public[PMCLIENT_Z85_KEY_LEN + 1];
+    char client_secret[PMCLIENT_Z85_KEY_LEN + 1], err[512];
+    s_replica_watch_t watch = {.json = ctx->json};
+    if (pthread_mutex_init(&watch.mutex, NULL) != 0) {
+        fputs("pmctl: cannot create a mutex\n", stderr);
+        return EXIT_FAILED;
+    }
+    pmclient_replica_options_t options = {.timeout_ms = ctx->timeout_ms,
+                                          .heartbeat_ms = (int)args->heartbeat_ms,
+                                          .on_change = s_replica_changed,
+                                          .on_change_arg = &watch};
+    if (ctx->curve_server_key) {
+        if (pmclient_curve_read_key_file(ctx->curve_server_key, server_public, NULL, err,
+                                         sizeof err) != 0 ||
+            pmclient_curve_read_key_file(ctx->curve_client_key, client_public, client_secret, err,
+                                         sizeof err) != 0) {
+            fprintf(stderr, "pmctl: %s\n", err);
+            pthread_mutex_destroy(&watch.mutex);
+            return EXIT_FAILED;
+        }
+        options.server_public_z85 = server_public;
+        options.client_public_z85 = client_public;
+        options.client_secret_z85 = client_secret;
+    }
+    pmclient_replica_t *replica =
+        pmclient_replica_new(ctx->endpoint, ctx->events_endpoint, &options);
+    explicit_bzero(client_secret, sizeof client_secret);
+    if (!replica) {
+        fprintf(stderr, "pmctl: cannot start a replica of '%s' (events '%s')\n", ctx->endpoint,
+                ctx->events_endpoint);
+        pthread_mutex_destroy(&watch.mutex);
+        return EXIT_FAILED;
+    }
+    int last = -1; /* -1: nothing shown yet, else the stale flag shown last */
+    for (;;) {
+        pthread_mutex_lock(&watch.mutex);
+        long seen = watch.changes;
+        pthread_mutex_unlock(&watch.mutex);
+        if (s_interrupted || (args->count > 0 && seen >= args->count))
+            break;
+        pmclient_replica_stats_t st;
+        if (pmclient_replica_stats(replica, &st) == 0 && (int)st.stale != last) {
+            s_replica_status(&watch, &st);
+            last = st.stale;
+        }
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    pmclient_replica_destroy(&replica);
+    pthread_mutex_destroy(&watch.mutex);
+    return EXIT_OK;
+}
 
 static int s_cmd_watch(s_ctx_t *ctx, int argc, char **argv)
 {
-    long count = 0;
+    s_watch_args_t args = {0};
     int status;
-    if (s_parse_command(argc, argv, &count, &status) != 0)
+    if (s_parse_command(argc, argv, &args, &status) != 0)
         return status;
+    long count = args.count;
+    if (args.replica)
+        return s_watch_replica(ctx, &args);
 
     pmclient_events_t *events = NULL;
     if (ctx->curve_server_key) {
@@ -1794,7 +1948,10 @@ static const s_command_t s_commands[] = {
     {"watch", s_cmd_watch, "", 0, s_watch_options,
      "Print change events until interrupted (Ctrl-C).",
      "  Provider changes print \"state_version N: KEY, ...\"; model status changes print one\n"
-     "  line per model, \"status_version N: PROVIDER/MODEL: FROM -> TO\" (FROM \"-\": new).\n",
+     "  line per model, \"status_version N: PROVIDER/MODEL: FROM -> TO\" (FROM \"-\": new).\n"
+     "  --replica keeps a local replica (snapshot + events, as libpmclient's replica does)\n"
+     "  and prints each change it applies, \"snapshot: ...\" when it (re)synchronises, and a\n"
+     "  \"stale\" / \"fresh\" line whenever it loses or regains the service.\n",
      false},
     {"keygen", s_cmd_keygen, "DIR", 1, s_keygen_options,
      "Write a CURVE key pair (DIR/NAME.key and DIR/NAME.pub).\n"

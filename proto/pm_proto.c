@@ -122,6 +122,7 @@ static const char *const s_op_names[PM_OP_COUNT_] = {
     [PM_OP_MODEL_STATUS] = "model_status",
     [PM_OP_PROVIDER_STATUS] = "provider_status",
     [PM_OP_VERIFY_MODELS] = "verify_models",
+    [PM_OP_SNAPSHOT] = "snapshot",
 };
 
 const char *pm_op_name(pm_op_t op)
@@ -166,7 +167,7 @@ pm_op_t pm_op_from_name(const char *name, size_t len)
     case 7:
         return S_OP_AMONG(PM_OP_GETITEM);
     case 8:
-        return S_OP_AMONG(PM_OP_CONTAINS);
+        return S_OP_AMONG(PM_OP_CONTAINS, PM_OP_SNAPSHOT);
     case 10:
         return S_OP_AMONG(PM_OP_FIND_MODEL, PM_OP_JOB_STATUS);
     case 12:

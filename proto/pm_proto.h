@@ -81,6 +81,8 @@ typedef enum {
     PM_OP_MODEL_STATUS,
     PM_OP_PROVIDER_STATUS,
     PM_OP_VERIFY_MODELS,
+    /* v1.1: every ProviderConfig with its versions, from one immutable view (a read) */
+    PM_OP_SNAPSHOT,
     PM_OP_COUNT_
 } pm_op_t;
 

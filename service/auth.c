@@ -11,6 +11,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -50,6 +51,7 @@ struct auth_t {
     pthread_t thread;
     bool thread_started;
     char control_endpoint[64];
+    _Atomic unsigned long long refusals; /* written by the thread, read by the metrics */
 };
 
 bool auth_endpoint_is_local(const char *endpoint)
@@ -200,6 +202,8 @@ static void s_handle_zap(auth_t *self)
     bool curve = zmq_msg_size(&frames[5]) == 5 && memcmp(zmq_msg_data(&frames[5]), "CURVE", 5) == 0;
     bool ok = curve && count == 7 && !overflow &&
               s_allowed(self, zmq_msg_data(&frames[6]), zmq_msg_size(&frames[6]));
+    if (!ok)
+        atomic_fetch_add_explicit(&self->refusals, 1, memory_order_relaxed);
     if (!ok && s_may_log_refusal(self)) {
         char address[64] = "?", key[PM_KEYFILE_Z85_LEN + 1] = "?";
         size_t alen = zmq_msg_size(&frames[3]);
@@ -233,6 +237,8 @@ static void s_handle_monitor(auth_t *self, void *monitor)
     if (received < 0)
         return;
     size_t count = (size_t)received;
+    if (count == 2 && zmq_msg_size(&frames[0]) == 6) /* a failed handshake is a refusal too */
+        atomic_fetch_add_explicit(&self->refusals, 1, memory_order_relaxed);
     if (count == 2 && zmq_msg_size(&frames[0]) == 6 && s_may_log_refusal(self)) {
         uint16_t event;
         uint32_t value; /* a protocol error code, or an errno for "no detail" */
@@ -417,4 +423,9 @@ void auth_destroy(auth_t **self_p)
     free(self->clients);
     free(self);
     *self_p = NULL;
+}
+
+unsigned long long auth_refusals(const auth_t *self)
+{
+    return self ? atomic_load_explicit(&self->refusals, memory_order_relaxed) : 0;
 }

@@ -38,6 +38,10 @@ int auth_apply(const auth_t *self, void *socket);
 /* How many clients are allowed (0 when CURVE is off). */
 size_t auth_client_count(const auth_t *self);
 
+/* Client connections the ZAP handler refused so far (any thread; 0 on NULL or without
+ * CURVE), for the metrics' auth_refusals_total. */
+unsigned long long auth_refusals(const auth_t *self);
+
 /* Stops the ZAP handler thread. Safe on NULL. */
 void auth_destroy(auth_t **self_p);
 

@@ -250,9 +250,11 @@ typedef enum {
     OPT_CONFIG,
     OPT_ENDPOINT,
     OPT_EVENTS_ENDPOINT,
+    OPT_METRICS_ENDPOINT,
     OPT_DATA_DIR,
     OPT_WORKERS,
     OPT_LOG_LEVEL,
+    OPT_HEARTBEAT_MS,
     OPT_CURVE_SECRET_KEY_FILE,
     OPT_CURVE_CLIENTS_DIR,
     OPT_ALLOW_INSECURE,
@@ -275,11 +277,16 @@ static const s_option_t s_options[OPT_COUNT] = {
     [OPT_EVENTS_ENDPOINT] =
         {"events-endpoint", "EP", "PM_EVENTS_ENDPOINT",
          "PUB endpoint of change events (default " CONFIG_DEFAULT_EVENTS_ENDPOINT ")"},
+    [OPT_METRICS_ENDPOINT] = {"metrics-endpoint", "HOST:PORT", "PM_METRICS_ENDPOINT",
+                              "serve Prometheus /metrics and /healthz over HTTP (default off; "
+                              "off turns it off)"},
     [OPT_DATA_DIR] = {"data-dir", "DIR", "PM_DATA_DIR",
                       "directory of " STORE_FILE_NAME " (default " CONFIG_DEFAULT_DATA_DIR ")"},
     [OPT_WORKERS] = {"workers", "N", "PM_WORKERS", "discovery worker threads, 1 to 64 (default 4)"},
     [OPT_LOG_LEVEL] = {"log-level", "LEVEL", "PM_LOG_LEVEL",
                        "error, warn, info or debug (default info)"},
+    [OPT_HEARTBEAT_MS] = {"heartbeat-ms", "MS", "PM_HEARTBEAT_MS",
+                          "heartbeat event period, 10 to 60000 (default 1000)"},
     [OPT_CURVE_SECRET_KEY_FILE] = {"curve-secret-key-file", "FILE", "PM_CURVE_SECRET_KEY_FILE",
                                    "enable CURVE with this server secret key (z85)"},
     [OPT_CURVE_CLIENTS_DIR] = {"curve-clients-dir", "DIR", "PM_CURVE_CLIENTS_DIR",
@@ -294,6 +301,7 @@ typedef struct {
     bool present[OPT_COUNT];
     const char *value[OPT_COUNT]; /* borrowed from argv */
     long workers;
+    long heartbeat_ms;
     log_level_t log_level;
 } s_flags_t;
 
@@ -356,6 +364,16 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
                         CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MAX_WORKERS);
             return -1;
         }
+        if (id == OPT_HEARTBEAT_MS &&
+            s_parse_long(value, CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS,
+                         &flags->heartbeat_ms) != 0) {
+            s_set_error(err, err_size,
+                        "invalid value '%.*s' for --heartbeat-ms: expected an integer from %d to "
+                        "%d",
+                        CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MIN_HEARTBEAT_MS,
+                        CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
         if (id == OPT_LOG_LEVEL && s_parse_log_level(value, &flags->log_level) != 0) {
             s_set_error(err, err_size,
                         "invalid value '%.*s' for --log-level: expected error, warn, info or "
@@ -363,7 +381,7 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
                         CONFIG_MAX_SHOWN_VALUE, value);
             return -1;
         }
-        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT) &&
+        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT || id == OPT_METRICS_ENDPOINT) &&
             strlen(value) > CONFIG_MAX_ENDPOINT_LEN) {
             s_set_error(err, err_size, "option --%s: longer than %d bytes", option->name,
                         CONFIG_MAX_ENDPOINT_LEN);
@@ -408,7 +426,8 @@ static int s_print_usage(FILE *out)
                     out) < 0;
     failed |= fputs("\nConfig file keys (YAML; precedence: flags > environment > file > "
                     "defaults):\n"
-                    "  endpoint, events_endpoint, data_dir, workers, log_level\n"
+                    "  endpoint, events_endpoint, metrics_endpoint, data_dir, workers, log_level,\n"
+                    "  heartbeat_ms\n"
                     "  discovery:\n",
                     out) < 0;
     for (size_t i = 0; i < sizeof s_discovery_keys / sizeof s_discovery_keys[0]; i++)
@@ -742,6 +761,9 @@ static int s_file_setting(s_file_t *file, config_t *cfg, const char *name, const
     } else if (strcmp(name, "events_endpoint") == 0) {
         target = &cfg->events_endpoint;
         max_length = CONFIG_MAX_ENDPOINT_LEN;
+    } else if (strcmp(name, "metrics_endpoint") == 0) {
+        target = &cfg->metrics_endpoint;
+        max_length = CONFIG_MAX_ENDPOINT_LEN;
     } else if (strcmp(name, "data_dir") == 0) {
         target = &cfg->data_dir;
     }
@@ -764,6 +786,18 @@ static int s_file_setting(s_file_t *file, config_t *cfg, const char *name, const
             return -1;
         }
         cfg->workers = (int)workers;
+        return 0;
+    }
+    if (strcmp(name, "heartbeat_ms") == 0) {
+        long period = 0;
+        if (node->type != YAML_SCALAR_NODE || s_is_null(node) ||
+            s_parse_long((const char *)node->data.scalar.value, CONFIG_MIN_HEARTBEAT_MS,
+                         CONFIG_MAX_HEARTBEAT_MS, &period) != 0) {
+            s_file_error(file, node, "heartbeat_ms must be an integer from %d to %d",
+                         CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
+        cfg->heartbeat_ms = (int)period;
         return 0;
     }
     if (strcmp(name, "log_level") == 0) {
@@ -888,6 +922,7 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
     } strings[] = {
         {OPT_ENDPOINT, offsetof(config_t, endpoint), CONFIG_MAX_ENDPOINT_LEN},
         {OPT_EVENTS_ENDPOINT, offsetof(config_t, events_endpoint), CONFIG_MAX_ENDPOINT_LEN},
+        {OPT_METRICS_ENDPOINT, offsetof(config_t, metrics_endpoint), CONFIG_MAX_ENDPOINT_LEN},
         {OPT_DATA_DIR, offsetof(config_t, data_dir), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir), CONFIG_MAX_PATH_LEN},
@@ -917,6 +952,19 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
         }
         cfg->workers = (int)workers;
     }
+    value = s_env(getenv_fn, "PM_HEARTBEAT_MS");
+    if (value) {
+        long period = 0;
+        if (s_parse_long(value, CONFIG_MIN_HEARTBEAT_MS, CONFIG_MAX_HEARTBEAT_MS, &period) != 0) {
+            s_set_error(err, err_size,
+                        "invalid value '%.*s' for PM_HEARTBEAT_MS: expected an integer from %d "
+                        "to %d",
+                        CONFIG_MAX_SHOWN_VALUE, value, CONFIG_MIN_HEARTBEAT_MS,
+                        CONFIG_MAX_HEARTBEAT_MS);
+            return -1;
+        }
+        cfg->heartbeat_ms = (int)period;
+    }
     value = s_env(getenv_fn, "PM_LOG_LEVEL");
     if (value && s_parse_log_level(value, &cfg->log_level) != 0) {
         s_set_error(err, err_size,
@@ -944,6 +992,7 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
     } strings[] = {
         {OPT_ENDPOINT, offsetof(config_t, endpoint)},
         {OPT_EVENTS_ENDPOINT, offsetof(config_t, events_endpoint)},
+        {OPT_METRICS_ENDPOINT, offsetof(config_t, metrics_endpoint)},
         {OPT_DATA_DIR, offsetof(config_t, data_dir)},
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file)},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir)},
@@ -961,6 +1010,8 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
         cfg->workers = (int)flags->workers;
     if (flags->present[OPT_LOG_LEVEL])
         cfg->log_level = flags->log_level;
+    if (flags->present[OPT_HEARTBEAT_MS])
+        cfg->heartbeat_ms = (int)flags->heartbeat_ms;
     if (flags->present[OPT_ALLOW_INSECURE])
         cfg->allow_insecure = true;
     return 0;
@@ -969,6 +1020,7 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
 static int s_set_defaults(config_t *cfg)
 {
     cfg->workers = CONFIG_DEFAULT_WORKERS;
+    cfg->heartbeat_ms = CONFIG_DEFAULT_HEARTBEAT_MS;
     cfg->log_level = LOG_INFO;
     s_discovery_defaults(&cfg->discovery);
     cfg->endpoint = strdup(CONFIG_DEFAULT_ENDPOINT);
@@ -1036,6 +1088,7 @@ void config_clear(config_t *cfg)
     free(cfg->config_path);
     free(cfg->endpoint);
     free(cfg->events_endpoint);
+    free(cfg->metrics_endpoint);
     free(cfg->data_dir);
     free(cfg->curve_secret_key_file);
     free(cfg->curve_clients_dir);

@@ -25,6 +25,11 @@
 #define CONFIG_DEFAULT_DATA_DIR "./data"
 #define CONFIG_DEFAULT_WORKERS 4
 #define CONFIG_MAX_WORKERS 64
+/* Heartbeats on the events socket (protocol v1.1): a replica that hears nothing for three of
+ * them re-synchronises, so the period bounds how stale a silent replica can be. */
+#define CONFIG_DEFAULT_HEARTBEAT_MS 1000
+#define CONFIG_MIN_HEARTBEAT_MS 10
+#define CONFIG_MAX_HEARTBEAT_MS 60000
 
 typedef struct {
     double cache_duration_s; /* discovery list cache, default 3600 */
@@ -69,9 +74,11 @@ typedef struct {
     char *config_path; /* NULL when none */
     char *endpoint;
     char *events_endpoint;
+    char *metrics_endpoint; /* HOST:PORT of /metrics and /healthz; NULL: off */
     char *data_dir;
     int workers;
     log_level_t log_level;
+    int heartbeat_ms; /* period of `heartbeat` events */
     config_discovery_t discovery;
     /* Security (CURVE): all NULL when off. */
     char *curve_secret_key_file;  /* server secret key file (z85, see pmctl keygen) */

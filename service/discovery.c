@@ -164,7 +164,8 @@ struct discovery_t {
     task_t *queue_tail;
     bool has_observer;
     discovery_observer_t observer;
-    const registry_t *current; /* borrowed during discovery_start*() / discovery_handle() */
+    discovery_counters_t counters; /* metrics hooks; zeroed: none */
+    const registry_t *current;     /* borrowed during discovery_start*() / discovery_handle() */
     /* v1.1 schedules: re-list and verify runs. */
     bool list_armed;
     double next_list_run;
@@ -407,6 +408,16 @@ void discovery_set_observer(discovery_t *self, const discovery_observer_t *obser
         memset(&self->observer, 0, sizeof self->observer);
 }
 
+void discovery_set_counters(discovery_t *self, const discovery_counters_t *counters)
+{
+    if (self == NULL)
+        return;
+    if (counters != NULL)
+        self->counters = *counters;
+    else
+        memset(&self->counters, 0, sizeof self->counters);
+}
+
 /* ============================================================================ wake / queue */
 
 /* Rings the coordinator's own doorbell so the writer calls discovery_handle() soon. */
@@ -535,6 +546,8 @@ static void s_job_mark_done(discovery_t *self, job_t *job)
 {
     job->done = true;
     job->awaiting_persist = false;
+    if (self->counters.on_job_done != NULL)
+        self->counters.on_job_done(self->counters.ctx, job->kind, job->success);
     job->finished_seq = ++self->finish_counter;
     self->running_jobs--;
     self->done_jobs++;
@@ -1047,6 +1060,10 @@ static void s_on_result(discovery_t *self, const registry_t *current, discovery_
     task_t *task = s_running_by_id(self, result->task);
     if (task == NULL)
         return; /* late answer for a task that already failed */
+    if (self->counters.on_upstream != NULL)
+        self->counters.on_upstream(self->counters.ctx, task->provider_key,
+                                   result->kind == DISCOVERY_KIND_PROBE, result->verdict,
+                                   result->latency_ms);
     if (result->kind == DISCOVERY_KIND_LIST) {
         if (task->state == TASK_LISTING)
             s_on_list_result(self, current, task, result, now);

@@ -91,6 +91,20 @@ typedef struct {
 /* Installs observer (copied; NULL removes it). */
 void discovery_set_observer(discovery_t *self, const discovery_observer_t *observer);
 
+/* Counting hooks for the metrics, called in the writer thread like the observer's; any may be
+ * NULL. on_upstream: every final worker result of a running task (after retries), list or
+ * probe, with its verdict and the latency of its last attempt (ms; 0 when no request was
+ * made). on_job_done: a job has finished for good (its persist, if any, included). */
+typedef struct {
+    void *ctx;
+    void (*on_upstream)(void *ctx, const char *key, bool probe, discovery_verdict_t verdict,
+                        double latency_ms);
+    void (*on_job_done)(void *ctx, discovery_job_kind_t kind, bool success);
+} discovery_counters_t;
+
+/* Installs counters (copied; NULL removes them). */
+void discovery_set_counters(discovery_t *self, const discovery_counters_t *counters);
+
 /* Binds its inproc sockets on zmq_ctx and starts `workers` worker threads. NULL on failure. */
 discovery_t *discovery_new(void *zmq_ctx, const config_discovery_t *settings, int workers);
 /* Stops the workers (in-flight requests are abandoned), closes the sockets. Safe on NULL. */

@@ -40,6 +40,7 @@ struct front_t {
     msgpack_sbuffer reply;
     size_t max_reply; /* PM_PROTO_MAX_REPLY_SIZE; lowered by tests */
     struct timespec started;
+    metrics_requests_t *metrics; /* this thread's counters; NULL: off */
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
 
@@ -354,6 +355,27 @@ static void s_op_find_model(read_t *r)
     }
 }
 
+/* snapshot: every ProviderConfig with the versions they are at, all from the one immutable
+ * snapshot this request is answered from, so the result is exactly the state at its
+ * state_version (a replica applies the events above it). The configs come from the packed
+ * cache: after the first snapshot, one of a big registry is a copy of bytes. */
+static void s_op_snapshot(front_t *self, read_t *r)
+{
+    size_t n = registry_count(r->reg);
+    pm_reply_ok_begin(r->pk, r->req->id);
+    msgpack_pack_map(r->pk, 4);
+    pm_pack_str(r->pk, "state_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->state_version);
+    pm_pack_str(r->pk, "status_version");
+    msgpack_pack_uint64(r->pk, self->snapshot->status_version);
+    pm_pack_str(r->pk, "epoch");
+    pm_pack_str(r->pk, self->snapshot->epoch);
+    pm_pack_str(r->pk, "providers");
+    msgpack_pack_array(r->pk, (uint32_t)n);
+    for (size_t i = 0; i < n; i++)
+        s_pack_provider(self, r->pk, registry_at(r->reg, i));
+}
+
 static void s_op_health(front_t *self, read_t *r)
 {
     struct timespec now;
@@ -361,7 +383,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 9);
+    msgpack_pack_map(r->pk, 10);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -381,6 +403,8 @@ static void s_op_health(front_t *self, read_t *r)
     pm_pack_str(r->pk, PM_PROTO_VERSION_TEXT);
     pm_pack_str(r->pk, "status_version");
     msgpack_pack_uint64(r->pk, self->snapshot->status_version);
+    pm_pack_str(r->pk, "epoch");
+    pm_pack_str(r->pk, self->snapshot->epoch);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
@@ -430,6 +454,9 @@ static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_pack
         break;
     case PM_OP_HEALTH:
         s_op_health(self, &r);
+        break;
+    case PM_OP_SNAPSHOT:
+        s_op_snapshot(self, &r);
         break;
     default:
         pm_reply_error(pk, req->id, PM_ERR_INTERNAL, "write operation reached the read path");
@@ -501,6 +528,8 @@ static bool s_handle_client(front_t *self, bool *wrote)
     }
     size_t envelope = delimiter + 1;
     size_t body_frames = count - envelope;
+    uint64_t received_ns = self->metrics ? metrics_now_ns() : 0;
+    pm_op_t op = PM_OP_COUNT_; /* counted as "unknown" until the envelope names one */
 
     self->reply.size = 0;
     msgpack_packer pk;
@@ -514,6 +543,7 @@ static bool s_handle_client(front_t *self, bool *wrote)
         char err[256];
         pm_error_t code =
             pm_request_decode(&req, zmq_msg_data(body), zmq_msg_size(body), err, sizeof err);
+        op = req.op;
         if (code == PM_ERR_UNKNOWN_OP) {
             wire_pack_error_spans(&pk, req.id, code, "Unknown op '%s'", req.op_name, (pm_str_t){0});
         } else if (code != PM_OK) {
@@ -535,6 +565,10 @@ static bool s_handle_client(front_t *self, bool *wrote)
     }
     if (s_send_reply(self, envelope, self->reply.data, self->reply.size) < 0)
         log_debug("front: reply dropped: %s", zmq_strerror(errno));
+    if (self->metrics)
+        metrics_request_observe(self->metrics, op,
+                                metrics_reply_outcome(self->reply.data, self->reply.size),
+                                metrics_now_ns() - received_ns);
     frames_close(self->frames, count);
     if (self->reply.alloc > FRONT_REPLY_KEEP_BYTES) {
         /* One big reply (merged_models of a large registry) must not pin its memory. */
@@ -742,6 +776,11 @@ fail:
 void front_set_max_reply(front_t *self, size_t max_bytes)
 {
     self->max_reply = max_bytes;
+}
+
+void front_set_metrics(front_t *self, metrics_t *metrics)
+{
+    self->metrics = metrics_requests(metrics, METRICS_SET_FRONT);
 }
 
 void front_destroy(front_t **self_p)

@@ -34,6 +34,11 @@ int front_run(front_t *self, int stop_fd);
  * exceeds the 64 MiB reply limit", instead of the reply. */
 void front_set_max_reply(front_t *self, size_t max_bytes);
 
+/* Turns counting on: every request the front end answers itself (reads, and refusals before
+ * any op runs) is counted in metrics' front set (borrowed; must outlive the front end). Call
+ * it before front_run. Writes are counted by the writer (writer_set_metrics). */
+void front_set_metrics(front_t *self, metrics_t *metrics);
+
 void front_destroy(front_t **self_p);
 
 #endif

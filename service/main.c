@@ -6,12 +6,14 @@
  * Exit status: 0 clean stop; 1 runtime failure; 2 usage or configuration error (bad flag,
  * unreadable or invalid config file); 3 data directory or providers file unusable (cannot be
  * created or written, or the file does not parse: it is left untouched); 4 an endpoint cannot
- * be bound (e.g. the port is already in use).
+ * be bound (e.g. the port is already in use), the metrics endpoint included.
  */
 #include "auth.h"
 #include "config.h"
 #include "front.h"
 #include "log.h"
+#include "metrics.h"
+#include "metrics_http.h"
 #include "registry.h"
 #include "store.h"
 #include "writer.h"
@@ -121,8 +123,22 @@ int main(int argc, char **argv)
     int lock_fd = -1;
     snapshot_t *first = NULL;
     bool bind_failed = false;
+    metrics_t *metrics = NULL;
+    metrics_http_t *metrics_http = NULL;
+    /* "off" lets an environment variable turn off what a config file (the image's) turns on:
+     * an empty variable counts as unset. */
+    bool with_metrics =
+        cfg.metrics_endpoint && *cfg.metrics_endpoint && strcmp(cfg.metrics_endpoint, "off") != 0;
 
     if (auth_check_config(&cfg, err, sizeof err) < 0) {
+        log_error("%s", err);
+        status = EXIT_USAGE;
+        goto done;
+    }
+    if (with_metrics &&
+        metrics_http_check_endpoint(cfg.metrics_endpoint,
+                                    cfg.curve_secret_key_file && *cfg.curve_secret_key_file,
+                                    cfg.allow_insecure, err, sizeof err) < 0) {
         log_error("%s", err);
         status = EXIT_USAGE;
         goto done;
@@ -167,6 +183,22 @@ int main(int argc, char **argv)
         status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
         goto done;
     }
+    if (with_metrics) {
+        /* Before the front end exists: /healthz answers 503 "starting" until it serves. */
+        metrics = metrics_new(PM_VERSION);
+        if (!metrics) {
+            log_error("out of memory");
+            goto stop_writer;
+        }
+        writer_set_metrics(writer, metrics);
+        metrics_http =
+            metrics_http_new(cfg.metrics_endpoint, metrics, auth, &bind_failed, err, sizeof err);
+        if (!metrics_http) {
+            log_error("%s", err);
+            status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+            goto stop_writer;
+        }
+    }
     first = writer_first_snapshot(writer);
     if (!first) {
         log_error("out of memory");
@@ -185,9 +217,18 @@ int main(int argc, char **argv)
              models, cfg.data_dir);
     log_info("ready: requests on %s, events on %s, %d discovery workers", cfg.endpoint,
              cfg.events_endpoint, cfg.workers);
+    if (metrics_http) {
+        log_info("metrics on http://%s/metrics (port %d)", cfg.metrics_endpoint,
+                 metrics_http_port(metrics_http));
+        front_set_metrics(front, metrics);
+        metrics_set_serving(metrics, true, NULL);
+    }
     status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;
+    metrics_set_serving(metrics, false, "stopping");
     front_destroy(&front);
     writer_destroy(&writer);
+    metrics_http_destroy(&metrics_http);
+    metrics_destroy(&metrics);
     log_info("stopped");
     goto done;
 
@@ -195,6 +236,8 @@ stop_writer:
     snapshot_destroy(&first);
     writer_stop(writer);
     writer_destroy(&writer);
+    metrics_http_destroy(&metrics_http);
+    metrics_destroy(&metrics);
 done:
     auth_destroy(&auth);
     if (ctx)

@@ -769,6 +769,10 @@ int status_store_append(status_store_t *self, const model_status_t *status,
     self->size += buf.size;
     self->written_version = version;
     rc = 0;
+    /* A journal without a snapshot frame yet (a new data dir) takes its first state as the
+     * baseline: a big first batch is not written twice at once (append, then compaction). */
+    if (self->snapshot_size == 0)
+        self->snapshot_size = self->size;
     uint64_t limit = (uint64_t)STATUS_STORE_COMPACT_FACTOR * self->snapshot_size;
     if (limit < (uint64_t)STATUS_STORE_MIN_COMPACT_BYTES)
         limit = (uint64_t)STATUS_STORE_MIN_COMPACT_BYTES;

@@ -30,7 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #define WRITER_MAX_BATCH 256 /* requests committed together at most */
@@ -67,8 +69,18 @@ struct writer_t {
     snapshot_t *first;     /* for the front end, made before the thread starts */
     struct batch *batch;   /* reused for every batch: it is large (WRITER_MAX_BATCH items) */
     double last_commit_ms; /* how long the last seal + persist took */
+    char epoch[WRITER_EPOCH_SIZE];
+    int heartbeat_ms;
+    double next_heartbeat_ms; /* monotonic */
     bool stopping;
     bool stop_sent; /* writer_stop already signalled */
+    /* Metrics (NULL: off). Set once by writer_set_metrics while the thread may run, hence
+     * atomic; the state at start-up seeds the gauges (read-only once the thread runs). */
+    _Atomic(metrics_t *) metrics;
+    bool metrics_synced; /* the thread's own: gauges published since metrics was set */
+    uint64_t start_status_version;
+    size_t start_providers;
+    size_t start_counts[STATUS_STATE_COUNT];
 };
 
 /* One request of a batch, held until the batch is committed. */
@@ -83,7 +95,25 @@ typedef struct {
     const msgpack_object *id;
     pm_request_t request; /* kept alive for the id of deferred replies */
     char *changed_key;    /* the key this request changed, for its event */
+    uint64_t received_ns; /* for request_duration_seconds (0 without metrics) */
+    /* Its ProviderConfig as this request left it, for its event: the last config_size bytes
+     * of the reply, from config_offset (no config: a removal). The event must carry what the
+     * reply carried, even when a later request of the same batch changes the same provider
+     * again; the reply is not touched again before the events are published. */
+    bool has_config;
+    size_t config_offset;
+    size_t config_size;
 } pending_t;
+
+/* One change for the events: a key and its new packed config (NULL: removed). lost: the
+ * config could not be packed (out of memory), so the event is not sent at all: a replica
+ * must see a gap and re-snapshot, never a wrong config. */
+typedef struct {
+    const char *key;
+    const char *config;
+    size_t config_size;
+    bool lost;
+} change_t;
 
 typedef struct batch {
     pending_t items[WRITER_MAX_BATCH];
@@ -116,6 +146,7 @@ snapshot_t *snapshot_new(registry_t *registry, uint64_t state_version, int jobs_
     self->state_version = state_version;
     self->jobs_running = jobs_running;
     self->status_version = 0;
+    self->epoch[0] = '\0';
     return self;
 }
 
@@ -126,6 +157,60 @@ void snapshot_destroy(snapshot_t **self_p)
     registry_destroy(&(*self_p)->registry);
     free(*self_p);
     *self_p = NULL;
+}
+
+/* ------------------------------------------------------------------------ metrics */
+
+static metrics_t *s_metrics(writer_t *self)
+{
+    return atomic_load_explicit(&self->metrics, memory_order_acquire);
+}
+
+/* The gauges from the current state: O(1) (the status table keeps its counts). */
+static void s_publish_gauges(writer_t *self)
+{
+    metrics_t *metrics = s_metrics(self);
+    if (!metrics)
+        return;
+    size_t counts[STATUS_STATE_COUNT];
+    model_status_counts(status_keeper_table(self->status), counts);
+    metrics_set_state(metrics, self->state_version, status_keeper_version(self->status),
+                      registry_count(self->current), counts);
+    self->metrics_synced = true;
+}
+
+static void s_count_upstream(void *ctx, const char *key, bool probe, discovery_verdict_t verdict,
+                             double latency_ms)
+{
+    static const metrics_verdict_t verdicts[] = {
+        [DISCOVERY_VERDICT_VALID] = METRICS_VERDICT_VALID,
+        [DISCOVERY_VERDICT_INVALID_MODEL] = METRICS_VERDICT_INVALID_MODEL,
+        [DISCOVERY_VERDICT_AUTH_ERROR] = METRICS_VERDICT_AUTH,
+        [DISCOVERY_VERDICT_TRANSIENT] = METRICS_VERDICT_TRANSIENT,
+        [DISCOVERY_VERDICT_ERROR] = METRICS_VERDICT_ERROR,
+    };
+    metrics_t *metrics = s_metrics(ctx);
+    if (!metrics || (unsigned)verdict >= sizeof verdicts / sizeof verdicts[0])
+        return;
+    /* No request made (a provider without a usable key): counted, not timed. */
+    metrics_upstream_observe(metrics, key, probe ? METRICS_UPSTREAM_PROBE : METRICS_UPSTREAM_LIST,
+                             verdicts[verdict], latency_ms > 0 ? latency_ms / 1000.0 : -1.0);
+}
+
+static void s_count_job(void *ctx, discovery_job_kind_t kind, bool success)
+{
+    metrics_job_done(s_metrics(ctx),
+                     kind == DISCOVERY_JOB_VERIFY ? METRICS_JOB_VERIFY : METRICS_JOB_DISCOVER,
+                     success);
+}
+
+void writer_set_metrics(writer_t *self, metrics_t *metrics)
+{
+    if (!self)
+        return;
+    metrics_set_state(metrics, 0, self->start_status_version, self->start_providers,
+                      self->start_counts);
+    atomic_store_explicit(&self->metrics, metrics, memory_order_release);
 }
 
 /* ------------------------------------------------------------------------ sending */
@@ -139,6 +224,7 @@ static int s_send_snapshot(writer_t *self)
         return -1;
     }
     snap->status_version = status_keeper_version(self->status);
+    memcpy(snap->epoch, self->epoch, sizeof snap->epoch);
     WRITER_TSAN_RELEASE(snap);
     char type = WRITER_MSG_SNAPSHOT;
     if (zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE) < 0 ||
@@ -148,29 +234,108 @@ static int s_send_snapshot(writer_t *self)
         return -1;
     }
     self->jobs_running_published = running;
+    s_publish_gauges(self);
     return 0;
 }
 
-static void s_publish_event(writer_t *self, uint64_t version, const char *key)
+/* Sends one packed event on topic `providers`. An event that could not be packed (out of
+ * memory) is not sent: a subscriber then sees a gap, which the Clone pattern repairs. */
+static void s_send_event(writer_t *self, const msgpack_sbuffer *buf, int packed)
+{
+    if (packed != 0 || !buf->data) {
+        log_error("writer: out of memory packing an event");
+        return;
+    }
+    /* PUB never blocks: a slow subscriber loses events at its high-water mark, by design. */
+    if (zmq_send(self->pub, PM_PROTO_EVENTS_TOPIC, strlen(PM_PROTO_EVENTS_TOPIC), ZMQ_SNDMORE) <
+            0 ||
+        zmq_send(self->pub, buf->data, buf->size, 0) < 0)
+        log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+}
+
+static void s_publish_event(writer_t *self, uint64_t version, const change_t *change)
+{
+    if (change->lost) {
+        log_error("writer: event of state_version %llu not sent (out of memory)",
+                  (unsigned long long)version);
+        return;
+    }
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    int rc = msgpack_pack_map(&pk, 5);
+    rc |= pm_pack_str(&pk, "event");
+    rc |= pm_pack_str(&pk, "changed");
+    rc |= pm_pack_str(&pk, "state_version");
+    rc |= msgpack_pack_uint64(&pk, version);
+    rc |= pm_pack_str(&pk, "providers");
+    rc |= msgpack_pack_array(&pk, 1);
+    rc |= pm_pack_str(&pk, change->key);
+    /* v1.1: the new ProviderConfig of each key (nil: removed), so that a replica applies the
+     * change without asking; v1 subscribers ignore the key. */
+    rc |= pm_pack_str(&pk, "configs");
+    rc |= msgpack_pack_array(&pk, 1);
+    if (change->config)
+        rc |= msgpack_sbuffer_write(&buf, change->config, change->config_size);
+    else
+        rc |= msgpack_pack_nil(&pk);
+    rc |= pm_pack_str(&pk, "epoch");
+    rc |= pm_pack_str(&pk, self->epoch);
+    s_send_event(self, &buf, rc);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* A heartbeat: the versions as of now, in order with the changes on the same socket, so that
+ * a subscriber that hears one knows it has missed nothing up to it, or that it has. */
+static void s_publish_heartbeat(writer_t *self)
 {
     msgpack_sbuffer buf;
     msgpack_sbuffer_init(&buf);
     msgpack_packer pk;
     msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
-    msgpack_pack_map(&pk, 3);
-    pm_pack_str(&pk, "event");
-    pm_pack_str(&pk, "changed");
-    pm_pack_str(&pk, "state_version");
-    msgpack_pack_uint64(&pk, version);
-    pm_pack_str(&pk, "providers");
-    msgpack_pack_array(&pk, 1);
-    pm_pack_str(&pk, key);
-    /* PUB never blocks: a slow subscriber loses events at its high-water mark, by design. */
-    if (zmq_send(self->pub, PM_PROTO_EVENTS_TOPIC, strlen(PM_PROTO_EVENTS_TOPIC), ZMQ_SNDMORE) <
-            0 ||
-        zmq_send(self->pub, buf.data, buf.size, 0) < 0)
-        log_warn("writer: cannot publish event: %s", zmq_strerror(errno));
+    int rc = msgpack_pack_map(&pk, 4);
+    rc |= pm_pack_str(&pk, "event");
+    rc |= pm_pack_str(&pk, "heartbeat");
+    rc |= pm_pack_str(&pk, "state_version");
+    rc |= msgpack_pack_uint64(&pk, self->state_version);
+    rc |= pm_pack_str(&pk, "status_version");
+    rc |= msgpack_pack_uint64(&pk, status_keeper_version(self->status));
+    rc |= pm_pack_str(&pk, "epoch");
+    rc |= pm_pack_str(&pk, self->epoch);
+    s_send_event(self, &buf, rc);
     msgpack_sbuffer_destroy(&buf);
+}
+
+/* Sends the heartbeat when it is due and returns the ms until the next one (>= 0). A writer
+ * that fell behind (a long commit) sends one and starts a new period from now rather than a
+ * burst of catch-up heartbeats. */
+static long s_heartbeat_due(writer_t *self)
+{
+    double now = s_monotonic_ms();
+    if (now >= self->next_heartbeat_ms) {
+        s_publish_heartbeat(self);
+        self->next_heartbeat_ms += self->heartbeat_ms;
+        if (self->next_heartbeat_ms <= now)
+            self->next_heartbeat_ms = now + self->heartbeat_ms;
+    }
+    double left = self->next_heartbeat_ms - now;
+    return left < 1 ? 1 : (long)left + 1;
+}
+
+/* A fresh epoch: 64 random bits as 16 hex digits. getrandom() does not fail for 8 bytes once
+ * the pool is ready; before that (early boot) the time, pid and an address stand in, which is
+ * still different at every start, all an epoch needs. */
+static void s_new_epoch(char *out, size_t size)
+{
+    uint64_t bits = 0;
+    if (getrandom(&bits, sizeof bits, GRND_NONBLOCK) != (ssize_t)sizeof bits) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        bits = ((uint64_t)ts.tv_sec << 32) ^ (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20) ^
+               (uint64_t)(uintptr_t)out;
+    }
+    snprintf(out, size, "%016llx", (unsigned long long)bits);
 }
 
 /* status_keeper's publisher: `models` events go out on the same PUB socket. */
@@ -209,6 +374,11 @@ static void s_send_reply(writer_t *self, pending_t *item)
         rc = zmq_send(self->pipe, item->reply.data, item->reply.size, 0);
     if (rc < 0)
         log_error("writer: cannot hand a reply to the front end: %s", zmq_strerror(errno));
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && item->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
+                                metrics_reply_outcome(item->reply.data, item->reply.size),
+                                metrics_now_ns() - item->received_ns);
 }
 
 /* ------------------------------------------------------------------------ operations */
@@ -277,6 +447,50 @@ static void s_undo_end(undo_t *undo)
     provider_destroy(&undo->before);
 }
 
+/* An sbuffer writer that remembers a failed write: wire_pack_provider() does not report one,
+ * and a config cut short must never reach an event. */
+typedef struct {
+    msgpack_sbuffer *sbuf;
+    bool failed;
+} s_tracked_t;
+
+static int s_tracked_write(void *data, const char *buf, size_t len)
+{
+    s_tracked_t *self = data;
+    if (self->failed || msgpack_sbuffer_write(self->sbuf, buf, len) != 0) {
+        self->failed = true;
+        return -1;
+    }
+    return 0;
+}
+
+/* Packs provider's ProviderConfig at the end of sbuf. 0, or -1 when out of memory. */
+static int s_pack_config(msgpack_sbuffer *sbuf, const provider_t *provider)
+{
+    s_tracked_t tracked = {sbuf, false};
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &tracked, s_tracked_write);
+    wire_pack_provider(&pk, provider);
+    return tracked.failed ? -1 : 0;
+}
+
+/* Packs the ok reply with provider's ProviderConfig as its result, and remembers where the
+ * config is, for the change's event (packed once: a big provider's config is most of a
+ * write's cost). -1 when out of memory. */
+static int s_reply_config(pending_t *item, const provider_t *provider)
+{
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &item->reply, msgpack_sbuffer_write);
+    if (pm_reply_ok_begin(&pk, item->id) < 0)
+        return -1;
+    item->config_offset = item->reply.size;
+    if (s_pack_config(&item->reply, provider) < 0)
+        return -1;
+    item->config_size = item->reply.size - item->config_offset;
+    item->has_config = true;
+    return 0;
+}
+
 /* Replaces a reply that no client would accept (over PM_PROTO_MAX_REPLY_SIZE) by the error
  * that says so. True when it did. */
 static bool s_refuse_oversized(pending_t *item)
@@ -334,8 +548,14 @@ static void s_op_set_provider(writer_t *self, batch_t *batch, pending_t *item, m
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         goto done;
     }
-    pm_reply_ok_begin(pk, item->id);
-    wire_pack_provider(pk, edited);
+    if (s_reply_config(item, edited) < 0) {
+        item->reply.size = 0;
+        item->has_config = false;
+        s_undo_rollback(next, &undo);
+        s_undo_end(&undo);
+        pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
+        goto done;
+    }
     if (s_refuse_oversized(item)) {
         s_undo_rollback(next, &undo);
         s_undo_end(&undo);
@@ -427,14 +647,15 @@ static void s_op_set_short_name(writer_t *self, batch_t *batch, pending_t *item,
         edited = registry_edit(next, changed);
     }
     if (!edited || !long_copy || !short_copy ||
-        provider_put_model(edited, long_copy, short_copy) < 0 || s_injected_fault(changed)) {
+        provider_put_model(edited, long_copy, short_copy) < 0 || s_injected_fault(changed) ||
+        s_reply_config(item, edited) < 0) {
         if (undo.key)
             s_undo_rollback(next, &undo);
+        item->reply.size = 0;
+        item->has_config = false;
         pm_reply_error(pk, item->id, PM_ERR_INTERNAL, "out of memory");
         free(changed);
     } else {
-        pm_reply_ok_begin(pk, item->id);
-        wire_pack_provider(pk, edited);
         if (s_refuse_oversized(item)) {
             s_undo_rollback(next, &undo);
             free(changed);
@@ -561,9 +782,10 @@ static void s_handle_request(writer_t *self, batch_t *batch, pending_t *item, zm
 }
 
 /* Makes next current: state_version, model status (the batches of status_only, or every
- * provider's when NULL), snapshot, one event per change (keys in order). */
-static void s_make_current(writer_t *self, registry_t **next_p, char **keys, size_t key_count,
-                           const char *const *status_only, size_t status_only_count)
+ * provider's when NULL), snapshot, one event per change (in order). */
+static void s_make_current(writer_t *self, registry_t **next_p, const change_t *changes,
+                           size_t key_count, const char *const *status_only,
+                           size_t status_only_count)
 {
     registry_destroy(&self->current);
     self->current = *next_p;
@@ -572,8 +794,12 @@ static void s_make_current(writer_t *self, registry_t **next_p, char **keys, siz
     self->state_version += key_count;
     s_commit_status(self, status_only, status_only_count, false);
     s_send_snapshot(self);
-    for (size_t i = 0; i < key_count; i++)
-        s_publish_event(self, first + i, keys[i]);
+    /* changes NULL: the events could not be prepared (out of memory); subscribers see a gap
+     * at the next heartbeat and re-snapshot. */
+    for (size_t i = 0; changes && i < key_count; i++)
+        s_publish_event(self, first + i, &changes[i]);
+    if (!changes && key_count)
+        log_error("writer: %zu events not sent (out of memory)", key_count);
     /* A commit of a big registry frees a whole global index; give such memory back to the
      * system instead of keeping it as a free heap for good. */
     if (registry_model_count(self->current) >= WRITER_TRIM_MODELS)
@@ -613,9 +839,11 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
         double started = s_monotonic_ms();
         ok = s_seal_and_persist(self, batch->next, true, err, sizeof err) == 0;
         self->last_commit_ms = s_monotonic_ms() - started;
+        if (ok)
+            metrics_commit_observe(s_metrics(self), self->last_commit_ms / 1000.0);
     }
 
-    char *keys[WRITER_MAX_BATCH];
+    change_t changes[WRITER_MAX_BATCH];
     size_t key_count = 0;
     for (size_t i = 0; i < batch->count; i++) {
         pending_t *item = &batch->items[i];
@@ -634,11 +862,13 @@ static void s_commit_batch(writer_t *self, batch_t *batch)
             pm_pack_str(&pk, "providers");
             msgpack_pack_uint64(&pk, registry_count(s_view(self, batch)));
         } else {
-            keys[key_count++] = item->changed_key; /* its reply was packed when applied */
+            /* its reply (and in it its config) was packed when applied */
+            const char *config = item->has_config ? item->reply.data + item->config_offset : NULL;
+            changes[key_count++] = (change_t){item->changed_key, config, item->config_size, false};
         }
     }
     if (ok && batch->next && key_count > 0)
-        s_make_current(self, &batch->next, keys, key_count, NULL, 0);
+        s_make_current(self, &batch->next, changes, key_count, NULL, 0);
 }
 
 static void s_clear_batch(batch_t *batch)
@@ -698,6 +928,7 @@ static void s_handle_batch(writer_t *self)
         } else if (*type == WRITER_MSG_REQUEST && n >= 3) {
             pending_t *item = &batch->items[batch->count++];
             msgpack_sbuffer_init(&item->reply);
+            item->received_ns = s_metrics(self) ? metrics_now_ns() : 0;
             /* frames: type, routing..., delimiter, body */
             for (int i = 1; i < n - 1; i++)
                 item->frames[item->frame_count++] = frames[i];
@@ -781,12 +1012,29 @@ static void s_handle_discovery(writer_t *self)
     bool made_current = false;
     if ((next && key_count) || persist)
         ok = s_seal_and_persist(self, key_count ? next : NULL, persist, err, sizeof err) == 0;
+    /* Each event carries its provider's new config, packed from the sealed registry. */
+    change_t *changes = key_count ? calloc(key_count, sizeof *changes) : NULL;
+    msgpack_sbuffer *configs = key_count ? calloc(key_count, sizeof *configs) : NULL;
+    for (size_t i = 0; changes && configs && next && i < key_count; i++) {
+        changes[i].key = keys[i];
+        const provider_t *p = registry_get(next, keys[i], strlen(keys[i]));
+        if (!p)
+            continue; /* not in the new registry: its event says removed (nil) */
+        msgpack_sbuffer_init(&configs[i]);
+        changes[i].lost = s_pack_config(&configs[i], p) < 0 || !configs[i].data;
+        changes[i].config = configs[i].data;
+        changes[i].config_size = configs[i].size;
+    }
     if (next && key_count && registry_sealed(next)) {
         static const char *const no_part[1] = {NULL};
-        s_make_current(self, &next, keys, key_count, parts ? (const char *const *)parts : no_part,
-                       part_count);
+        s_make_current(self, &next, changes && configs ? changes : NULL, key_count,
+                       parts ? (const char *const *)parts : no_part, part_count);
         made_current = true;
     }
+    for (size_t i = 0; configs && i < key_count; i++)
+        msgpack_sbuffer_destroy(&configs[i]);
+    free(configs);
+    free(changes);
     registry_destroy(&next);
     /* Status of the parts that changed no ProviderConfig: journalled and published before any
      * job of them can read done (job_status is answered by this thread, after this). */
@@ -811,7 +1059,13 @@ static void *s_thread(void *arg)
         zmq_pollitem_t items[3] = {{self->pipe, 0, ZMQ_POLLIN, 0},
                                    {discovery_socket(self->discovery), 0, ZMQ_POLLIN, 0},
                                    {self->control_peer, 0, ZMQ_POLLIN, 0}};
+        /* The wait ends at the next heartbeat at the latest: it goes out on time also while
+         * nothing else happens (and is checked on every pass, so a stream of writes cannot
+         * delay it either). */
+        long heartbeat = s_heartbeat_due(self);
         long timeout = discovery_next_timeout_ms(self->discovery, s_now());
+        if (timeout < 0 || timeout > heartbeat)
+            timeout = heartbeat;
         if (zmq_poll(items, 3, timeout) < 0) {
             if (errno == EINTR)
                 continue;
@@ -833,6 +1087,8 @@ static void *s_thread(void *arg)
         discovery_tick(self->discovery, self->current, s_now());
         if (discovery_running(self->discovery) != self->jobs_running_published)
             s_send_snapshot(self);
+        else if (!self->metrics_synced)
+            s_publish_gauges(self); /* metrics turned on after the thread started */
     }
     /* A front end waits for this; without one (stopped by writer_stop before a front end
      * connected) there is nobody to tell, and the writer must not wait for one. */
@@ -879,6 +1135,8 @@ static int s_open_status(writer_t *self, const config_t *cfg, char *err, size_t 
     discovery_observer_t observer;
     status_keeper_observer(self->status, &observer);
     discovery_set_observer(self->discovery, &observer);
+    discovery_counters_t counters = {self, s_count_upstream, s_count_job};
+    discovery_set_counters(self->discovery, &counters);
     return 0;
 }
 
@@ -895,6 +1153,10 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     self->ctx = zmq_ctx;
     self->getenv_fn = getenv_fn;
     self->state_version = 0;
+    s_new_epoch(self->epoch, sizeof self->epoch);
+    self->heartbeat_ms = cfg->heartbeat_ms >= CONFIG_MIN_HEARTBEAT_MS ? cfg->heartbeat_ms
+                                                                      : CONFIG_DEFAULT_HEARTBEAT_MS;
+    self->next_heartbeat_ms = s_monotonic_ms() + self->heartbeat_ms;
     inproc_endpoint(self->endpoint, sizeof self->endpoint, "writer");
     if (store_path(cfg->data_dir, self->store_path, sizeof self->store_path) < 0) {
         snprintf(err, err_size, "data dir path too long");
@@ -959,6 +1221,10 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         goto fail;
     }
     self->first->status_version = status_keeper_version(self->status);
+    self->start_status_version = self->first->status_version;
+    self->start_providers = registry_count(self->current);
+    model_status_counts(status_keeper_table(self->status), self->start_counts);
+    memcpy(self->first->epoch, self->epoch, sizeof self->first->epoch);
     if (pthread_create(&self->thread, NULL, s_thread, self) != 0) {
         self->current = NULL;
         snprintf(err, err_size, "cannot start the writer thread");
@@ -970,6 +1236,11 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
 fail:
     writer_destroy(&self);
     return NULL;
+}
+
+const char *writer_epoch(const writer_t *self)
+{
+    return self->epoch;
 }
 
 const char *writer_endpoint(const writer_t *self)

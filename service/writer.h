@@ -15,6 +15,11 @@
  *                    'S' + snapshot_t * (ownership passes to the front)      a new snapshot
  *                    'Q'                                                     stopped
  *
+ * Events on the PUB socket (topic `providers`, protocol v1.1): one `changed` per change, with
+ * the new ProviderConfig of its key ("configs"), and a `heartbeat` every heartbeat_ms, both
+ * carrying the epoch, so that a subscriber can keep a replica (the Clone pattern) and tell a
+ * lost event, a silent service and a restarted one apart.
+ *
  * These messages are the front end's business only: an owner stops the writer with
  * writer_stop(), over a control pipe of the writer's own.
  */
@@ -23,6 +28,7 @@
 
 #include "auth.h"
 #include "config.h"
+#include "metrics.h"
 #include "registry.h"
 #include <stdint.h>
 
@@ -31,12 +37,16 @@
 #define WRITER_MSG_SNAPSHOT 'S'
 #define WRITER_MSG_STOP 'Q'
 
+/* The epoch: 16 hex digits, new at every start of the writer (state_version restarts). */
+#define WRITER_EPOCH_SIZE 17
+
 /* An immutable view for readers: a sealed registry and the numbers health reports. */
 typedef struct {
     registry_t *registry; /* sealed, one reference owned by the snapshot */
     uint64_t state_version;
     int jobs_running;
-    uint64_t status_version; /* v1.1 model status (0 from snapshot_new; the writer sets it) */
+    uint64_t status_version;       /* v1.1 model status (0 from snapshot_new; the writer sets it) */
+    char epoch[WRITER_EPOCH_SIZE]; /* "" from snapshot_new; the writer sets it */
 } snapshot_t;
 
 /* ThreadSanitizer (make tsan) cannot see the synchronisation inside libzmq, which is not
@@ -66,6 +76,9 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                      config_getenv_fn *getenv_fn, registry_t **registry_p, bool *bind_failed,
                      char *err, size_t err_size);
 
+/* This run's epoch (16 hex digits from getrandom()), as in every snapshot and event. */
+const char *writer_epoch(const writer_t *self);
+
 /* The inproc endpoint the front end connects its PAIR socket to. */
 const char *writer_endpoint(const writer_t *self);
 
@@ -76,6 +89,12 @@ snapshot_t *writer_first_snapshot(writer_t *self);
  * first. Needed when no front end runs (one that failed to start); after the front end's own
  * stop it only joins. Call it from the thread that called writer_new. Safe on NULL and twice. */
 void writer_stop(writer_t *self);
+
+/* Turns counting on: from now on the writer counts its requests (writes) in metrics' writer
+ * set, the commits, the jobs and the upstream calls, and keeps the gauges current; the gauges
+ * are set at once from the state at start-up. metrics is borrowed and must outlive the writer
+ * (destroy it after writer_destroy). Call it from the thread that called writer_new, once. */
+void writer_set_metrics(writer_t *self, metrics_t *metrics);
 
 /* Stops the thread (writer_stop) if it still runs, and frees. Safe on NULL. */
 void writer_destroy(writer_t **self_p);

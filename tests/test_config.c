@@ -863,11 +863,55 @@ static void test_discovery_schedules(void **state)
     s_env_count = 0;
 }
 
+/* heartbeat_ms: default, file < environment < flag, and the 10..60000 range everywhere. */
+static void test_heartbeat_ms(void **state)
+{
+    fixture_t *fx = *state;
+    assert_int_equal(s_load_args(fx, NULL), 0);
+    assert_int_equal(fx->cfg.heartbeat_ms, 1000);
+
+    s_write(fx->config, "heartbeat_ms: 250\n");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_int_equal(fx->cfg.heartbeat_ms, 250);
+    s_setenv("PM_HEARTBEAT_MS", "40");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_int_equal(fx->cfg.heartbeat_ms, 40);
+    assert_int_equal(s_load_args(fx, "--config", fx->config, "--heartbeat-ms", "60000", NULL), 0);
+    assert_int_equal(fx->cfg.heartbeat_ms, 60000);
+    assert_int_equal(s_load_args(fx, "--heartbeat-ms=10", NULL), 0);
+    assert_int_equal(fx->cfg.heartbeat_ms, 10);
+    s_env_count = 0;
+
+    const char *bad_flags[] = {"9", "60001", "0", "-5", "1e3", "fast"};
+    for (size_t i = 0; i < sizeof bad_flags / sizeof bad_flags[0]; i++) {
+        assert_int_equal(s_load_args(fx, "--heartbeat-ms", bad_flags[i], NULL), -1);
+        assert_true(config_error_is_usage(&fx->cfg));
+        assert_non_null(strstr(fx->err, "--heartbeat-ms"));
+        assert_non_null(strstr(fx->err, "10 to 60000"));
+    }
+    s_setenv("PM_HEARTBEAT_MS", "5");
+    assert_int_equal(s_load_args(fx, NULL), -1);
+    assert_false(config_error_is_usage(&fx->cfg));
+    assert_non_null(strstr(fx->err, "PM_HEARTBEAT_MS"));
+    s_env_count = 0;
+
+    const char *bad_files[] = {"heartbeat_ms: 70000\n", "heartbeat_ms: soon\n",
+                               "heartbeat_ms: [1]\n", "heartbeat_ms:\n"};
+    for (size_t i = 0; i < sizeof bad_files / sizeof bad_files[0]; i++) {
+        s_write(fx->config, bad_files[i]);
+        assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), -1);
+        assert_false(config_error_is_usage(&fx->cfg));
+        if (!strstr(fx->err, "heartbeat_ms must be an integer from 10 to 60000"))
+            fail_msg("file case %zu: '%s'", i, fx->err);
+    }
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_defaults),
+        T(test_heartbeat_ms),
         T(test_precedence_flags_env_file_defaults),
         T(test_flag_equals_form),
         T(test_bad_flags_are_usage_errors),

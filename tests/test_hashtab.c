@@ -1,5 +1,5 @@
 /*
- * test_hashtab: unit tests of the hash index under the registry core (service/hashtab.h):
+ * test_hashtab: unit tests of the hash index under the registry core (registry/hashtab.h):
  * the hash and name comparison, an empty table, growth (capacity, load <= 0.5, every entry
  * still found after rehashing), full-hash and same-slot collisions told apart by the match
  * callback, backward-shift removal (inside a cluster, across the wrap-around, everything), and

@@ -1002,6 +1002,7 @@ static void test_op_names(void **state)
         "model_status",
         "provider_status",
         "verify_models",
+        "snapshot",
     };
     for (int op = 0; op < PM_OP_COUNT_; op++) {
         const char *name = pm_op_name((pm_op_t)op);
@@ -1055,6 +1056,9 @@ static void test_op_names(void **state)
     assert_false(pm_op_safe_to_resend(PM_OP_VERIFY_MODELS));
     assert_true(pm_op_safe_to_resend(PM_OP_MODEL_STATUS));
     assert_true(pm_op_is_write(PM_OP_VERIFY_MODELS));
+    /* snapshot is a read answered by the front end: never through the writer, resendable. */
+    assert_false(pm_op_is_write(PM_OP_SNAPSHOT));
+    assert_true(pm_op_safe_to_resend(PM_OP_SNAPSHOT));
     assert_false(pm_op_safe_to_resend(PM_OP_COUNT_));
     assert_false(pm_op_safe_to_resend((pm_op_t)-1));
 }

@@ -1,5 +1,5 @@
 /*
- * test_provider: unit tests of one provider (service/provider.h), the seed's ProviderConfig:
+ * test_provider: unit tests of one provider (registry/provider.h), the seed's ProviderConfig:
  * key validity, fields and api keys (stored and environment), deep clones and references,
  * valid_models lookups (long, short, first hit), put / merge semantics, get_short_name,
  * invalid_models and the discovery cache, and the calls the registry and the layering build

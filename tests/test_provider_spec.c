@@ -1,5 +1,5 @@
 /*
- * test_provider_spec: unit tests of the layering (service/provider_spec.h): a spec creates a
+ * test_provider_spec: unit tests of the layering (registry/provider_spec.h): a spec creates a
  * provider or changes the given fields of an existing one, merge and replace modes for
  * valid_models, invalid_models replaced, pinning, and all-or-nothing failures.
  */

@@ -1,5 +1,5 @@
 /*
- * test_registry: unit tests of the registry (service/registry.h), the seed's ProviderManager:
+ * test_registry: unit tests of the registry (registry/registry.h), the seed's ProviderManager:
  * dict-like reads, merged_models order, model resolution with protocol-v1's two corrections,
  * find_model across providers, first hit, copy-on-write sharing, limits, and scale (100,000
  * models in one provider, 100,000 across 100 providers).

@@ -31,7 +31,9 @@
 #define REQUEST_ENDPOINT "inproc://test-writer-requests"
 #define EVENTS_ENDPOINT "inproc://test-writer-events"
 #define PIPELINED 40
-#define RECV_TIMEOUT_MS 5000
+/* A hang detector, not a timed test: the 68 MB reply of the oversized test takes about 11 s
+ * under ThreadSanitizer. */
+#define RECV_TIMEOUT_MS 60000
 
 typedef struct {
     char dir[PATH_MAX];
@@ -62,7 +64,7 @@ static void *s_front_thread(void *arg)
 /* Adds to the start-up registry, before the writer takes it (NULL: nothing). */
 typedef void(extra_fn)(registry_t **reg_p);
 
-static int s_setup_with(void **state, extra_fn *extra)
+static int s_setup_with(void **state, extra_fn *extra, const char *heartbeat_ms)
 {
     fixture_t *f = calloc(1, sizeof *f);
     assert_non_null(f);
@@ -81,9 +83,11 @@ static int s_setup_with(void **state, extra_fn *extra)
                     "1",
                     "--log-level",
                     "error",
+                    "--heartbeat-ms",
+                    (char *)heartbeat_ms,
                     NULL};
     char err[512];
-    assert_int_equal(config_load(&f->cfg, 11, argv, s_no_env, err, sizeof err), 0);
+    assert_int_equal(config_load(&f->cfg, 13, argv, s_no_env, err, sizeof err), 0);
     assert_int_equal(store_prepare_dir(f->cfg.data_dir, err, sizeof err), 0);
     registry_t *reg = NULL;
     assert_int_equal(config_build_registry(&f->cfg, s_no_env, &reg, NULL, NULL, err, sizeof err),
@@ -112,7 +116,14 @@ static int s_setup_with(void **state, extra_fn *extra)
 
 static int s_setup(void **state)
 {
-    return s_setup_with(state, NULL);
+    return s_setup_with(state, NULL, "1000");
+}
+
+#define HEARTBEAT_MS 50
+
+static int s_setup_fast_heartbeat(void **state)
+{
+    return s_setup_with(state, NULL, "50");
 }
 
 /* A provider "big" whose ProviderConfig is over the 64 MiB reply limit: 34,000 models of
@@ -148,7 +159,7 @@ static void s_add_big_provider(registry_t **reg_p)
 
 static int s_setup_big(void **state)
 {
-    return s_setup_with(state, s_add_big_provider);
+    return s_setup_with(state, s_add_big_provider, "1000");
 }
 
 static int s_teardown(void **state)
@@ -294,6 +305,32 @@ static bool s_file_has(const fixture_t *f, const char *key)
     return found;
 }
 
+/* The next event on f->events, decoded into *up (its bytes in *msg; the caller destroys
+ * both). Heartbeats are skipped unless heartbeats is true. Fails the test after the receive
+ * timeout. */
+static void s_recv_event(fixture_t *f, msgpack_unpacked *up, zmq_msg_t *msg, bool heartbeats)
+{
+    int timeout = RECV_TIMEOUT_MS;
+    assert_int_equal(zmq_setsockopt(f->events, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
+    for (;;) {
+        char topic[16];
+        assert_int_equal(zmq_recv(f->events, topic, sizeof topic, 0), 9);
+        assert_memory_equal(topic, "providers", 9);
+        zmq_msg_init(msg);
+        assert_true(zmq_msg_recv(msg, f->events, 0) > 0);
+        msgpack_unpacked_init(up);
+        assert_int_equal(msgpack_unpack_next(up, zmq_msg_data(msg), zmq_msg_size(msg), NULL),
+                         MSGPACK_UNPACK_SUCCESS);
+        const msgpack_object *kind = pm_map_get(&up->data, "event");
+        assert_non_null(kind);
+        assert_int_equal(kind->type, MSGPACK_OBJECT_STR);
+        if (heartbeats || kind->via.str.size != 9 || memcmp(kind->via.str.ptr, "heartbeat", 9))
+            return;
+        msgpack_unpacked_destroy(up);
+        zmq_msg_close(msg);
+    }
+}
+
 /* Many writes sent without waiting: every one is answered ok, each is one change (versions
  * 1..N, events in order), each is readable once answered, and all are in the file. */
 static void test_pipelined_writes_commit_in_order(void **state)
@@ -335,18 +372,10 @@ static void test_pipelined_writes_commit_in_order(void **state)
     assert_int_equal(s_health_state_version(dealer), PIPELINED);
 
     /* One event per change, versions 1..N in order, each naming the provider it changed. */
-    int timeout = RECV_TIMEOUT_MS;
-    assert_int_equal(zmq_setsockopt(f->events, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
     for (int i = 0; i < PIPELINED; i++) {
-        char topic[16];
-        assert_int_equal(zmq_recv(f->events, topic, sizeof topic, 0), 9);
         zmq_msg_t event;
-        zmq_msg_init(&event);
-        assert_true(zmq_msg_recv(&event, f->events, 0) > 0);
         msgpack_unpacked up;
-        msgpack_unpacked_init(&up);
-        assert_int_equal(msgpack_unpack_next(&up, zmq_msg_data(&event), zmq_msg_size(&event), NULL),
-                         MSGPACK_UNPACK_SUCCESS);
+        s_recv_event(f, &up, &event, false);
         const msgpack_object *version = pm_map_get(&up.data, "state_version");
         const msgpack_object *keys = pm_map_get(&up.data, "providers");
         assert_non_null(version);
@@ -715,6 +744,287 @@ static void test_stop_without_front_end(void **state)
     assert_int_equal(system(command), 0);
 }
 
+/* ------------------------------------------------------------------------ v1.1 events */
+
+/* obj packed again into buf (initialised here; the caller destroys it): two objects are equal
+ * when their packed bytes are (the service packs maps in a fixed key order). */
+static void s_repack(const msgpack_object *obj, msgpack_sbuffer *buf)
+{
+    msgpack_sbuffer_init(buf);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, buf, msgpack_sbuffer_write);
+    assert_int_equal(msgpack_pack_object(&pk, *obj), 0);
+}
+
+static bool s_str_equal(const msgpack_object *obj, const char *text)
+{
+    return obj && obj->type == MSGPACK_OBJECT_STR && obj->via.str.size == strlen(text) &&
+           memcmp(obj->via.str.ptr, text, obj->via.str.size) == 0;
+}
+
+/* The result of op (no args) over dealer, packed (caller destroys out). */
+static void s_read_op(void *dealer, const char *op, msgpack_sbuffer *out)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_op(&buf, op, 997);
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    s_repack(rep.result, out);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+}
+
+/* A key of the map packed in buf, packed again (caller destroys out). */
+static void s_map_value(const msgpack_sbuffer *map, const char *key, msgpack_sbuffer *out)
+{
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    assert_int_equal(msgpack_unpack_next(&up, map->data, map->size, NULL), MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *value = pm_map_get(&up.data, key);
+    assert_non_null(value);
+    s_repack(value, out);
+    msgpack_unpacked_destroy(&up);
+}
+
+static void s_assert_same(const msgpack_sbuffer *a, const msgpack_sbuffer *b)
+{
+    assert_int_equal(a->size, b->size);
+    assert_memory_equal(a->data, b->data, a->size);
+}
+
+#define CHANGES 5
+
+/* Every `changed` event carries, in "configs", the ProviderConfig its request's reply carried
+ * (byte for byte, also when later requests of the same batch change the same provider again),
+ * nil for a removal, and the epoch of this run; `snapshot` then equals `values` with the same
+ * versions as `health`. */
+static void test_events_carry_configs(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t base = s_health_state_version(dealer);
+
+    /* Pipelined on one connection: they are applied in this order, most likely in one batch. */
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider_model(&buf, 0, "cfg-a", "m1");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &buf, msgpack_sbuffer_write);
+    pm_request_begin(&pk, "set_short_name", true, 1);
+    msgpack_pack_map(&pk, 3);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "cfg-a");
+    pm_pack_str(&pk, "long_name");
+    pm_pack_str(&pk, "m1");
+    pm_pack_str(&pk, "short_name");
+    pm_pack_str(&pk, "s1");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider_model(&buf, 2, "cfg-a", "m2");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    s_pack_set_provider_model(&buf, 3, "cfg-b", "x");
+    s_send(dealer, &buf);
+    buf.size = 0;
+    pm_request_begin(&pk, "remove_provider", true, 4);
+    msgpack_pack_map(&pk, 1);
+    pm_pack_str(&pk, "provider");
+    pm_pack_str(&pk, "cfg-a");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+
+    static const char *const keys[CHANGES] = {"cfg-a", "cfg-a", "cfg-a", "cfg-b", "cfg-a"};
+    msgpack_sbuffer results[CHANGES];
+    for (int i = 0; i < CHANGES; i++) {
+        pm_reply_t rep;
+        zmq_msg_t body;
+        s_recv_reply(dealer, &rep, &body);
+        assert_true(rep.ok);
+        assert_int_equal(rep.id->via.i64, i); /* one connection: answered in order */
+        s_repack(rep.result, &results[i]);
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+    }
+    /* The three configs of cfg-a really differ, so equality below means something. */
+    assert_true(results[0].size != results[1].size ||
+                memcmp(results[0].data, results[1].data, results[0].size) != 0);
+    assert_true(results[1].size != results[2].size ||
+                memcmp(results[1].data, results[2].data, results[1].size) != 0);
+
+    const char *epoch = writer_epoch(f->writer);
+    assert_int_equal(strlen(epoch), 16);
+    assert_int_equal(strspn(epoch, "0123456789abcdef"), 16);
+    for (int i = 0; i < CHANGES; i++) {
+        zmq_msg_t msg;
+        msgpack_unpacked up;
+        s_recv_event(f, &up, &msg, false);
+        assert_true(s_str_equal(pm_map_get(&up.data, "event"), "changed"));
+        const msgpack_object *version = pm_map_get(&up.data, "state_version");
+        assert_non_null(version);
+        assert_int_equal(version->via.u64, (uint64_t)(base + i + 1));
+        const msgpack_object *providers = pm_map_get(&up.data, "providers");
+        const msgpack_object *configs = pm_map_get(&up.data, "configs");
+        assert_non_null(providers);
+        assert_non_null(configs);
+        assert_int_equal(providers->type, MSGPACK_OBJECT_ARRAY);
+        assert_int_equal(configs->type, MSGPACK_OBJECT_ARRAY);
+        assert_int_equal(providers->via.array.size, 1);
+        assert_int_equal(configs->via.array.size, 1);
+        assert_true(s_str_equal(&providers->via.array.ptr[0], keys[i]));
+        if (i == CHANGES - 1) {
+            /* the removal: nil, and its reply was true */
+            assert_int_equal(configs->via.array.ptr[0].type, MSGPACK_OBJECT_NIL);
+            assert_int_equal(results[i].size, 1);
+            assert_int_equal((unsigned char)results[i].data[0], 0xc3);
+        } else {
+            msgpack_sbuffer config;
+            s_repack(&configs->via.array.ptr[0], &config);
+            s_assert_same(&config, &results[i]);
+            msgpack_sbuffer_destroy(&config);
+        }
+        assert_true(s_str_equal(pm_map_get(&up.data, "epoch"), epoch));
+        msgpack_unpacked_destroy(&up);
+        zmq_msg_close(&msg);
+    }
+    for (int i = 0; i < CHANGES; i++)
+        msgpack_sbuffer_destroy(&results[i]);
+
+    /* snapshot: the versions of health, this run's epoch, and the providers of values. */
+    msgpack_sbuffer snapshot, health, values, part, other;
+    s_read_op(dealer, "snapshot", &snapshot);
+    s_read_op(dealer, "health", &health);
+    s_read_op(dealer, "values", &values);
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    assert_int_equal(msgpack_unpack_next(&up, snapshot.data, snapshot.size, NULL),
+                     MSGPACK_UNPACK_SUCCESS);
+    assert_int_equal(up.data.type, MSGPACK_OBJECT_MAP);
+    assert_int_equal(up.data.via.map.size, 4);
+    msgpack_unpacked_destroy(&up);
+    s_map_value(&snapshot, "providers", &part);
+    s_assert_same(&part, &values);
+    msgpack_sbuffer_destroy(&part);
+    static const char *const same[] = {"state_version", "status_version", "epoch"};
+    for (size_t i = 0; i < sizeof same / sizeof same[0]; i++) {
+        s_map_value(&snapshot, same[i], &part);
+        s_map_value(&health, same[i], &other);
+        s_assert_same(&part, &other);
+        msgpack_sbuffer_destroy(&part);
+        msgpack_sbuffer_destroy(&other);
+    }
+    s_map_value(&snapshot, "state_version", &part);
+    assert_int_equal((unsigned char)part.data[0], (unsigned)(base + CHANGES)); /* fixint */
+    msgpack_sbuffer_destroy(&part);
+    msgpack_sbuffer_destroy(&snapshot);
+    msgpack_sbuffer_destroy(&health);
+    msgpack_sbuffer_destroy(&values);
+    zmq_close(dealer);
+}
+
+static double s_monotonic_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Reads a heartbeat's or changed event's unsigned field. */
+static uint64_t s_u64(const msgpack_unpacked *up, const char *key)
+{
+    const msgpack_object *value = pm_map_get(&up->data, key);
+    assert_non_null(value);
+    assert_int_equal(value->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    return value->via.u64;
+}
+
+#define HEARTBEATS 12
+
+/* Heartbeats come every heartbeat_ms with the current versions and the epoch, on the same
+ * socket as the changes and in order with them: every heartbeat after a change's event
+ * carries that change's state_version, every one before it the version before. */
+static void test_heartbeats(void **state)
+{
+    fixture_t *f = *state;
+    void *dealer = s_dealer(f);
+    int64_t base = s_health_state_version(dealer);
+    msgpack_sbuffer health, status;
+    s_read_op(dealer, "health", &health);
+    s_map_value(&health, "status_version", &status);
+    msgpack_sbuffer_destroy(&health);
+    const char *epoch = writer_epoch(f->writer);
+
+    /* The first one may have been on its way before the subscription: timing starts at the
+     * first heartbeat received. */
+    double first = 0, last = 0;
+    for (int i = 0; i < HEARTBEATS; i++) {
+        zmq_msg_t msg;
+        msgpack_unpacked up;
+        s_recv_event(f, &up, &msg, true);
+        last = s_monotonic_s();
+        if (i == 0)
+            first = last;
+        assert_true(s_str_equal(pm_map_get(&up.data, "event"), "heartbeat"));
+        assert_int_equal(up.data.via.map.size, 4);
+        assert_int_equal(s_u64(&up, "state_version"), (uint64_t)base);
+        msgpack_sbuffer mine;
+        s_repack(pm_map_get(&up.data, "status_version"), &mine);
+        s_assert_same(&mine, &status);
+        msgpack_sbuffer_destroy(&mine);
+        assert_true(s_str_equal(pm_map_get(&up.data, "epoch"), epoch));
+        msgpack_unpacked_destroy(&up);
+        zmq_msg_close(&msg);
+    }
+    msgpack_sbuffer_destroy(&status);
+    /* The writer keeps the schedule (a late one does not shift the next ones), so the mean
+     * period is heartbeat_ms; generous bounds for a loaded machine, but neither a burst nor
+     * a stalled timer passes. */
+    double mean_ms = (last - first) * 1000.0 / (HEARTBEATS - 1);
+    if (mean_ms < HEARTBEAT_MS * 0.8 || mean_ms > HEARTBEAT_MS * 3.0)
+        fail_msg("mean heartbeat period %.1f ms, configured %d ms", mean_ms, HEARTBEAT_MS);
+
+    /* A change: its event comes before any heartbeat that carries its version. */
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_set_provider(&buf, 1, "beat");
+    s_send(dealer, &buf);
+    msgpack_sbuffer_destroy(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_recv_reply(dealer, &rep, &body);
+    assert_true(rep.ok);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    bool changed = false;
+    int after = 0;
+    while (after < 3) {
+        zmq_msg_t msg;
+        msgpack_unpacked up;
+        s_recv_event(f, &up, &msg, true);
+        bool heartbeat = s_str_equal(pm_map_get(&up.data, "event"), "heartbeat");
+        uint64_t version = s_u64(&up, "state_version");
+        if (!heartbeat) {
+            assert_false(changed);
+            assert_int_equal(version, (uint64_t)base + 1);
+            changed = true;
+        } else if (changed) {
+            assert_int_equal(version, (uint64_t)base + 1);
+            after++;
+        } else {
+            assert_int_equal(version, (uint64_t)base);
+        }
+        msgpack_unpacked_destroy(&up);
+        zmq_msg_close(&msg);
+    }
+    zmq_close(dealer);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -723,6 +1033,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_dir_fsync_failure_keeps_the_change, s_setup,
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_failed_change_is_rolled_back, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_events_carry_configs, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_heartbeats, s_setup_fast_heartbeat, s_teardown),
         cmocka_unit_test_setup_teardown(test_oversized_reply_refused, s_setup_big, s_teardown),
         cmocka_unit_test(test_stop_without_front_end),
     };

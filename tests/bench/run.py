@@ -22,12 +22,24 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
   W. Write path: set_provider writes/s and p50, 1 and 8 writers, at 100 and 100,000 models.
      Target: at 100,000 models 8 writers together >= 100 writes/s.
   C. Discovery: tests/bench/bench_discovery when it was built (its own wall time vs ideal).
-  S. Status persistence (bench_status, in process): a batch of 1,000 changed model status
+  R. Client replica: in-process resolution through libpmclient's local replica
+     (tests/bench/bench_replica, its own primary inside) at 100,000 models, 1 and 2 reader
+     threads, idle and while 1,000 changes per second are applied: p50, p99 and resolutions
+     per second per reader thread. Targets: p50 <= 1 us, >= 1,000,000 per second per thread.
+  M. Metrics (issue 15): two daemons side by side, metrics off and on (--metrics-endpoint),
+     the realistic shape's resolution over ipc, 1 and 8 clients, rounds alternating which
+     goes first: throughput and server CPU per request on/off. Targets: within 2% (on/off
+     throughput >= 0.98x, CPU/request <= 1.02x). Then the time of a /metrics scrape of a
+     daemon holding 100,000 models (median and max of the scrapes). Target: < 50 ms.
+  S. Snapshot (protocol v1.1): `snapshot` of 100,000 models over 100 providers, request to
+     last byte received over ipc, the first one (configs not yet packed) and the following
+     ones (median). Target: under 0.3 s.
+  J. Status journal (bench_status, in process): a batch of 1,000 changed model status
      records appended to the journal vs one providers-file persist, 100,000 models over 100
      providers; the journal's load and compaction. Target: batch / persist < 5%.
   V. Verification (bench_discovery --verify): 10 providers x 100 models, 50 ms per answer,
      per_provider_limit 4, vs the ideal 1 list + 25 probe rounds = 1.3 s. Target <= 1.1x.
-  R. Reads during verification: the daemon's get_api_for_model_string p50, idle vs while a
+  D. Reads during verification: the daemon's get_api_for_model_string p50, idle vs while a
      verify_models job runs against tests/fake_upstream.py (10 x 100 models, 50 ms), at 1,000
      and 100,000 models. Target: <= 1.1x idle. Skipped when the daemon lacks verify_models.
 
@@ -40,6 +52,7 @@ not run or a request failed, 2 on a usage error. Python 3 stdlib + python3-zmq o
 """
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -134,6 +147,13 @@ FULL = {
     "bulk_seconds": 5.0,
     "write_requests": 2000,
     "write_seconds": 3.0,
+    "rounds_m": 7,
+    "requests_m1": 10000,  # per client thread
+    "requests_m8": 3000,
+    "scrape_models": 100000,
+    "scrapes": 30,
+    "snapshot_models": 100000,
+    "snapshot_rounds": 9,
 }
 QUICK = {
     "rounds_a": 1,
@@ -154,6 +174,13 @@ QUICK = {
     "bulk_seconds": 1.0,
     "write_requests": 20,
     "write_seconds": 0.5,
+    "rounds_m": 1,
+    "requests_m1": 500,
+    "requests_m8": 100,
+    "scrape_models": 10000,
+    "scrapes": 3,
+    "snapshot_models": 10000,
+    "snapshot_rounds": 2,
 }
 
 
@@ -266,8 +293,9 @@ def growth_registry(models, providers):
 class Daemon:
     """The real provider-manager, in its own data dir, on free ports."""
 
-    def __init__(self, binary, data_dir, endpoint, log_path):
+    def __init__(self, binary, data_dir, endpoint, log_path, extra_args=()):
         self.binary = binary
+        self.extra_args = list(extra_args)
         self.data_dir = data_dir
         self.endpoint = endpoint
         self.events = "tcp://127.0.0.1:%d" % free_port()
@@ -287,7 +315,7 @@ class Daemon:
             t0 = time.perf_counter()
             self.proc = subprocess.Popen(
                 [self.binary, "--data-dir", self.data_dir, "--endpoint", self.endpoint,
-                 "--events-endpoint", self.events, "--log-level", "warn"],
+                 "--events-endpoint", self.events, "--log-level", "warn"] + self.extra_args,
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, env=clean_env())
             req.send(health)
             poller = zmq.Poller()
@@ -941,9 +969,49 @@ def bench_discovery(cfg, tools, daemon_bin, quick, log):
     return out
 
 
-# ----------------------------------------------------------------------------- tables S, V, R
-# Model status (issue 11): S = persisting status changes vs the providers file (bench_status),
-# V = a verification job's wall time vs its ideal (bench_discovery --verify), R = read latency
+# ----------------------------------------------------------------------------- table R
+
+
+def bench_replica(tools, quick, log):
+    """Table R: bench_replica, resolution in process through the client replica, idle and
+    while the replica applies 1,000 changes per second."""
+    binary = os.path.join(tools, "bench_replica")
+    runs = []
+    for rate in (0, 1000):
+        cmd = [binary, "--threads", "1,2", "--changes-per-s", str(rate)]
+        if quick:
+            cmd.append("--quick")
+        proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, timeout=600)
+        if proc.returncode != 0:
+            raise BenchError("bench_replica failed: %s" % proc.stderr.decode().strip()[-500:])
+        runs.append(json.loads(proc.stdout))
+        log(".")
+    log("\n")
+    rows, targets = [], []
+    for res in runs:
+        for r in res["runs"]:
+            rows.append([fmt_int(res["models"]), str(res["changes_per_s"]), str(r["threads"]),
+                         "%d" % r["p50_ns"], "%d" % r["p99_ns"], fmt_int(r["rps_per_thread"]),
+                         "%.0f" % res["sync_ms"], fmt_mib(res["rss_kib"])])
+            cell = "%d reader(s), %d changes/s" % (r["threads"], res["changes_per_s"])
+            targets.append({"name": "replica resolution p50, " + cell, "value": r["p50_ns"],
+                            "unit": "ns", "target": "<= 1000", "pass": r["p50_ns"] <= 1000})
+            targets.append({"name": "replica resolutions/s per thread, " + cell,
+                            "value": r["rps_per_thread"], "unit": "/s",
+                            "target": ">= 1000000", "pass": r["rps_per_thread"] >= 1000000})
+    print_table("R. Client replica: pmclient_replica_resolve in process (bench_replica)",
+                ["models", "changes/s", "readers", "p50 ns", "p99 ns", "resolutions/s/thread",
+                 "sync ms", "RSS"], rows)
+    print("  sync = replica start to its first snapshot applied (its own primary in the same "
+          "process); RSS of\n  the whole process (primary's packed snapshot included).")
+    print_targets("R targets", targets)
+    return runs, targets
+
+
+# ----------------------------------------------------------------------------- tables J, V, D
+# Model status (issue 11): J = persisting status changes vs the providers file (bench_status),
+# V = a verification job's wall time vs its ideal (bench_discovery --verify), D = read latency
 # of the daemon while a verify_models job runs. Kept apart from the request-path tables.
 
 VERIFY_PROVIDERS = 10  # providers on the fake upstream, each verified
@@ -951,7 +1019,7 @@ VERIFY_MODELS = 100  # models per verified provider
 VERIFY_LATENCY_MS = 50  # every answer of the fake
 VERIFY_FAKE_KEY = "good-key"  # the bearer key tests/fake_upstream.py accepts by default
 VERIFY_PAD_PROVIDERS = 90  # keyless providers that make up the registry size (never verified)
-VERIFY_READ = {  # table R: registry sizes (models in all), rounds, seconds of reads per sample
+VERIFY_READ = {  # table D: registry sizes (models in all), rounds, seconds of reads per sample
     "full": {"sizes": [1000, 100000], "rounds": 9, "seconds": 1.0, "providers": VERIFY_PROVIDERS,
              "models": VERIFY_MODELS, "latency_ms": VERIFY_LATENCY_MS},
     "quick": {"sizes": [16], "rounds": 1, "seconds": 0.2, "providers": 2, "models": 8,
@@ -1128,14 +1196,14 @@ def fmt_ms3(v):
 
 
 def bench_status_persist(cfg, tools, quick, log):
-    """Table S: bench_status (in process): a batch of 1,000 changed status records appended to
+    """Table J: bench_status (in process): a batch of 1,000 changed status records appended to
     the journal vs one providers-file persist, 100,000 models over 100 providers; the
     journal's load and compaction at that size."""
     binary = os.path.join(tools, "bench_status")
     if not os.access(binary, os.X_OK):
-        print("\nS. Status persistence: bench_status not built; skipped.")
+        print("\nJ. Status journal: bench_status not built; skipped.")
         return {"skipped": True}
-    log("S: status persistence ")
+    log("J: status journal ")
     _, text, res = _run_json_tool([binary] + (["--quick"] if quick else []), "bench_status")
     log(".\n")
     if not isinstance(res, dict) or "ratio" not in res:
@@ -1146,8 +1214,8 @@ def bench_status_persist(cfg, tools, quick, log):
                         % (fmt_int(res["batch_records"]), fmt_int(res["models"])),
                 "value": ratio * 100, "unit": "%", "target": "< %g%%" % (target * 100),
                 "pass": ratio < target}]
-    print_table("S. Status persistence, in process (bench_status, %d rounds side by side: "
-                "median (min-max) ms)" % res["rounds"],
+    print_table("J. Status journal vs providers file, in process (bench_status, %d rounds side "
+                "by side: median (min-max) ms)" % res["rounds"],
                 ["models", "provs", "batch", "batch ms", "of which append", "persist ms",
                  "batch/persist", "batch B", "yaml B"],
                 [[fmt_int(res["models"]), str(res["providers"]), fmt_int(res["batch_records"]),
@@ -1156,7 +1224,7 @@ def bench_status_persist(cfg, tools, quick, log):
                   "%.1f%% (%.1f-%.1f%%)" % (ratio * 100, res["ratio"]["min"] * 100,
                                             res["ratio"]["max"] * 100),
                   fmt_bytes(res["batch_bytes"]), fmt_bytes(res["yaml_bytes"])]])
-    print_table("S2. Status journal at %s records (%d rounds: median (min-max) ms)"
+    print_table("J2. Status journal at %s records (%d rounds: median (min-max) ms)"
                 % (fmt_int(res["models"]), res["rounds"]),
                 ["load (replay) ms", "compaction ms", "snapshot B", "probes ms (in memory)",
                  "append cpu ms", "of which crc32", "fdatasync floor ms"],
@@ -1171,7 +1239,7 @@ def bench_status_persist(cfg, tools, quick, log):
           "cpu = the append's thread CPU time (encoding, CRC-32, syscalls); fdatasync\n  floor "
           "= as many bytes written + fdatasync'ed to a scratch file in the same directory."
           % fmt_int(res["batch_records"]))
-    print_targets("S targets", targets)
+    print_targets("J targets", targets)
     return {"result": res, "targets": targets}
 
 
@@ -1260,13 +1328,13 @@ def _wait_job(zctx, endpoint, job, deadline_s=VERIFY_JOB_TIMEOUT_S):
 
 
 def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, log):
-    """Table R: get_api_for_model_string p50 of one client, idle vs while a verify_models job
+    """Table D: get_api_for_model_string p50 of one client, idle vs while a verify_models job
     over every provider runs (the fake upstream answering every request after 50 ms), in
     alternating order within each round; for a registry of only the verified providers and
     one padded to 100,000 models. Target: p50 during / idle <= 1.1 (median of the rounds'
     ratios). Skipped, not failed, when the daemon does not know verify_models yet."""
     vr = VERIFY_READ["quick" if quick else "full"]
-    log("R: reads during verification ")
+    log("D: reads during verification ")
     fake = FakeUpstream(vr["providers"], vr["models"], vr["latency_ms"],
                         os.path.join(tmp, "fake-r.log"))
     daemons = {}
@@ -1293,7 +1361,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
             reply = _call(zctx, d.endpoint, "verify_models")
             if not reply.get("ok"):
                 err = reply.get("error") or {}
-                print("\nR. Reads during verification: skipped, the daemon answers "
+                print("\nD. Reads during verification: skipped, the daemon answers "
                       "verify_models with %s: %s" % (err.get("code"), err.get("message")))
                 log("skipped\n")
                 return {"skipped": "verify_models: %s" % err.get("code"), "targets": []}
@@ -1320,7 +1388,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                     cpu0 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
                     res = client.run(d.endpoint, 1, 1000000, 10, op="get_api_for_model_string",
                                      args=read_args, max_seconds=vr["seconds"],
-                                     label="R %d %s" % (size, mode))
+                                     label="D %d %s" % (size, mode))
                     cpu1 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
                     res["daemon_cpu_ms"], res["fake_cpu_ms"] = [
                         (b - a) / 1e6 if a is not None and b is not None else None
@@ -1385,7 +1453,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
                                        fmt_int(entry["verify_fake_cpu_ms"])),
                      "%d/%d" % (entry["overlapped"], len(jobs)),
                      "%d/%d" % (entry["jobs_succeeded"], len(jobs))])
-    print_table("R. Reads during verification: get_api_for_model_string %s, 1 client, %g s per "
+    print_table("D. Reads during verification: get_api_for_model_string %s, 1 client, %g s per "
                 "sample, idle vs during a verify_models job\n   (%d providers x %d models on the "
                 "fake, %d ms per answer; %d rounds, order alternating; medians)"
                 % (read_model, vr["seconds"], vr["providers"], vr["models"], vr["latency_ms"],
@@ -1400,7 +1468,7 @@ def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, l
           "providers (skipped by the job). cpu = CPU time over the reads\n  window (%g s): the "
           "daemon's (all threads) idle and during the job, and the fake upstream's during\n"
           "  the job (its work competes for the same cores)." % vr["seconds"])
-    print_targets("R targets", targets)
+    print_targets("D targets", targets)
     return {"sizes": out, "targets": targets}
 
 
@@ -1410,6 +1478,138 @@ def fmt_spread_ratio(values):
 
 
 # ----------------------------------------------------------------------------- profile
+
+
+def _scrape_ms(port):
+    """Milliseconds of one GET /metrics on a fresh connection (connect to last byte)."""
+    t0 = time.perf_counter()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        resp = conn.getresponse()
+        body = resp.read()
+    finally:
+        conn.close()
+    if resp.status != 200 or b"provider_manager_build_info" not in body:
+        raise BenchError("/metrics answered %d" % resp.status)
+    return (time.perf_counter() - t0) * 1000.0, len(body)
+
+
+def bench_metrics(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    """Table M: metrics off vs on side by side, and a scrape of a big registry."""
+    shape = HEADLINE
+    op_args = {"model_string": shape["model_string"]}
+    daemons, samples = {}, {}
+    try:
+        for mode in ("off", "on"):
+            data_dir = os.path.join(tmp, "m-" + mode)
+            os.makedirs(data_dir, mode=0o700)
+            write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(shape))
+            extra = (["--metrics-endpoint", "127.0.0.1:%d" % free_port()] if mode == "on"
+                     else [])
+            d = Daemon(daemon_bin, data_dir, "ipc://%s/m-%s.sock" % (tmp, mode),
+                       os.path.join(tmp, "daemon-m.log"), extra_args=extra)
+            daemons[mode] = d
+            d.start(zctx)
+        for r in range(cfg["rounds_m"]):
+            for clients in (1, 8):
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    d = daemons[mode]
+                    reqs = cfg["requests_m1"] if clients == 1 else cfg["requests_m8"]
+                    c0 = proc_cpu(d.pid)
+                    res = client.run(d.endpoint, clients, reqs, cfg["warmup"],
+                                     op="get_api_for_model_string", args=op_args,
+                                     label="M metrics %s %d clients" % (mode, clients))
+                    c1 = proc_cpu(d.pid)
+                    served = res["requests"] + clients * cfg["warmup"]
+                    res["cpu_us_per_req"] = ((c1[0] - c0[0]) / 1000.0 / served
+                                             if c0[0] is not None else None)
+                    samples.setdefault((mode, clients), []).append(res)
+                    log(".")
+    finally:
+        for d in daemons.values():
+            d.stop()
+    # A scrape of a daemon that holds scrape_models models (100 providers).
+    providers, _, _ = growth_registry(cfg["scrape_models"], 100)
+    data_dir = os.path.join(tmp, "m-scrape")
+    os.makedirs(data_dir, mode=0o700)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), providers)
+    port = free_port()
+    big = Daemon(daemon_bin, data_dir, "ipc://%s/m-scrape.sock" % tmp,
+                 os.path.join(tmp, "daemon-m.log"),
+                 extra_args=["--metrics-endpoint", "127.0.0.1:%d" % port])
+    scrapes, body_bytes = [], 0
+    try:
+        big.start(zctx)
+        # Some traffic first, so that the request families have series to render.
+        client.run(big.endpoint, 1, 100, 0, op="health", label="M scrape traffic")
+        for _ in range(cfg["scrapes"]):
+            ms, body_bytes = _scrape_ms(port)
+            scrapes.append(ms)
+        log("s")
+    finally:
+        big.stop()
+    log("\n")
+
+    rows, entries, targets = [], [], []
+    for clients in (1, 8):
+        off, on = samples[("off", clients)], samples[("on", clients)]
+        tputs = [n["rps"] / f["rps"] for n, f in zip(on, off) if f["rps"]]
+        cpus = [n["cpu_us_per_req"] / f["cpu_us_per_req"] for n, f in zip(on, off)
+                if n["cpu_us_per_req"] and f["cpu_us_per_req"]]
+        entry = {"clients": clients, "throughput_ratio": median(tputs), "cpu_ratio": median(cpus),
+                 "throughput_ratios": tputs, "cpu_ratios": cpus}
+        for mode, runs in (("off", off), ("on", on)):
+            entry[mode] = {"rps": median([x["rps"] for x in runs]),
+                           "p50_us": median([x["p50_us"] for x in runs]),
+                           "cpu_us_per_req": median([x["cpu_us_per_req"] for x in runs])}
+            rows.append(["%d" % clients, mode, fmt_int(entry[mode]["rps"]),
+                         fmt_us(entry[mode]["p50_us"]), fmt_us(entry[mode]["cpu_us_per_req"]),
+                         fmt_ratio(entry["throughput_ratio"]) if mode == "on" else "",
+                         fmt_ratio(entry["cpu_ratio"]) if mode == "on" else ""])
+        entries.append(entry)
+        targets.append({"name": "metrics on/off throughput, %d client(s)" % clients,
+                        "value": entry["throughput_ratio"], "unit": "x", "target": ">= 0.98",
+                        "pass": entry["throughput_ratio"] is not None
+                        and entry["throughput_ratio"] >= 0.98})
+        targets.append({"name": "metrics on/off CPU/request, %d client(s)" % clients,
+                        "value": entry["cpu_ratio"], "unit": "x", "target": "<= 1.02",
+                        "pass": entry["cpu_ratio"] is not None and entry["cpu_ratio"] <= 1.02})
+    print_table("M. Metrics off vs on, side by side (%s shape, ipc; medians of %d rounds)"
+                % (shape["name"], cfg["rounds_m"]),
+                ["clients", "metrics", "req/s", "p50 us", "CPU us/req", "tput on/off",
+                 "CPU on/off"], rows)
+    scrape = {"models": cfg["scrape_models"], "scrapes": len(scrapes),
+              "median_ms": median(scrapes), "max_ms": max(scrapes) if scrapes else None,
+              "body_bytes": body_bytes}
+    print("  /metrics scrape of a %s-model registry: median %.2f ms, max %.2f ms, %s bytes"
+          % (fmt_int(scrape["models"]), scrape["median_ms"], scrape["max_ms"], body_bytes))
+    targets.append({"name": "scrape of %s models (median)" % fmt_int(scrape["models"]),
+                    "value": scrape["median_ms"] / 1000.0, "unit": "s", "target": "< 0.050 s",
+                    "pass": scrape["median_ms"] < 50})
+    # The same question without the scheduler's noise: what counting adds to one request, in
+    # process (bench_metrics), against the CPU a request costs with metrics off.
+    counting = None
+    tool = os.path.join(tools, "bench_metrics")
+    if os.access(tool, os.X_OK):
+        run = subprocess.run([tool, str(cfg["requests_m1"] * 100)], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=300)
+        if run.returncode != 0:
+            raise BenchError("bench_metrics failed: %s" % run.stderr.decode().strip())
+        counting = json.loads(run.stdout)
+        cpu_off = median([e["off"]["cpu_us_per_req"] for e in entries])
+        counting["share_of_cpu_per_request"] = (counting["ns_per_request"] / 1000.0 / cpu_off
+                                                if cpu_off else None)
+        share = counting["share_of_cpu_per_request"]
+        print("  counting per request, in process: %.0f ns (error reply %.0f ns) = %s of the "
+              "%.1f us of CPU a request costs with metrics off"
+              % (counting["ns_per_request"], counting["ns_per_error_reply"],
+                 "-" if share is None else "%.2f%%" % (share * 100), cpu_off or 0))
+        targets.append({"name": "counting cost / CPU per request (in process)",
+                        "value": None if share is None else share * 100, "unit": "%",
+                        "target": "<= 2 %", "pass": share is not None and share <= 0.02})
+    print_targets("M targets", targets)
+    return {"side_by_side": entries, "scrape": scrape, "counting": counting}, targets
 
 
 def profile_request_path(cfg, tools, daemon_bin, tmp, zctx, client, out_dir, log):
@@ -1532,10 +1732,10 @@ def print_targets(title, targets):
             shown = "%.2fx" % v
         elif t["unit"] == "s":
             shown = "%.3f s" % v
+        elif t["unit"] == "%":
+            shown = "%.2f %%" % v
         elif t["unit"] == "MiB":
             shown = "%.1f MiB" % v
-        elif t["unit"] == "%":
-            shown = "%.1f%%" % v
         else:
             shown = "%s %s" % (fmt_int(v), t["unit"])
         rows.append([t["name"], shown, t["target"], verdict(t["pass"])])
@@ -1561,6 +1761,58 @@ def machine_info():
     return info
 
 
+# ----------------------------------------------------------------------------- table S
+
+
+def bench_snapshot(cfg, daemon_bin, tmp, zctx, log):
+    """Table S: one daemon holding snapshot_models models over 100 providers; the time from
+    sending `snapshot` to its last byte received (the reply is not decoded: that is the
+    caller's cost, not the service's). The first request packs every ProviderConfig; later
+    ones copy the packed bytes the front end keeps per provider version."""
+    models, providers = cfg["snapshot_models"], 100
+    data_dir = os.path.join(tmp, "s-%d" % models)
+    os.makedirs(data_dir, mode=0o700)
+    regs, _, _ = growth_registry(models, providers)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), regs)
+    d = Daemon(daemon_bin, data_dir, "ipc://%s/s.sock" % tmp, os.path.join(tmp, "daemon-s.log"))
+    d.start(zctx)
+    req = zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    req.connect(d.endpoint)
+    body = _pack_request("snapshot")
+    times, size = [], 0
+    try:
+        for _ in range(1 + cfg["snapshot_rounds"]):
+            t0 = time.perf_counter()
+            req.send(body)
+            if not req.poll(60000, zmq.POLLIN):
+                raise BenchError("no snapshot reply within 60 s")
+            reply = req.recv()
+            times.append(time.perf_counter() - t0)
+            size = len(reply)
+            # {"ok": true, ...}: fixmap, "ok", true
+            if reply[:5] != b"\x82\xa2ok\xc3":
+                raise BenchError("snapshot failed: %r" % reply[:200])
+            log(".")
+    finally:
+        req.close()
+        d.stop()
+    first, rest = times[0], median(times[1:])
+    entry = {"models": models, "providers": providers, "reply_bytes": size,
+             "first_s": first, "median_s": rest, "all_s": times}
+    print_table("S. snapshot (%d models, %d providers, ipc; reply %.1f MiB)"
+                % (models, providers, size / MIB),
+                ["request", "seconds"],
+                [["first (packs every config)", "%.3f" % first],
+                 ["median of the next %d" % (len(times) - 1), "%.3f" % rest]])
+    targets = [{"name": "snapshot of %s models, first" % fmt_int(models), "value": first,
+                "unit": "s", "target": "< 0.3 s", "pass": first < 0.3},
+               {"name": "snapshot of %s models, median" % fmt_int(models), "value": rest,
+                "unit": "s", "target": "< 0.3 s", "pass": rest < 0.3}]
+    print_targets("S targets", targets)
+    return entry, targets
+
+
 # ----------------------------------------------------------------------------- main
 
 
@@ -1569,7 +1821,8 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c", "s", "v", "r"], action="append",
+    ap.add_argument("--only", choices=["a", "b", "c", "r", "m", "s", "j", "v", "d"],
+                    action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
                     "build's); e.g. an older build, for a before/after comparison")
@@ -1585,14 +1838,15 @@ def main():
     daemon_bin = (os.path.abspath(opts.daemon) if opts.daemon
                   else os.path.join(build, "service", "provider-manager"))
     for path in (daemon_bin, os.path.join(tools, "bench_echo"),
-                 os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry")):
+                 os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry"),
+                 os.path.join(tools, "bench_replica")):
         if not os.access(path, os.X_OK):
             sys.stderr.write("run.py: %s is missing: run `cmake --build %s --target bench-tools`"
                              "\n" % (path, opts.build))
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c", "s", "v", "r"])
+    only = set(opts.only or ["a", "b", "c", "r", "m", "s", "j", "v", "d"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1645,12 +1899,26 @@ def main():
             results["write_targets"] = w_targets
         if "c" in only:
             results["discovery"] = bench_discovery(cfg, tools, daemon_bin, opts.quick, log)
-        # Model status (issue 11): tables S, V, R.
+        if "r" in only:
+            log("R: client replica ")
+            results["replica"], results["replica_targets"] = bench_replica(tools, opts.quick,
+                                                                           log)
+        if "m" in only:
+            log("M: metrics off/on ")
+            results["metrics"], results["metrics_targets"] = bench_metrics(
+                cfg, tools, daemon_bin, tmp, zctx, client, log)
         if "s" in only:
+            log("S: snapshot ")
+            results["snapshot"], results["snapshot_targets"] = bench_snapshot(
+                cfg, daemon_bin, tmp, zctx, log)
+
+
+        # Model status (issue 11): tables J, V, D.
+        if "j" in only:
             results["status_persist"] = bench_status_persist(cfg, tools, opts.quick, log)
         if "v" in only:
             results["verify"] = bench_verify(cfg, tools, opts.quick, log)
-        if "r" in only:
+        if "d" in only:
             results["read_during_verify"] = bench_read_during_verify(
                 cfg, tools, daemon_bin, tmp, zctx, client, opts.quick, log)
         if opts.profile:
@@ -1672,7 +1940,8 @@ def main():
         results["request_errors"] = errors
         status = 1
     all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
-                               "write_targets")
+                               "write_targets", "replica_targets",
+                               "metrics_targets", "snapshot_targets")
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):
         all_targets.append(results["discovery"]["target"])

@@ -225,12 +225,19 @@ class Subscriber:
         self.sock.setsockopt(zmq.SUBSCRIBE, topic)
         self.sock.connect(endpoint)
 
-    def recv(self, timeout=3.0):
-        """The next event as (frames, decoded map of the last frame), or None on timeout."""
-        if not self.sock.poll(int(timeout * 1000), zmq.POLLIN):
-            return None
-        frames = self.sock.recv_multipart()
-        return frames, unpack(frames[-1])
+    def recv(self, timeout=3.0, heartbeats=False):
+        """The next event as (frames, decoded map of the last frame), or None on timeout.
+        v1.1's heartbeats (every heartbeat_ms) are skipped unless heartbeats is true: they
+        say nothing changed, which is what most tests wait to hear about."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left < 0 or not self.sock.poll(max(0, int(left * 1000)), zmq.POLLIN):
+                return None
+            frames = self.sock.recv_multipart()
+            body = unpack(frames[-1])
+            if heartbeats or not (isinstance(body, dict) and body.get("event") == "heartbeat"):
+                return frames, body
 
     def drain(self, quiet=0.2):
         got = []
@@ -416,9 +423,10 @@ class Daemon:
 
 PROVIDER_KEYS = {"provider", "name", "base_api_url", "api_key", "valid_models",
                  "invalid_models"}
-# v1's keys plus v1.1's additive ones (protocol-v1.1.md: "protocol", "status_version").
+# v1's keys plus v1.1's additive ones (protocol-v1.1.md: "protocol", "status_version",
+# "epoch").
 HEALTH_KEYS = {"status", "version", "state_version", "providers", "models", "uptime_s",
-               "jobs_running", "protocol", "status_version"}
+               "jobs_running", "protocol", "status_version", "epoch"}
 
 
 class DaemonTestCase(unittest.TestCase):

@@ -629,11 +629,16 @@ class StateVersionAndEventsTest(DaemonTestCase):
         frames, body = ev
         self.assertEqual(len(frames), 2, frames)
         self.assertEqual(frames[0], b"providers")
-        self.assertEqual(set(body), {"event", "state_version", "providers"}, body)
+        # v1's keys, plus v1.1's "configs" and "epoch" (v1 subscribers ignore them).
+        self.assertEqual(set(body), {"event", "state_version", "providers", "configs", "epoch"},
+                         body)
         self.assertEqual(body["event"], "changed")
         self.assertIs(type(body["state_version"]), int)
         self.assertEqual(body["providers"], keys)
         self.assertEqual(body["state_version"], self.state_version())
+        self.assertEqual(body["configs"],
+                         [self.c.ok("get", {"provider_name": k}) for k in keys])
+        self.assertEqual(body["epoch"], self.c.ok("health")["epoch"])
         return body["state_version"]
 
     def expect_no_event(self, sub, what):
@@ -707,7 +712,9 @@ class StateVersionAndEventsTest(DaemonTestCase):
         frames, body = sub.recv(3.0)
         self.assertEqual(frames[0], b"providers")
         self.assertEqual(body, {"event": "changed", "state_version": sv + 1,
-                                "providers": ["acme"]})
+                                "providers": ["acme"],
+                                "configs": [c.ok("get", {"provider_name": "acme"})],
+                                "epoch": c.ok("health")["epoch"]})
         self.assert_clean_stop(d)
 
 

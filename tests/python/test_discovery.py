@@ -220,7 +220,8 @@ class DiscoveryTest(DaemonTestCase):
         ev = sub.recv(3.0)
         self.assertIsNotNone(ev)
         self.assertEqual(ev[1], {"event": "changed", "state_version": sv + 1,
-                                 "providers": ["mock"]})
+                                 "providers": ["mock"], "configs": [cfg],
+                                 "epoch": self.c.ok("health")["epoch"]})
         with open(self.d.store_path, encoding="utf-8") as f:
             text = f.read()
         self.assertIn("good-2", text)

@@ -6,7 +6,7 @@ A path is checked when it is written in backticks or as a link target and looks 
 the repository's paths: it has a '/', and either its first component is an entry at the top
 of the repository or it ends in a source or document extension. Placeholders (`<data_dir>`),
 URLs, absolute paths (they name the machine's files, not ours) and the generated build
-directories are left alone. `service/registry.*` and other globs must match at least one file.
+directories are left alone. `registry/registry.*` and other globs must match at least one file.
 
 Run: python3 -m unittest -v test_docs   (in tests/python; needs no daemon)
 """
