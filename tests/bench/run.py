@@ -34,6 +34,14 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
   S. Snapshot (protocol v1.1): `snapshot` of 100,000 models over 100 providers, request to
      last byte received over ipc, the first one (configs not yet packed) and the following
      ones (median). Target: under 0.3 s.
+  J. Status journal (bench_status, in process): a batch of 1,000 changed model status
+     records appended to the journal vs one providers-file persist, 100,000 models over 100
+     providers; the journal's load and compaction. Target: batch / persist < 5%.
+  V. Verification (bench_discovery --verify): 10 providers x 100 models, 50 ms per answer,
+     per_provider_limit 4, vs the ideal 1 list + 25 probe rounds = 1.3 s. Target <= 1.1x.
+  D. Reads during verification: the daemon's get_api_for_model_string p50, idle vs while a
+     verify_models job runs against tests/fake_upstream.py (10 x 100 models, 50 ms), at 1,000
+     and 100,000 models. Target: <= 1.1x idle. Skipped when the daemon lacks verify_models.
 
 The machine is small and shared, so every measurement is repeated in several rounds, the
 rounds interleave what is compared (echo and service alternate, registry sizes alternate),
@@ -52,6 +60,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -1000,6 +1009,474 @@ def bench_replica(tools, quick, log):
     return runs, targets
 
 
+# ----------------------------------------------------------------------------- tables J, V, D
+# Model status (issue 11): J = persisting status changes vs the providers file (bench_status),
+# V = a verification job's wall time vs its ideal (bench_discovery --verify), D = read latency
+# of the daemon while a verify_models job runs. Kept apart from the request-path tables.
+
+VERIFY_PROVIDERS = 10  # providers on the fake upstream, each verified
+VERIFY_MODELS = 100  # models per verified provider
+VERIFY_LATENCY_MS = 50  # every answer of the fake
+VERIFY_FAKE_KEY = "good-key"  # the bearer key tests/fake_upstream.py accepts by default
+VERIFY_PAD_PROVIDERS = 90  # keyless providers that make up the registry size (never verified)
+VERIFY_READ = {  # table D: registry sizes (models in all), rounds, seconds of reads per sample
+    "full": {"sizes": [1000, 100000], "rounds": 9, "seconds": 1.0, "providers": VERIFY_PROVIDERS,
+             "models": VERIFY_MODELS, "latency_ms": VERIFY_LATENCY_MS},
+    "quick": {"sizes": [16], "rounds": 1, "seconds": 0.2, "providers": 2, "models": 8,
+              "latency_ms": 10},
+}
+VERIFY_JOB_TIMEOUT_S = 120.0
+
+
+def _mp_pack(obj):
+    """msgpack of None / bool / int / str / list / dict (what requests with non-string args,
+    such as verify_models' include_invalid, need; _pack_request only packs strings)."""
+    if obj is None:
+        return b"\xc0"
+    if obj is True:
+        return b"\xc3"
+    if obj is False:
+        return b"\xc2"
+    if isinstance(obj, int):
+        if 0 <= obj < 128:
+            return bytes([obj])
+        return b"\xd3" + struct.pack(">q", obj)
+    if isinstance(obj, str):
+        b = obj.encode()
+        if len(b) < 32:
+            return bytes([0xa0 | len(b)]) + b
+        return b"\xdb" + struct.pack(">I", len(b)) + b
+    if isinstance(obj, (list, tuple)):
+        return b"\xdd" + struct.pack(">I", len(obj)) + b"".join(_mp_pack(x) for x in obj)
+    if isinstance(obj, dict):
+        return (b"\xdf" + struct.pack(">I", len(obj)) +
+                b"".join(_mp_pack(k) + _mp_pack(v) for k, v in obj.items()))
+    raise TypeError("cannot pack %r" % type(obj))
+
+
+def _mp_unpack(data):
+    """A small msgpack decoder for the daemon's replies (python3-msgpack is not a build
+    dependency). Extension types decode as None; str keys and values as str."""
+
+    def item(i):
+        t = data[i]
+        i += 1
+        if t <= 0x7f:
+            return t, i
+        if t >= 0xe0:
+            return t - 0x100, i
+        if 0x80 <= t <= 0x8f:
+            return container(i, t & 0x0f, True)
+        if 0x90 <= t <= 0x9f:
+            return container(i, t & 0x0f, False)
+        if 0xa0 <= t <= 0xbf:
+            n = t & 0x1f
+            return data[i:i + n].decode("utf-8", "replace"), i + n
+        if t == 0xc0:
+            return None, i
+        if t in (0xc2, 0xc3):
+            return t == 0xc3, i
+        fixed = {0xca: ">f", 0xcb: ">d", 0xcc: ">B", 0xcd: ">H", 0xce: ">I", 0xcf: ">Q",
+                 0xd0: ">b", 0xd1: ">h", 0xd2: ">i", 0xd3: ">q"}
+        if t in fixed:
+            size = struct.calcsize(fixed[t])
+            return struct.unpack(fixed[t], data[i:i + size])[0], i + size
+        lengths = {0xc4: ">B", 0xc5: ">H", 0xc6: ">I", 0xd9: ">B", 0xda: ">H", 0xdb: ">I",
+                   0xdc: ">H", 0xdd: ">I", 0xde: ">H", 0xdf: ">I"}
+        if t in lengths:
+            size = struct.calcsize(lengths[t])
+            n = struct.unpack(lengths[t], data[i:i + size])[0]
+            i += size
+            if t in (0xc4, 0xc5, 0xc6):
+                return bytes(data[i:i + n]), i + n
+            if t in (0xd9, 0xda, 0xdb):
+                return data[i:i + n].decode("utf-8", "replace"), i + n
+            return container(i, n, t in (0xde, 0xdf))
+        ext = {0xd4: 1, 0xd5: 2, 0xd6: 4, 0xd7: 8, 0xd8: 16}
+        if t in ext:
+            return None, i + 1 + ext[t]
+        if t in (0xc7, 0xc8, 0xc9):
+            size = {0xc7: 1, 0xc8: 2, 0xc9: 4}[t]
+            n = int.from_bytes(data[i:i + size], "big")
+            return None, i + size + 1 + n
+        raise ValueError("msgpack: unknown type byte 0x%02x" % t)
+
+    def container(i, n, is_map):
+        if is_map:
+            out = {}
+            for _ in range(n):
+                k, i = item(i)
+                v, i = item(i)
+                out[k if not isinstance(k, (list, dict)) else repr(k)] = v
+            return out, i
+        out = []
+        for _ in range(n):
+            v, i = item(i)
+            out.append(v)
+        return out, i
+
+    value, _ = item(0)
+    return value
+
+
+def _call(zctx, endpoint, op, args=None, timeout_s=10.0):
+    """One request on a fresh REQ socket; the decoded reply map."""
+    req = zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    try:
+        req.connect(endpoint)
+        req.send(_mp_pack({"op": op, "args": args or {}}))
+        if not req.poll(int(timeout_s * 1000)):
+            raise BenchError("%s: no reply within %g s" % (op, timeout_s))
+        reply = _mp_unpack(req.recv())
+    finally:
+        req.close()
+    if not isinstance(reply, dict):
+        raise BenchError("%s: reply is not a map" % op)
+    return reply
+
+
+class FakeUpstream:
+    """tests/fake_upstream.py on a free port: scenarios s0..s(n-1), `models` models each,
+    every answer after latency_ms. It exits when its stdin closes, also if we die."""
+
+    def __init__(self, providers, models, latency_ms, log_path):
+        script = os.path.join(os.path.dirname(SOURCE_DIR), "fake_upstream.py")
+        config = {"scenarios": {"s%d" % p: {"model_count": models, "latency_ms": latency_ms}
+                                for p in range(providers)}}
+        self.log = open(log_path, "ab")
+        self.proc = subprocess.Popen(["/usr/bin/python3", script, "--exit-on-eof",
+                                      "--config-json", json.dumps(config)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.log, env=clean_env())
+        line = self.proc.stdout.readline()
+        try:
+            self.port = int(line)
+        except ValueError:
+            self.stop()
+            raise BenchError("tests/fake_upstream.py did not start (log %s)" % log_path)
+        self.origin = "http://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.stdin.close()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc.stdout.close()
+        self.log.close()
+
+
+def _run_json_tool(cmd, what):
+    """Runs a bench tool that prints one JSON object; (exit status, stdout, parsed or None)."""
+    env = dict(os.environ)
+    env.setdefault("PM_SOURCE_DIR", os.path.dirname(os.path.dirname(SOURCE_DIR)))
+    env.setdefault("PM_PYTHON", "/usr/bin/python3")
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=900, env=env)
+    text = proc.stdout.decode(errors="replace")
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        parsed = None
+    if proc.returncode != 0:
+        raise BenchError("%s failed (exit %d): %s" % (what, proc.returncode,
+                                                      proc.stderr.decode().strip()[-500:]))
+    return proc.returncode, text, parsed
+
+
+def _spread(m):
+    return "%s (%s-%s)" % (fmt_ms3(m["median"]), fmt_ms3(m["min"]), fmt_ms3(m["max"]))
+
+
+def fmt_ms3(v):
+    return "-" if v is None else ("%.2f" % v if v < 100 else "%.0f" % v)
+
+
+def bench_status_persist(cfg, tools, quick, log):
+    """Table J: bench_status (in process): a batch of 1,000 changed status records appended to
+    the journal vs one providers-file persist, 100,000 models over 100 providers; the
+    journal's load and compaction at that size."""
+    binary = os.path.join(tools, "bench_status")
+    if not os.access(binary, os.X_OK):
+        print("\nJ. Status journal: bench_status not built; skipped.")
+        return {"skipped": True}
+    log("J: status journal ")
+    _, text, res = _run_json_tool([binary] + (["--quick"] if quick else []), "bench_status")
+    log(".\n")
+    if not isinstance(res, dict) or "ratio" not in res:
+        raise BenchError("bench_status printed no result: %s" % text[-300:])
+    target = res.get("target_ratio", 0.05)
+    ratio = res["ratio"]["median"]
+    targets = [{"name": "status batch of %s / providers-file persist, %s models"
+                        % (fmt_int(res["batch_records"]), fmt_int(res["models"])),
+                "value": ratio * 100, "unit": "%", "target": "< %g%%" % (target * 100),
+                "pass": ratio < target}]
+    print_table("J. Status journal vs providers file, in process (bench_status, %d rounds side "
+                "by side: median (min-max) ms)" % res["rounds"],
+                ["models", "provs", "batch", "batch ms", "of which append", "persist ms",
+                 "batch/persist", "batch B", "yaml B"],
+                [[fmt_int(res["models"]), str(res["providers"]), fmt_int(res["batch_records"]),
+                  _spread(res["batch_ms"]), fmt_ms3(res["append_ms"]["median"]),
+                  _spread(res["persist_ms"]),
+                  "%.1f%% (%.1f-%.1f%%)" % (ratio * 100, res["ratio"]["min"] * 100,
+                                            res["ratio"]["max"] * 100),
+                  fmt_bytes(res["batch_bytes"]), fmt_bytes(res["yaml_bytes"])]])
+    print_table("J2. Status journal at %s records (%d rounds: median (min-max) ms)"
+                % (fmt_int(res["models"]), res["rounds"]),
+                ["load (replay) ms", "compaction ms", "snapshot B", "probes ms (in memory)",
+                 "append cpu ms", "of which crc32", "fdatasync floor ms"],
+                [[_spread(res["load_ms"]), _spread(res["compact_ms"]),
+                  fmt_bytes(res["snapshot_bytes"]), _spread(res["probe_ms"]),
+                  _spread(res["append_cpu_ms"]), fmt_ms3(res["crc_ms"]["median"]),
+                  _spread(res["fsync_floor_ms"])]])
+    print("  batch = model_status_take_dirty + status_store_append (one write + fdatasync) of "
+          "one provider's %s\n  changed records (valid -> failing); persist = store_persist of "
+          "the providers YAML (emit, fsync,\n  rename, dir fsync), same directory; load = "
+          "status_store_open replaying the compacted journal\n  into an empty table; append "
+          "cpu = the append's thread CPU time (encoding, CRC-32, syscalls); fdatasync\n  floor "
+          "= as many bytes written + fdatasync'ed to a scratch file in the same directory."
+          % fmt_int(res["batch_records"]))
+    print_targets("J targets", targets)
+    return {"result": res, "targets": targets}
+
+
+def bench_verify(cfg, tools, quick, log):
+    """Table V: bench_discovery --verify, a verification job's wall time vs its ideal."""
+    binary = os.path.join(tools, "bench_discovery")
+    if not os.access(binary, os.X_OK):
+        print("\nV. Verification: bench_discovery not built; skipped.")
+        return {"skipped": True}
+    log("V: verification ")
+    _, text, res = _run_json_tool([binary, "--verify"] + (["--quick"] if quick else []),
+                                  "bench_discovery --verify")
+    log(".\n")
+    if not isinstance(res, dict) or "wall_s" not in res:
+        raise BenchError("bench_discovery --verify printed no result: %s" % text[-300:])
+    target = res.get("target_ratio", 1.1)
+    targets = [{"name": "verification wall / ideal", "value": res["ratio"], "unit": "x",
+                "target": "<= %g" % target, "pass": res["ratio"] <= target}]
+    walls = res.get("rounds", [])
+    print_table("V. Verification: one verify job over %s providers x %s models, every upstream "
+                "answer after %s ms, per_provider_limit %s, %s workers (%d rounds, median)"
+                % (res["providers"], res["models_per_provider"], res["latency_ms"],
+                   res["per_provider_limit"], res["workers"], len(walls)),
+                ["wall s", "min-max s", "ideal s", "ratio", "target", "verdict", "probes ok",
+                 "max inflight/provider", "jobs ok", "cpu s/round fake/bench", "load"],
+                [["%.3f" % res["wall_s"],
+                  "%.3f-%.3f" % (min(walls), max(walls)) if walls else "-",
+                  "%.3f" % res["ideal_s"], fmt_ratio(res["ratio"]), "<= %g" % target,
+                  verdict(targets[0]["pass"]),
+                  "%s/%s" % (res.get("probes_ok"), res.get("probes_expected")),
+                  str(res.get("max_inflight_per_provider", "-")),
+                  str(res.get("jobs_succeeded", "-")),
+                  "%.2f / %.2f" % (res.get("fake_cpu_s_per_round", -1),
+                                   res.get("bench_cpu_s_per_round", -1)),
+                  "%.2f" % res.get("loadavg_1min_at_start", -1)]])
+    print("  ideal = (1 list + %s/%s probe rounds) x %s ms; the real coordinator and workers in "
+          "process, the observer\n  naming each provider's valid_models as targets; cpu = "
+          "CPU seconds per round of the fake upstream\n  (one Python process) and of the "
+          "coordinator + workers; load = 1-minute load average at the start."
+          % (res["models_per_provider"], res["per_provider_limit"], res["latency_ms"]))
+    print_targets("V targets", targets)
+    return {"result": res, "targets": targets}
+
+
+def _verify_registry(origin, total, providers, models):
+    """The verified providers (keys vp-NN on the fake, key good-key, the fake's models as
+    valid_models), then keyless providers pad-NNN that bring the registry to `total` models:
+    verification skips them, but every status sync and persist walks them."""
+    regs = []
+    for p in range(providers):
+        names = [("model-%03d" % m, "vp%dm%d" % (p, m)) for m in range(models)]
+        regs.append(("vp-%02d" % p, "Verified provider %02d" % p, "%s/s%d/v1" % (origin, p),
+                     VERIFY_FAKE_KEY, names))
+    pad = total - providers * models
+    if pad > 0:
+        per = pad // VERIFY_PAD_PROVIDERS
+        for p in range(VERIFY_PAD_PROVIDERS):
+            count = per + (pad - per * VERIFY_PAD_PROVIDERS if p == VERIFY_PAD_PROVIDERS - 1
+                           else 0)
+            names = [("pad-p%03d-model-%06d-instruct" % (p, m), "pad%dm%d" % (p, m))
+                     for m in range(count)]
+            regs.append(("pad-%03d" % p, "Padding provider %03d" % p, BENCH_URL, None, names))
+    return regs
+
+
+def _verified_ok(result):
+    """Models of the verified providers (vp-NN) that answered, per job_status."""
+    providers = result.get("providers") or {}
+    return sum(p.get("ok") or 0 for k, p in providers.items()
+               if isinstance(k, str) and k.startswith("vp-") and isinstance(p, dict))
+
+
+def _wait_job(zctx, endpoint, job, deadline_s=VERIFY_JOB_TIMEOUT_S):
+    """Polls job_status until done; (result map, seconds waited)."""
+    t0 = time.perf_counter()
+    while True:
+        reply = _call(zctx, endpoint, "job_status", {"job": job})
+        if not reply.get("ok"):
+            raise BenchError("job_status %s: %s" % (job, reply.get("error")))
+        result = reply.get("result") or {}
+        if result.get("state") == "done":
+            return result, time.perf_counter() - t0
+        if time.perf_counter() - t0 > deadline_s:
+            raise BenchError("verify job %s not done within %g s" % (job, deadline_s))
+        time.sleep(0.01)
+
+
+def bench_read_during_verify(cfg, tools, daemon_bin, tmp, zctx, client, quick, log):
+    """Table D: get_api_for_model_string p50 of one client, idle vs while a verify_models job
+    over every provider runs (the fake upstream answering every request after 50 ms), in
+    alternating order within each round; for a registry of only the verified providers and
+    one padded to 100,000 models. Target: p50 during / idle <= 1.1 (median of the rounds'
+    ratios). Skipped, not failed, when the daemon does not know verify_models yet."""
+    vr = VERIFY_READ["quick" if quick else "full"]
+    log("D: reads during verification ")
+    fake = FakeUpstream(vr["providers"], vr["models"], vr["latency_ms"],
+                        os.path.join(tmp, "fake-r.log"))
+    daemons = {}
+    read_model = "vp-%02d/model-%03d" % (vr["providers"] - 1, vr["models"] - 1)
+    read_args = {"model_string": read_model}
+    samples = {size: {"idle": [], "verify": [], "jobs": []} for size in vr["sizes"]}
+    expected_ok = vr["providers"] * vr["models"]  # every verified model answers every job
+    try:
+        for size in vr["sizes"]:
+            data_dir = os.path.join(tmp, "r-%d" % size)
+            os.makedirs(data_dir, mode=0o700)
+            write_yaml(os.path.join(data_dir, PROVIDERS_FILE),
+                       _verify_registry(fake.origin, size, vr["providers"], vr["models"]))
+            d = Daemon(daemon_bin, data_dir, "ipc://%s/r-%d.sock" % (tmp, size),
+                       os.path.join(tmp, "daemon-r.log"))
+            daemons[size] = d
+            d.start(zctx)
+            health = _call(zctx, d.endpoint, "health").get("result") or {}
+            if health.get("models") != size:
+                raise BenchError("daemon loaded %s models, expected %d"
+                                 % (health.get("models"), size))
+            # A first, unmeasured job: tells whether the daemon knows verify_models, and
+            # creates every status record, as on a daemon that has been running for a while.
+            reply = _call(zctx, d.endpoint, "verify_models")
+            if not reply.get("ok"):
+                err = reply.get("error") or {}
+                print("\nD. Reads during verification: skipped, the daemon answers "
+                      "verify_models with %s: %s" % (err.get("code"), err.get("message")))
+                log("skipped\n")
+                return {"skipped": "verify_models: %s" % err.get("code"), "targets": []}
+            result, _ = _wait_job(zctx, d.endpoint, reply["result"]["job"])
+            if not result.get("success") or _verified_ok(result) != expected_ok:
+                raise BenchError("warm-up verify job failed (%d of %d models ok): %s"
+                                 % (_verified_ok(result), expected_ok, result.get("messages")))
+        for r in range(vr["rounds"]):
+            for size in (vr["sizes"] if r % 2 == 0 else list(reversed(vr["sizes"]))):
+                d = daemons[size]
+                modes = ["idle", "verify"] if r % 2 == 0 else ["verify", "idle"]
+                for mode in modes:
+                    job = None
+                    if mode == "verify":
+                        reply = _call(zctx, d.endpoint, "verify_models")
+                        if not reply.get("ok"):
+                            raise BenchError("verify_models: %s" % reply.get("error"))
+                        job = reply["result"]["job"]
+                        started = time.perf_counter()
+                    # CPU of the daemon and of the fake over the reads: on a small shared
+                    # machine the fake's own work competes with the daemon's front thread.
+                    # The fake runs a thread per request, gone by the time schedstat would
+                    # be summed: its figure is /proc/<pid>/stat's (10 ms ticks).
+                    cpu0 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
+                    res = client.run(d.endpoint, 1, 1000000, 10, op="get_api_for_model_string",
+                                     args=read_args, max_seconds=vr["seconds"],
+                                     label="D %d %s" % (size, mode))
+                    cpu1 = (proc_cpu(d.pid)[0], proc_cpu(fake.proc.pid)[1])
+                    res["daemon_cpu_ms"], res["fake_cpu_ms"] = [
+                        (b - a) / 1e6 if a is not None and b is not None else None
+                        for a, b in zip(cpu0, cpu1)]
+                    samples[size][mode].append(res)
+                    if job:
+                        reads_end = time.perf_counter() - started
+                        first = _call(zctx, d.endpoint, "job_status", {"job": job})
+                        running = (first.get("result") or {}).get("state") == "running"
+                        result, _ = _wait_job(zctx, d.endpoint, job)
+                        samples[size]["jobs"].append({
+                            "job": job, "probes_ok": _verified_ok(result),
+                            "success": (result.get("success") is True and
+                                        _verified_ok(result) == expected_ok),
+                            "reads_s": reads_end, "wall_s": time.perf_counter() - started,
+                            "running_when_reads_ended": running})
+                log(".")
+    finally:
+        for d in daemons.values():
+            d.stop()
+        fake.stop()
+    log("\n")
+
+    out, rows, targets = [], [], []
+    for size in vr["sizes"]:
+        s = samples[size]
+        ratios = [v["p50_us"] / i["p50_us"] for i, v in zip(s["idle"], s["verify"])
+                  if i["p50_us"]]
+        ratio = median(ratios)
+        jobs = s["jobs"]
+        entry = {"models": size, "verified_models": vr["providers"] * vr["models"],
+                 "read": read_model,
+                 "idle_p50_us": median([x["p50_us"] for x in s["idle"]]),
+                 "verify_p50_us": median([x["p50_us"] for x in s["verify"]]),
+                 "idle_p99_us": median([x["p99_us"] for x in s["idle"]]),
+                 "verify_p99_us": median([x["p99_us"] for x in s["verify"]]),
+                 "idle_rps": median([x["rps"] for x in s["idle"]]),
+                 "verify_rps": median([x["rps"] for x in s["verify"]]),
+                 "ratio": ratio, "ratios": ratios,
+                 "ratio_of_medians": (median([x["p50_us"] for x in s["verify"]]) /
+                                      median([x["p50_us"] for x in s["idle"]])
+                                      if median([x["p50_us"] for x in s["idle"]]) else None),
+                 "job_wall_s": median([j["wall_s"] for j in jobs]),
+                 "idle_daemon_cpu_ms": median([x["daemon_cpu_ms"] for x in s["idle"]]),
+                 "verify_daemon_cpu_ms": median([x["daemon_cpu_ms"] for x in s["verify"]]),
+                 "verify_fake_cpu_ms": median([x["fake_cpu_ms"] for x in s["verify"]]),
+                 "jobs_succeeded": sum(1 for j in jobs if j["success"]),
+                 "overlapped": sum(1 for j in jobs if j["running_when_reads_ended"]),
+                 "jobs": jobs, "idle": s["idle"], "verify": s["verify"]}
+        out.append(entry)
+        ok = (ratio is not None and ratio <= 1.1 and entry["jobs_succeeded"] == len(jobs))
+        targets.append({"name": "read p50 during verification / idle, %s models" % fmt_int(size),
+                        "value": ratio, "unit": "x", "target": "<= 1.1", "pass": ok})
+        rows.append([fmt_int(size), fmt_int(entry["verified_models"]),
+                     fmt_us(entry["idle_p50_us"]), fmt_us(entry["verify_p50_us"]),
+                     fmt_ratio(ratio), fmt_spread_ratio(ratios),
+                     fmt_ratio(entry["ratio_of_medians"]),
+                     fmt_us(entry["idle_p99_us"]), fmt_us(entry["verify_p99_us"]),
+                     "%.2f" % entry["job_wall_s"] if entry["job_wall_s"] else "-",
+                     "%s / %s / %s" % (fmt_int(entry["idle_daemon_cpu_ms"]),
+                                       fmt_int(entry["verify_daemon_cpu_ms"]),
+                                       fmt_int(entry["verify_fake_cpu_ms"])),
+                     "%d/%d" % (entry["overlapped"], len(jobs)),
+                     "%d/%d" % (entry["jobs_succeeded"], len(jobs))])
+    print_table("D. Reads during verification: get_api_for_model_string %s, 1 client, %g s per "
+                "sample, idle vs during a verify_models job\n   (%d providers x %d models on the "
+                "fake, %d ms per answer; %d rounds, order alternating; medians)"
+                % (read_model, vr["seconds"], vr["providers"], vr["models"], vr["latency_ms"],
+                   vr["rounds"]),
+                ["models", "verified", "idle p50 us", "verify p50 us", "ratio", "ratio min-max",
+                 "ratio of medians",
+                 "idle p99 us", "verify p99 us", "job s", "cpu ms idle/verify/fake",
+                 "overlapped", "jobs ok"], rows)
+    print("  ratio = median of the rounds' (p50 during / p50 idle), the target's figure; ratio of "
+          "medians = the two p50\n  columns divided; overlapped = rounds whose job was still "
+          "running when the reads ended; models beyond\n  the verified ones belong to keyless "
+          "providers (skipped by the job). cpu = CPU time over the reads\n  window (%g s): the "
+          "daemon's (all threads) idle and during the job, and the fake upstream's during\n"
+          "  the job (its work competes for the same cores)." % vr["seconds"])
+    print_targets("D targets", targets)
+    return {"sizes": out, "targets": targets}
+
+
+def fmt_spread_ratio(values):
+    values = [v for v in values if v is not None]
+    return "%.2f-%.2f" % (min(values), max(values)) if values else "-"
+
+
 # ----------------------------------------------------------------------------- profile
 
 
@@ -1344,7 +1821,8 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c", "r", "m", "s"], action="append",
+    ap.add_argument("--only", choices=["a", "b", "c", "r", "m", "s", "j", "v", "d"],
+                    action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
                     "build's); e.g. an older build, for a before/after comparison")
@@ -1368,7 +1846,7 @@ def main():
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c", "r", "m", "s"])
+    only = set(opts.only or ["a", "b", "c", "r", "m", "s", "j", "v", "d"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1433,6 +1911,16 @@ def main():
             log("S: snapshot ")
             results["snapshot"], results["snapshot_targets"] = bench_snapshot(
                 cfg, daemon_bin, tmp, zctx, log)
+
+
+        # Model status (issue 11): tables J, V, D.
+        if "j" in only:
+            results["status_persist"] = bench_status_persist(cfg, tools, opts.quick, log)
+        if "v" in only:
+            results["verify"] = bench_verify(cfg, tools, opts.quick, log)
+        if "d" in only:
+            results["read_during_verify"] = bench_read_during_verify(
+                cfg, tools, daemon_bin, tmp, zctx, client, opts.quick, log)
         if opts.profile:
             log("P: profile ")
             results["profile"] = profile_request_path(
@@ -1457,6 +1945,8 @@ def main():
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):
         all_targets.append(results["discovery"]["target"])
+    for key in ("status_persist", "verify", "read_during_verify"):
+        all_targets += results.get(key, {}).get("targets", [])
     missed = [t["name"] for t in all_targets if not t["pass"]]
     results["missed"] = missed
     results["elapsed_s"] = time.perf_counter() - started
