@@ -161,6 +161,9 @@ static enum MHD_Result s_handler(void *cls, struct MHD_Connection *connection, c
 /* MHD's own error lines (a refused connection, a request too large) at debug level: a hostile
  * client must not be able to fill the log. */
 static void s_mhd_log(void *cls, const char *format, va_list args)
+    __attribute__((format(printf, 2, 0)));
+
+static void s_mhd_log(void *cls, const char *format, va_list args)
 {
     (void)cls;
     if (log_level() < LOG_DEBUG)

@@ -994,7 +994,7 @@ static int s_parent_dir(const char *path, char *out, size_t out_size)
 
 /* Tests replace fsync here (store_set_fsync_hook) to reach the failure paths; NULL, i.e.
  * fsync itself, in the daemon. Atomic because a test sets it while the writer thread runs. */
-static _Atomic(store_fsync_fn *) s_fsync_hook = NULL;
+static _Atomic(store_fsync_fn *) s_fsync_hook; /* NULL: static storage starts zeroed */
 
 void store_set_fsync_hook(store_fsync_fn *hook)
 {

@@ -488,7 +488,7 @@ static const registry_t *s_view(const writer_t *self, const batch_t *batch)
 
 /* Tests inject a failure after a change is applied (writer_set_fault_hook); NULL in the daemon.
  * Atomic because a test sets it while the writer thread runs. */
-static _Atomic(writer_fault_fn *) s_fault_hook = NULL;
+static _Atomic(writer_fault_fn *) s_fault_hook; /* NULL: static storage starts zeroed */
 
 void writer_set_fault_hook(writer_fault_fn *hook)
 {
