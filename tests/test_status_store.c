@@ -508,6 +508,22 @@ static void test_crc32_known_value(void **state)
     /* The standard check value of CRC-32/ISO-HDLC. */
     assert_int_equal(status_store_crc32("123456789", 9), 0xCBF43926U);
     assert_int_equal(status_store_crc32("", 0), 0);
+    /* Every length and alignment of the four-bytes-per-step loop and its tail agrees with a
+     * bit-at-a-time reference. */
+    unsigned char buf[80];
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)(i * 37 + 11);
+    for (size_t start = 0; start < 4; start++) {
+        for (size_t len = 0; start + len <= sizeof buf; len++) {
+            uint32_t crc = 0xFFFFFFFFU;
+            for (size_t i = start; i < start + len; i++) {
+                crc ^= buf[i];
+                for (int k = 0; k < 8; k++)
+                    crc = (crc & 1) ? (crc >> 1) ^ 0xEDB88320U : crc >> 1;
+            }
+            assert_int_equal(status_store_crc32(buf + start, len), crc ^ 0xFFFFFFFFU);
+        }
+    }
 }
 
 static void test_compaction_keeps_everything(void **state)
