@@ -17,6 +17,7 @@ struct status_keeper_t {
     status_store_t *store;
     const registry_t *reg;    /* the writer's current registry, borrowed */
     const registry_t *synced; /* the registry the table was last synced with (identity only) */
+    bool journal_behind;      /* a journal write failed: the next commit writes a snapshot */
     char **parts;             /* providers whose job part ended, not yet taken */
     char **part_bys;          /* who started each part's job (NULL: nobody named) */
     size_t part_count;
@@ -300,11 +301,23 @@ int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double no
     status_dirty_t dirty = {0};
     if (model_status_take_dirty(self->table, &dirty) < 0) {
         rc = -1;
+    } else if (self->journal_behind) {
+        /* A batch was lost to a failed write: the dirty marks it carried are gone, so only a
+         * whole snapshot brings the journal level with the table again. */
+        char err[512];
+        if (status_store_compact(self->store, self->table, err, sizeof err) < 0) {
+            log_error("status: cannot write the status journal: %s", err);
+            rc = -1;
+        } else {
+            self->journal_behind = false;
+            log_info("status: journal written again (a full snapshot after a failed write)");
+        }
     } else {
         char err[512];
         int stored = status_store_append(self->store, self->table, &dirty, err, sizeof err);
         if (stored < 0) {
             log_error("status: cannot write the status journal: %s", err);
+            self->journal_behind = true;
             rc = -1;
         } else if (stored > 0) {
             log_warn("status: journal compaction failed (the batch is durable): %s", err);

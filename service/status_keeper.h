@@ -69,8 +69,9 @@ int status_keeper_apply_prune(status_keeper_t *self, registry_t *next, const cha
  * the providers whose batch ends now (the parts of jobs that ended); the transitions of other
  * providers stay queued for their own batch (a job's part still running). only NULL: every
  * provider (a batch of writer requests). 1 when status_version moved, 0 when not, -1 when the
- * journal could not be written (then nothing is published; the table keeps the changes and
- * the next commit journals them again). */
+ * journal could not be written (then nothing of this commit is published: subscribers see a
+ * status_version gap; the table keeps its state, and the next commit writes the journal as a
+ * whole snapshot). */
 int status_keeper_commit(status_keeper_t *self, const registry_t *reg, double now,
                          const char *const *only, size_t only_count,
                          status_keeper_publish_fn *publish, void *publish_arg);

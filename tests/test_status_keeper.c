@@ -322,6 +322,40 @@ static void test_observer_targets_and_ignored(void **state)
     free(targets);
 }
 
+/* A failed journal write publishes nothing; the next commit writes a whole snapshot, so the
+ * change that failed is on disk after all and survives a reopen. */
+static void test_failed_journal_write_is_caught_up(void **state)
+{
+    fixture_t *f = *state;
+    char path[128];
+    snprintf(path, sizeof path, "%s/%s", f->dir, STATUS_STORE_FILE_NAME);
+    assert_int_equal(unlink(path), 0); /* the append opens the journal without creating it */
+    s_list(f, "p", (const char *const[]){"a", "b", "lost-once"}, 3, 110.0);
+    s_part_done(f, "p");
+    char **parts;
+    size_t count = s_take_parts(f, &parts);
+    assert_int_equal(status_keeper_commit(f->keeper, f->reg, 111.0, (const char *const *)parts,
+                                          count, s_publish, f),
+                     -1);
+    s_free_parts(parts, count);
+    assert_int_equal(f->event_count, 0);
+
+    s_list(f, "q", (const char *const[]){"x", "later"}, 2, 112.0);
+    s_part_done(f, "q");
+    count = s_take_parts(f, &parts);
+    assert_int_equal(status_keeper_commit(f->keeper, f->reg, 113.0, (const char *const *)parts,
+                                          count, s_publish, f),
+                     1);
+    s_free_parts(parts, count);
+    assert_int_equal(f->event_count, 1);
+    assert_string_equal(f->events[0], "q");
+
+    status_keeper_destroy(&f->keeper);
+    s_open(f, STATUS_PRUNE_NONE);
+    assert_int_equal(s_state(f, "p", "lost-once"), STATUS_UNVERIFIED);
+    assert_int_equal(s_state(f, "q", "later"), STATUS_UNVERIFIED);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -330,6 +364,8 @@ int main(void)
                                         s_teardown),
         cmocka_unit_test_setup_teardown(test_prune_and_reopen, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_observer_targets_and_ignored, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_failed_journal_write_is_caught_up, s_setup,
+                                        s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
