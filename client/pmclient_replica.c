@@ -781,6 +781,38 @@ static const s_state_t *s_begin(pmclient_replica_t *self, unsigned *slot,
     return state;
 }
 
+/* The common head of every resolution: checks model_string, takes a read slot and resolves.
+ * On success returns the state with *slot held (the caller ends it with s_read_end) and *res
+ * filled; on failure the service's error is in err, no slot is held, and NULL is returned. */
+static const s_state_t *s_resolve_begin(pmclient_replica_t *self, const char *model_string,
+                                        unsigned *slot, registry_resolution_t *res,
+                                        pmclient_replica_error_t *err)
+{
+    if (!self || !model_string) {
+        s_error(err, "bad_request", "missing argument 'model_string'");
+        return NULL;
+    }
+    size_t len = strlen(model_string);
+    if (len > S_MAX_MODEL_STRING_LEN) {
+        s_error(err, "bad_request", "argument 'model_string' is longer than %d bytes",
+                S_MAX_MODEL_STRING_LEN);
+        return NULL;
+    }
+    const s_state_t *state = s_begin(self, slot, err);
+    if (!state)
+        return NULL;
+    registry_status_t status = registry_resolve(state->registry, model_string, len, res);
+    if (status == REGISTRY_RESOLVED)
+        return state;
+    if (status == REGISTRY_INVALID_FOR_PROVIDER)
+        s_error(err, "invalid_model", "Invalid model for provider %s: %.*s", res->prefix,
+                (int)res->model_len, res->model);
+    else
+        s_error(err, "invalid_model", "Invalid model: %.*s", (int)res->model_len, res->model);
+    s_read_end(self, *slot);
+    return NULL;
+}
+
 static int s_resolve(pmclient_replica_t *self, const char *model_string,
                      pm_provider_t **provider_out, char **long_name_out,
                      pmclient_replica_error_t *err)
@@ -789,30 +821,13 @@ static int s_resolve(pmclient_replica_t *self, const char *model_string,
         *provider_out = NULL;
     if (long_name_out)
         *long_name_out = NULL;
-    if (!self || !model_string) {
-        s_error(err, "bad_request", "missing argument 'model_string'");
-        return -1;
-    }
-    size_t len = strlen(model_string);
-    if (len > S_MAX_MODEL_STRING_LEN) {
-        s_error(err, "bad_request", "argument 'model_string' is longer than %d bytes",
-                S_MAX_MODEL_STRING_LEN);
-        return -1;
-    }
     unsigned slot;
-    const s_state_t *state = s_begin(self, &slot, err);
-    if (!state)
-        return -1;
     registry_resolution_t res;
-    registry_status_t status = registry_resolve(state->registry, model_string, len, &res);
+    if (!s_resolve_begin(self, model_string, &slot, &res, err))
+        return -1;
     int rc = -1;
-    if (status == REGISTRY_INVALID_FOR_PROVIDER) {
-        s_error(err, "invalid_model", "Invalid model for provider %s: %.*s", res.prefix,
-                (int)res.model_len, res.model);
-    } else if (status != REGISTRY_RESOLVED) {
-        s_error(err, "invalid_model", "Invalid model: %.*s", (int)res.model_len, res.model);
-    } else if ((provider_out && !(*provider_out = s_pm_provider(res.provider))) ||
-               (long_name_out && !(*long_name_out = strdup(res.long_name)))) {
+    if ((provider_out && !(*provider_out = s_pm_provider(res.provider))) ||
+        (long_name_out && !(*long_name_out = strdup(res.long_name)))) {
         s_error(err, PMCLIENT_ERR_NOMEM, "out of memory");
     } else {
         rc = 0;
@@ -850,41 +865,27 @@ static int s_copy_into(char *dest, size_t cap, const char *text)
 int pmclient_replica_resolve(pmclient_replica_t *self, const char *model_string,
                              pmclient_replica_target_t *out, pmclient_replica_error_t *err)
 {
-    if (!self || !model_string || !out) {
+    if (!out) {
         s_error(err, "bad_request", "missing argument 'model_string'");
         return -1;
     }
-    size_t len = strlen(model_string);
-    if (len > S_MAX_MODEL_STRING_LEN) {
-        s_error(err, "bad_request", "argument 'model_string' is longer than %d bytes",
-                S_MAX_MODEL_STRING_LEN);
-        return -1;
-    }
     unsigned slot;
-    const s_state_t *state = s_begin(self, &slot, err);
+    registry_resolution_t res;
+    const s_state_t *state = s_resolve_begin(self, model_string, &slot, &res, err);
     if (!state)
         return -1;
-    registry_resolution_t res;
-    registry_status_t status = registry_resolve(state->registry, model_string, len, &res);
     int rc = -1;
-    if (status == REGISTRY_INVALID_FOR_PROVIDER) {
-        s_error(err, "invalid_model", "Invalid model for provider %s: %.*s", res.prefix,
-                (int)res.model_len, res.model);
-    } else if (status != REGISTRY_RESOLVED) {
-        s_error(err, "invalid_model", "Invalid model: %.*s", (int)res.model_len, res.model);
-    } else {
-        const char *api_key = provider_api_key(res.provider);
-        out->has_api_key = api_key != NULL;
-        out->state_version = state->version;
-        if (s_copy_into(out->provider, sizeof out->provider, provider_key(res.provider)) != 0 ||
-            s_copy_into(out->long_name, sizeof out->long_name, res.long_name) != 0 ||
-            s_copy_into(out->base_api_url, sizeof out->base_api_url,
-                        provider_base_api_url(res.provider)) != 0 ||
-            s_copy_into(out->api_key, sizeof out->api_key, api_key ? api_key : "") != 0)
-            s_error(err, "internal", "a resolved value exceeds the registry's limits");
-        else
-            rc = 0;
-    }
+    const char *api_key = provider_api_key(res.provider);
+    out->has_api_key = api_key != NULL;
+    out->state_version = state->version;
+    if (s_copy_into(out->provider, sizeof out->provider, provider_key(res.provider)) != 0 ||
+        s_copy_into(out->long_name, sizeof out->long_name, res.long_name) != 0 ||
+        s_copy_into(out->base_api_url, sizeof out->base_api_url,
+                    provider_base_api_url(res.provider)) != 0 ||
+        s_copy_into(out->api_key, sizeof out->api_key, api_key ? api_key : "") != 0)
+        s_error(err, "internal", "a resolved value exceeds the registry's limits");
+    else
+        rc = 0;
     s_read_end(self, slot);
     if (rc == 0)
         s_ok(err);
