@@ -14,20 +14,29 @@ metrics"), black-box: real primaries and replicas (`--replica-of`, `--replica-ev
   ops get `unavailable` (`Primary <EP> did not answer`); the restarted primary (new epoch) is
   re-snapshotted;
 - forwarded model_status / provider_status / job_status answers equal the primary's;
-- a replica holds no providers file.
+- a replica holds no providers file;
+- /healthz on a replica: 503 with the reason before its first snapshot, then 200 (also while
+  its primary is away);
+- CURVE towards the primary: the replica's own key pair, listed as a reader on the primary;
+- SIGHUP on a replica reloads (keys, log level) without a restart.
 
 Run: python3 -m unittest -v test_replica_daemon   (in tests/python; PM_DAEMON set by ctest)
 """
 
 import os
+import re
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import unittest
 
 import zmq
 
 import pmharness as h
+import pmmetrics
+from test_security import CurveClient, keygen
 
 HEARTBEAT_MS = 100  # fast heartbeats: silence is noticed after 3 x this
 CONVERGE_TIMEOUT = 10.0 * h.TIMEOUT_SCALE
@@ -346,6 +355,111 @@ class TestReplicaDaemon(ReplicaTestCase):
             a, b = pc.send_raw(body), rc.send_raw(body)
             self.assertEqual(a, b, "%s %r: primary %r, replica %r"
                              % (op, args, h.unpack(a[0]), b and h.unpack(b[0])))
+        self.stop_clean(r)
+        self.stop_clean(p)
+
+    def test_healthz_follows_the_first_snapshot(self):
+        endpoints = fixed_endpoints()
+        port = h.free_port()
+        r = self.node(replica_of=endpoints,
+                      extra=["--metrics-endpoint", "127.0.0.1:%d" % port])
+        r.start()
+        status, _, body = pmmetrics.get(port, "/healthz")
+        self.assertEqual(status, 503)
+        self.assertEqual(body, ("Replica not yet synchronised with %s\n" % endpoints[0]).encode())
+        p = self.node(endpoints=endpoints)
+        p.start()
+        self.wait_for("/healthz 200", lambda: pmmetrics.get(port, "/healthz")[0] == 200)
+        self.assertEqual(pmmetrics.get(port, "/healthz")[2], b"ok\n")
+        rc = r.client()
+        self.wait_converged(p.client(), rc)
+        rc.ok("model_status", {})
+        status, _, text = pmmetrics.get(port, "/metrics")
+        self.assertEqual(status, 200)
+        text = text.decode()
+        self.assertIn('provider_manager_requests_total{op="model_status",outcome="ok"} 1', text)
+        self.assertRegex(text, r"(?m)^provider_manager_state_version %d$"
+                         % rc.ok("health")["state_version"])
+        p.proc.send_signal(signal.SIGKILL)
+        p.proc.wait()
+        time.sleep(4 * HEARTBEAT_MS / 1000.0)
+        self.assertEqual(pmmetrics.get(port, "/healthz")[0], 200)  # the primary is away
+        self.stop_clean(r)
+
+    def test_sighup_reloads_a_replica(self):
+        p = self.primary()
+        r = self.replica(p)
+        rc = r.client()
+        self.wait_converged(p.client(), rc)
+        pid = r.proc.pid
+        os.kill(pid, signal.SIGHUP)
+        self.wait_for("reload logged", lambda: re.search(r"reload: applied", r.stderr()))
+        health = rc.ok("health")
+        self.assertIs(health["reload_ok"], True)
+        self.assertEqual(r.proc.pid, pid)
+        self.assertIsNone(r.proc.poll())
+        self.stop_clean(r)
+        self.stop_clean(p)
+
+
+class TestReplicaCurve(ReplicaTestCase):
+    """The replica speaks CURVE to its primary with its own key pair (the one its clients
+    see), which the primary lists as a reader; its own clients use its public key."""
+
+    def setUp(self):
+        if not zmq.has("curve"):
+            self.skipTest("libzmq without CURVE")
+        self.dir = tempfile.mkdtemp(prefix="pm-replica-keys-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+        for sub in ("clients", "readers"):
+            os.mkdir(os.path.join(self.dir, sub))
+        self.primary_keys = keygen(self.dir, "primary")
+        self.replica_keys = keygen(self.dir, "replica")
+        self.stranger_keys = keygen(self.dir, "stranger")
+        self.alice = keygen(self.dir, "alice")
+        shutil.copy(os.path.join(self.dir, "alice.pub"), os.path.join(self.dir, "clients"))
+
+    def curve_node(self, name, endpoints=None, replica_of=None, readers=False):
+        extra = ["--curve-secret-key-file", os.path.join(self.dir, name + ".key"),
+                 "--curve-clients-dir", os.path.join(self.dir, "clients")]
+        if readers:
+            extra += ["--curve-readers-dir", os.path.join(self.dir, "readers")]
+        if replica_of is not None:
+            extra += ["--replica-server-key-file", os.path.join(self.dir, "primary.pub")]
+        return self.node(endpoints=endpoints, replica_of=replica_of, extra=extra)
+
+    def client(self, d, server_public):
+        c = CurveClient(d.ctx, d.endpoint, self.alice, server_public, daemon=d)
+        d._clients.append(c)
+        return c
+
+    def test_replica_with_a_reader_key_follows_and_forwards(self):
+        shutil.copy(os.path.join(self.dir, "replica.pub"), os.path.join(self.dir, "readers"))
+        p = self.curve_node("primary", endpoints=fixed_endpoints(), readers=True)
+        p.start()
+        pc = self.client(p, self.primary_keys[0])
+        self.fill(pc)
+        r = self.curve_node("replica", replica_of=(p.endpoint, p.events_endpoint))
+        r.start()
+        rc = self.client(r, self.replica_keys[0])
+        self.wait_converged(pc, rc)
+        self.assert_same_reads(pc, rc, ["alpha"])
+        body = h.request_bytes("model_status", {"provider": "alpha"}, id=1)
+        self.assertEqual(pc.send_raw(body), rc.send_raw(body))
+        self.assertEqual(rc.err("set_provider", {})[0], "read_only")
+        self.stop_clean(r)
+        self.stop_clean(p)
+
+    def test_replica_with_an_unknown_key_never_synchronises(self):
+        p = self.curve_node("primary", endpoints=fixed_endpoints(), readers=True)
+        p.start()
+        r = self.curve_node("stranger", replica_of=(p.endpoint, p.events_endpoint))
+        r.start()
+        rc = self.client(r, self.stranger_keys[0])
+        time.sleep(1.0)
+        self.assertEqual(rc.err("keys"), ("unavailable", "Replica not yet synchronised with %s"
+                                          % p.endpoint))
+        self.assertIsNone(rc.ok("health")["primary_seen_s"])
         self.stop_clean(r)
         self.stop_clean(p)
 
