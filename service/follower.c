@@ -337,11 +337,12 @@ static void s_handle_primary_reply(follower_t *self, zmq_msg_t *frames, int coun
     size_t size = zmq_msg_size(&frames[2]);
     if (tag && self->snapshot_pending && tag == self->snapshot_tag) {
         self->snapshot_pending = false;
-        if (clone_apply_snapshot(self->clone, body, size, now) == 0)
+        int applied = clone_apply_snapshot(self->clone, body, size, now);
+        s_note_seen(self); /* before the front end can answer from the new state */
+        if (applied == 0)
             s_snapshot_applied(self);
         else
             log_warn("follower: %s gave no usable snapshot; retrying", self->primary);
-        s_note_seen(self);
         return;
     }
     for (size_t i = 0; tag && i < self->forward_count; i++) {
