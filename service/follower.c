@@ -307,9 +307,12 @@ static void s_handle_event(follower_t *self, zmq_msg_t *frames, int count, int64
             /* The front end has the change before a subscriber of ours hears of it. */
             s_send_snapshot(self);
             s_republish(self, &frames[0], &frames[1]);
-        } else if (what == CLONE_EVENT_HEARTBEAT && clone_synced(self->clone) &&
-                   (uint64_t)clone_status_version(self->clone) != self->sent_status_version) {
-            s_send_snapshot(self); /* health's status_version follows the primary's */
+        } else if (what == CLONE_EVENT_HEARTBEAT && clone_synced(self->clone)) {
+            /* health's status_version follows the primary's (status changes bump no
+             * state_version, so only heartbeats tell). */
+            int64_t status = clone_status_version(self->clone);
+            if (status >= 0 && (uint64_t)status != self->sent_status_version)
+                s_send_snapshot(self);
         }
     } else if (topic_size == 6 && memcmp(topic, "models", 6) == 0) {
         s_republish(self, &frames[0], &frames[1]);
