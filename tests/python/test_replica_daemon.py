@@ -256,6 +256,30 @@ class TestReplicaDaemon(ReplicaTestCase):
         self.stop_clean(r)
         self.stop_clean(p)
 
+    def test_burst_of_writes_converges_byte_for_byte(self):
+        p = self.primary()
+        pc = p.client()
+        r = self.replica(p)
+        rc = r.client()
+        self.wait_converged(pc, rc)
+
+        def writer(i):
+            c = p.client()
+            for n in range(50):
+                key = "burst-%d-%d" % (i, n % 10)
+                if n % 7 == 6:
+                    c.ok("remove_provider", {"provider": key})
+                else:
+                    c.ok("set_provider", {"provider": key, "name": "B %d" % n,
+                                          "base_api_url": "https://b.example.test/v1",
+                                          "valid_models": {"m%d" % n: "s%d" % n}})
+        self.assertEqual(h.run_threads(writer, 4), [])
+        self.wait_converged(pc, rc)
+        body = h.request_bytes("snapshot", {}, id=1)
+        self.assertEqual(pc.send_raw(body), rc.send_raw(body))
+        self.stop_clean(r)
+        self.stop_clean(p)
+
     def test_chained_replica_converges(self):
         p = self.primary()
         pc = p.client()
