@@ -3,7 +3,7 @@
 #   make test   install, build, run the whole suite through ctest, then check that no test
 #               API key shows up in any of its output (tests/python/check_secrets.py)
 # Hardening (docs/testing.md), each also run by .ci/run:
-#   make fuzz       libFuzzer (clang, ASan+UBSan) on the request and YAML targets, FUZZ_SECONDS each
+#   make fuzz       libFuzzer (clang, ASan+UBSan) on the request, YAML and clone targets, FUZZ_SECONDS each
 #   make sanitize   the whole suite built with ASan+UBSan (preset asan-ubsan, build-asan/)
 #   make tsan       the concurrency suites built with ThreadSanitizer (preset tsan, build-tsan/)
 #   make valgrind   the integration suites with the daemon under valgrind memcheck
@@ -101,13 +101,13 @@ check-secrets:
 		$(BUILD)/Testing/Temporary/LastTest.log $(BUILD)/pm-logs
 
 # Warnings stay errors here too: clang 14 compiles the whole tree without a warning under
-# these flags. Only the two fuzz targets are built, because the shared libpmclient cannot link
+# these flags. Only the fuzz targets are built, because the shared libpmclient cannot link
 # in this build dir: its --no-undefined refuses the sanitizer runtime's symbols, which only an
 # executable brings in.
 fuzz: deps fuzz-deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPM_WERROR=ON -DPM_FUZZ=ON \
 		"-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_request fuzz_yaml
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_request fuzz_yaml fuzz_clone
 	bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 sanitize: deps test-deps

@@ -442,6 +442,7 @@ int main(int argc, char **argv)
         front_set_metrics(front, metrics);
         metrics_set_serving(metrics, true, NULL);
     }
+    front_set_handoffs(front, writer_handoffs(writer));
     s_reload_ctx_t reload = {argc, argv, &cfg, auth, writer};
     front_set_reload(front, s_reload, &reload);
     status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;

@@ -102,6 +102,8 @@ static int s_setup(void **state)
                          err, sizeof err);
     assert_non_null(f->front);
     assert_null(first); /* the front took it */
+    /* As the daemon runs it: blocking receives while no write is in hand. */
+    front_set_handoffs(f->front, writer_handoffs(f->writer));
     assert_int_equal(pipe(f->stop_pipe), 0);
     *state = f;
     return 0;
