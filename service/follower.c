@@ -56,6 +56,7 @@ struct follower_t {
     _Atomic int64_t seen_version;
     _Atomic int64_t seen_contact_ms;
     _Atomic(metrics_t *) metrics;
+    atomic_uint_fast64_t handoffs; /* messages wholly sent on pipe (follower_handoffs) */
     /* The thread's own state. */
     bool stopping;
     bool metrics_synced;
@@ -142,6 +143,7 @@ static int s_send_snapshot(follower_t *self)
         snapshot_destroy(&snap);
         return -1;
     }
+    atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
     self->sent_status_version = snap->status_version;
     s_publish_gauges(self);
     return 0;
@@ -158,6 +160,8 @@ static void s_reply(follower_t *self, forward_t *fw, const void *body, size_t si
         rc = zmq_send(self->pipe, body, size, 0);
     if (rc < 0)
         log_error("follower: cannot hand a reply to the front end: %s", zmq_strerror(errno));
+    else
+        atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
     metrics_t *metrics = s_metrics(self);
     if (metrics && fw->received_ns)
         metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), fw->op,
@@ -560,6 +564,7 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     atomic_init(&self->seen_version, -1);
     atomic_init(&self->seen_contact_ms, -1);
     atomic_init(&self->metrics, NULL);
+    atomic_init(&self->handoffs, 0);
     self->heartbeat_ms = cfg->heartbeat_ms >= CONFIG_MIN_HEARTBEAT_MS ? cfg->heartbeat_ms
                                                                       : CONFIG_DEFAULT_HEARTBEAT_MS;
     self->primary = cfg->replica_of ? strdup(cfg->replica_of) : NULL;
@@ -656,6 +661,11 @@ fail:
 const char *follower_endpoint(const follower_t *self)
 {
     return self->endpoint;
+}
+
+const atomic_uint_fast64_t *follower_handoffs(const follower_t *self)
+{
+    return &self->handoffs;
 }
 
 snapshot_t *follower_first_snapshot(follower_t *self)

@@ -282,6 +282,7 @@ static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics
         log_error("out of memory");
         goto done;
     }
+    front_set_handoffs(front, follower_handoffs(follower));
     log_info("provider-manager %s: read replica of %s (events %s)", PM_VERSION, cfg->replica_of,
              cfg->replica_events);
     log_info("ready: requests on %s, events on %s", cfg->endpoint, cfg->events_endpoint);
