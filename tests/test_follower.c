@@ -257,6 +257,17 @@ static int64_t s_ms(void)
     return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* The follower's hand-off count reaches expected (it is counted just after each send). */
+static void s_assert_handoffs(fixture_t *f, uint64_t expected)
+{
+    const atomic_uint_fast64_t *handoffs = follower_handoffs(f->follower);
+    for (int i = 0; i < 200 && atomic_load(handoffs) != expected; i++) {
+        struct timespec pause = {0, 5 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+    }
+    assert_int_equal(atomic_load(handoffs), expected);
+}
+
 /* ------------------------------------------------------------------------ tests */
 
 /* Snapshot, then a changed event: applied ('S' at 6 with the new provider), re-published as it
@@ -355,13 +366,14 @@ static void test_forwarded_ops(void **state)
     s_front_reply(f, &reply);
     assert_true(s_body_is(&reply, answer, sizeof answer - 1));
     zmq_msg_close(&reply);
+    s_assert_handoffs(f, 2); /* the snapshot and this reply */
 
     /* Unanswered. */
     body.size = 0;
     int64_t t0 = s_ms();
     s_front_forward(f, "provider_status", 42, &body);
-    s_primary_recv(f, &req);
-    s_request_close(&req);
+    request_t late;
+    s_primary_recv(f, &late);
     s_front_reply(f, &reply);
     int64_t waited = s_ms() - t0;
     assert_true(waited >= FOLLOWER_FORWARD_TIMEOUT_MS - 50);
@@ -379,8 +391,11 @@ static void test_forwarded_ops(void **state)
     assert_int_equal(rep.id->via.u64, 42);
     pm_reply_clear(&rep);
     zmq_msg_close(&reply);
+    s_assert_handoffs(f, 3);
 
-    /* A late answer to it is dropped; the stop handshake answers what still waits. */
+    /* A late answer to it is dropped (the next 'R' below is job_status's); the stop handshake
+     * answers what still waits. */
+    s_primary_answer(f, &late, answer, sizeof answer - 1);
     body.size = 0;
     s_front_forward(f, "job_status", 43, &body);
     s_primary_recv(f, &req);
