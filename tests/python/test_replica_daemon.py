@@ -425,6 +425,41 @@ class TestReplicaDaemon(ReplicaTestCase):
         self.stop_clean(r)
         self.stop_clean(p)
 
+    def test_config_providers_are_ignored_on_a_replica(self):
+        p = self.primary()
+        pc = p.client()
+        self.fill(pc, ("alpha",))
+        d = Node(config="providers:\n  pinned:\n    name: Pinned\n"
+                        "    base_api_url: https://pinned.example.test/v1\n",
+                 extra_args=["--heartbeat-ms", str(HEARTBEAT_MS), "--replica-of", p.endpoint,
+                             "--replica-events", p.events_endpoint])
+        self.addCleanup(d.cleanup)
+        d.start()
+        rc = d.client()
+        self.wait_converged(pc, rc)
+        self.assertIsNone(rc.ok("get", {"provider_name": "pinned"}))
+        self.assertEqual(rc.ok("keys"), pc.ok("keys"))
+        self.assertRegex(d.stderr(), r"providers: section is ignored")
+        self.stop_clean(d)
+        self.stop_clean(p)
+
+    def test_bad_replica_settings_stop_the_start(self):
+        cases = [
+            (["--replica-of", "tcp://127.0.0.1:5555"], "needs both --replica-of and"),
+            (["--replica-events", "tcp://127.0.0.1:5556"], "needs both --replica-of and"),
+            (["--replica-of", "127.0.0.1:5555", "--replica-events", "tcp://127.0.0.1:5556"],
+             "invalid endpoint '127.0.0.1:5555' for --replica-of"),
+            (["--replica-of", "tcp://127.0.0.1:5555", "--replica-events",
+              "tcp://127.0.0.1:5556", "--replica-server-key-file", "/nonexistent.pub"],
+             "needs --curve-secret-key-file"),
+        ]
+        for args, message in cases:
+            d = Node(extra_args=args)
+            self.addCleanup(d.cleanup)
+            proc = d.spawn()
+            rc = proc.wait(timeout=h.START_TIMEOUT)
+            self.assertEqual(rc, 2, (args, d.stderr()))
+            self.assertIn(message, d.stderr(), args)
 
 class TestReplicaCurve(ReplicaTestCase):
     """The replica speaks CURVE to its primary with its own key pair (the one its clients
