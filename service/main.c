@@ -2,7 +2,9 @@
  * provider-manager: the daemon. Loads the configuration and the registry (the seed's five
  * layering steps), starts the writer thread (which owns the state, the YAML file, the events
  * socket and discovery), and runs the request front end in this thread until SIGTERM/SIGINT.
- * SIGHUP reloads the config file and the key directories (s_reload) without a restart.
+ * SIGHUP reloads the config file and the key directories (s_reload) without a restart. A read
+ * replica (--replica-of, --replica-events) runs the follower thread in place of the writer and
+ * touches no data dir (s_run_replica).
  *
  * Exit status: 0 clean stop; 1 runtime failure; 2 usage or configuration error (bad flag,
  * unreadable or invalid config file); 3 data directory or providers file unusable (cannot be
@@ -226,7 +228,7 @@ static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics
     bool bind_failed = false;
     if (cfg->overrides.count > 0)
         log_warn("read replica: the config file's providers: section is ignored (%zu "
-                 "providers); the registry is the primary's",
+                 "provider overrides); the registry is the primary's",
                  cfg->overrides.count);
     if (s_install_signals() < 0) {
         log_error("cannot install signal handlers: %s", strerror(errno));
