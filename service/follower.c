@@ -143,8 +143,9 @@ static int s_send_snapshot(follower_t *self)
         snapshot_destroy(&snap);
         return -1;
     }
+    /* The snapshot is the front end's now (it may already be freed): not read again. */
     atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
-    self->sent_status_version = snap->status_version;
+    self->sent_status_version = status > 0 ? (uint64_t)status : 0;
     s_publish_gauges(self);
     return 0;
 }
