@@ -150,9 +150,15 @@ static int s_send_snapshot(follower_t *self)
     return 0;
 }
 
-/* 'R' + the caller's routing frames + body: the reply of one forwarded request. */
+/* 'R' + the caller's routing frames + body: the reply of one forwarded request. Counted just
+ * before it is handed over, so that a caller who has the reply finds it in the metrics. */
 static void s_reply(follower_t *self, forward_t *fw, const void *body, size_t size)
 {
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && fw->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), fw->op,
+                                metrics_reply_outcome(body, size),
+                                metrics_now_ns() - fw->received_ns);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < fw->frame_count; i++)
@@ -163,11 +169,6 @@ static void s_reply(follower_t *self, forward_t *fw, const void *body, size_t si
         log_error("follower: cannot hand a reply to the front end: %s", zmq_strerror(errno));
     else
         atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
-    metrics_t *metrics = s_metrics(self);
-    if (metrics && fw->received_ns)
-        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), fw->op,
-                                metrics_reply_outcome(body, size),
-                                metrics_now_ns() - fw->received_ns);
 }
 
 /* The caller gets `unavailable`, "Primary <REQ_EP> did not answer", with its request's id. */
