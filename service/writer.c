@@ -458,6 +458,12 @@ static void s_send_reply(writer_t *self, pending_t *item)
 {
     /* Changes were checked when applied; this catches every other reply (job_status). */
     s_refuse_oversized(item);
+    /* Counted before the reply leaves: a caller that holds its reply finds it in /metrics. */
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && item->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
+                                metrics_reply_outcome(item->reply.data, item->reply.size),
+                                metrics_now_ns() - item->received_ns);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < item->frame_count; i++)
@@ -468,11 +474,6 @@ static void s_send_reply(writer_t *self, pending_t *item)
         log_error("writer: cannot hand a reply to the front end: %s", zmq_strerror(errno));
     else
         atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
-    metrics_t *metrics = s_metrics(self);
-    if (metrics && item->received_ns)
-        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
-                                metrics_reply_outcome(item->reply.data, item->reply.size),
-                                metrics_now_ns() - item->received_ns);
 }
 
 /* ------------------------------------------------------------------------ operations */
