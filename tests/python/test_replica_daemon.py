@@ -36,7 +36,7 @@ import zmq
 
 import pmharness as h
 import pmmetrics
-from test_security import CurveClient, keygen
+from test_security import CurveClient, keygen, run_pmctl
 
 HEARTBEAT_MS = 100  # fast heartbeats: silence is noticed after 3 x this
 CONVERGE_TIMEOUT = 10.0 * h.TIMEOUT_SCALE
@@ -194,6 +194,20 @@ class TestReplicaDaemon(ReplicaTestCase):
         self.assertLessEqual(h.HEALTH_KEYS, set(health))
         self.assertEqual(set(health) - h.HEALTH_KEYS, {"lag_versions", "primary_seen_s"})
         self.assertEqual(pc.ok("health")["role"], "primary")
+        # pmctl health shows the role and, on a replica, its lag and last contact.
+        shown = run_pmctl(["--endpoint", r.endpoint, "health"])
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        fields = dict(line.split(None, 1) for line in shown.stdout.decode().splitlines()
+                      if line.strip())
+        self.assertEqual(fields.get("role"), "replica")
+        self.assertEqual(fields.get("lag_versions"), "0")
+        self.assertRegex(fields.get("primary_seen_s", ""), r"^\d+\.\d{3}$")
+        shown = run_pmctl(["--endpoint", p.endpoint, "health"])
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        fields = dict(line.split(None, 1) for line in shown.stdout.decode().splitlines()
+                      if line.strip())
+        self.assertEqual(fields.get("role"), "primary")
+        self.assertNotIn("lag_versions", fields)
 
         before = pc.ok("snapshot")
         message = "Read-only replica; send writes to %s" % p.endpoint
