@@ -176,6 +176,7 @@ FULL = {
     "rounds_fan": 5,
     "fanout_replicas": 100,
     "fanout_write_rate": 50,
+    "fanout_idle_s": 1.0,
 }
 QUICK = {
     "rounds_a": 1,
@@ -212,6 +213,7 @@ QUICK = {
     "rounds_fan": 1,
     "fanout_replicas": 20,
     "fanout_write_rate": 50,
+    "fanout_idle_s": 0.2,
 }
 
 
@@ -1319,6 +1321,14 @@ def bench_fanout(cfg, tools, daemon_bin, tmp, zctx, client, log):
                 raise BenchError("bench_replica_daemon hold did not get ready: %s"
                                  % holder.stderr.read().decode().strip()[-300:])
             time.sleep(0.2)  # the replicas' first heartbeats and the writer's first writes
+            # The daemon's CPU without requests: heartbeats and, with writes, the commits and
+            # the fan-out of their events to every subscriber; what the replicas cost the
+            # daemon itself, apart from the cores the helper takes from it.
+            i0, it0 = proc_cpu(d.pid), time.perf_counter()
+            time.sleep(cfg["fanout_idle_s"])
+            i1, it1 = proc_cpu(d.pid), time.perf_counter()
+            idle_ms_per_s = ((i1[0] - i0[0]) / 1e6 / (it1 - it0)
+                             if i0[0] is not None and i1[0] is not None else None)
             c0, h0, t0 = proc_cpu(d.pid), proc_cpu(holder.pid), time.perf_counter()
             res = client.run(d.endpoint, 1, cfg["requests_1"], cfg["warmup"],
                              op="get_api_for_model_string", args=op_args,
@@ -1336,6 +1346,7 @@ def bench_fanout(cfg, tools, daemon_bin, tmp, zctx, client, log):
                 raise BenchError("bench_replica_daemon hold failed: %s"
                                  % err.decode().strip()[-300:])
             res["holder"] = json.loads(out)
+            res["idle_cpu_ms_per_s"] = idle_ms_per_s
             res["holder_ready"] = ready
             return res
         finally:
@@ -1375,6 +1386,7 @@ def bench_fanout(cfg, tools, daemon_bin, tmp, zctx, client, log):
                          fmt_us(median([x["p99_us"] for x in runs])),
                          fmt_int(median([x["rps"] for x in runs])),
                          fmt_us(median([x["cpu_us_per_req"] for x in runs])),
+                         "%.1f" % (median([x["idle_cpu_ms_per_s"] for x in runs]) or 0),
                          "%.0f%%" % (100 * (median([x["holder_cpu_share"] for x in runs])
                                             or 0)),
                          fmt_int(events),
@@ -1393,12 +1405,14 @@ def bench_fanout(cfg, tools, daemon_bin, tmp, zctx, client, log):
                 "medians; ratios of paired rounds [min-max]; load %.2f-%.2f)"
                 % (HEADLINE["model_string"], n_max, cfg["rounds_fan"], load0, load1),
                 ["writes/s", "replicas", "p50 us", "p99 us", "req/s", "daemon cpu us/req",
-                 "helper cpu", "events applied", "caught up", "p50 ratio (<= 1.1)",
+                 "daemon cpu ms/s idle", "helper cpu", "events applied", "caught up", "p50 ratio (<= 1.1)",
                  "daemon cpu/req ratio"], rows)
-    print("  helper cpu: the replicas' process (nice %d), share of one core during the "
+    print("  daemon cpu idle: its CPU time per second over %.1f s without requests, before "
+          "them (heartbeats, commits,\n  fan-out); "
+          "helper cpu: the replicas' process (nice %d), share of one core during the "
           "requests; events applied: changes\n  applied by all its replicas together during the "
           "cell; caught up: replicas at the daemon's last state_version\n  when the cell ended."
-          % HOLDER_NICE)
+          % (cfg["fanout_idle_s"], HOLDER_NICE))
     print_targets("F targets", targets)
     return {"cells": out, "load": [load0, load1]}, targets
 
