@@ -26,8 +26,10 @@
  *
  *   --mode hold: --replicas N replicas in this process (N may be 0), all synced before it
  *     prints {"ready": true, ...}; then, until SIGTERM or SIGINT, one writer at --rate writes
- *     per second (0: none) on provider --write-key. At the end it checks every replica caught
- *     up with the daemon's last state_version and prints the totals.
+ *     per second (0: none) on provider --write-key, of the daemon at --endpoint and, with
+ *     --also-write EP, the same writes to a second daemon (so that a bench can move the
+ *     replicas between two daemons while both keep the same write load). At the end it checks
+ *     every replica caught up with the daemon's last state_version and prints the totals.
  *
  * Common: --endpoint EP --events EP (the daemon's), --heartbeat-ms MS (the daemon's).
  * Exit status 0 when the JSON was printed and nothing failed, 1 otherwise, 2 on usage.
@@ -69,6 +71,7 @@ typedef struct {
     /* hold */
     int replicas;
     const char *write_key;
+    const char *also_write; /* a second daemon that gets the same writes; NULL: none */
 } args_t;
 
 static args_t s_args;
@@ -513,8 +516,10 @@ static int s_hold(void)
     int N = s_args.replicas;
     pmclient_replica_t **replicas = calloc((size_t)(N > 0 ? N : 1), sizeof *replicas);
     pmclient_t *client = pmclient_new(s_args.endpoint);
+    pmclient_t *also = s_args.also_write ? pmclient_new(s_args.also_write) : NULL;
     int status = 1;
-    if (!replicas || !client || pmclient_set_timeout(client, WRITE_TIMEOUT_MS) != 0)
+    if (!replicas || !client || pmclient_set_timeout(client, WRITE_TIMEOUT_MS) != 0 ||
+        (s_args.also_write && (!also || pmclient_set_timeout(also, WRITE_TIMEOUT_MS) != 0)))
         goto done;
     int64_t t0 = s_now_ns();
     for (int i = 0; i < N; i++) {
@@ -555,6 +560,8 @@ static int s_hold(void)
                                    .model_long = longs};
         if (pmclient_set_provider(client, &spec, NULL) != 0)
             errors++;
+        if (also && pmclient_set_provider(also, &spec, NULL) != 0)
+            errors++;
         writes++;
     }
 
@@ -588,6 +595,7 @@ done:
         pmclient_replica_destroy(&replicas[i]);
     free(replicas);
     pmclient_destroy(&client);
+    pmclient_destroy(&also);
     return status;
 }
 
@@ -599,7 +607,7 @@ static int s_usage(void)
           "         [--heartbeat-ms MS]\n"
           "  resolve:    --model-string S --expect-provider K --expect-model M [--calls N]\n"
           "  visibility: [--writers W] [--rate R] [--writes N] [--warmup K]\n"
-          "  hold:       [--replicas N] [--rate R] [--write-key KEY]\n",
+          "  hold:       [--replicas N] [--rate R] [--write-key KEY] [--also-write EP]\n",
           stderr);
     return 2;
 }
@@ -641,6 +649,8 @@ static int s_parse(int argc, char **argv)
             s_args.expect_model = value;
         else if (strcmp(opt, "--write-key") == 0)
             s_args.write_key = value;
+        else if (strcmp(opt, "--also-write") == 0)
+            s_args.also_write = value;
         else if (strcmp(opt, "--heartbeat-ms") == 0 && s_number(value, 10, 60000, &n) == 0)
             s_args.heartbeat_ms = (int)n;
         else if (strcmp(opt, "--calls") == 0 && s_number(value, 1, 100000000, &n) == 0)
