@@ -37,8 +37,9 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
      visible: replica applied minus the writer's reply, p50/p99/max, negatives (applied before
      the reply) counted as 0, the achieved write rate. Target: p99 <= 5 ms at 1,000 writes/s.
   F. Fan-out: the daemon's get_api_for_model_string p50 (realistic shape, 1 client, tcp)
-     with 0 and 100 replicas subscribed (one helper process, niced), with no writes and with
-     50 writes/s; paired per-round ratios. Target: <= 1.1x.
+     with 0 and 100 replicas subscribed (one helper process, niced; in the "decoy" cell its
+     replicas are subscribed to a second daemon instead, so the machine's load is the same),
+     with no writes and with 50 writes/s; paired per-round ratios. Target: on/decoy <= 1.1x.
   M. Metrics (issue 15): two daemons side by side, metrics off and on (--metrics-endpoint),
      the realistic shape's resolution over ipc, 1 and 8 clients, rounds alternating which
      goes first: throughput and server CPU per request on/off. Targets: within 2% (on/off
