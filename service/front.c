@@ -3,6 +3,7 @@
  * See front.h.
  */
 #include "front.h"
+#include "iothreads.h"
 
 #include "frames.h"
 #include "log.h"
@@ -914,7 +915,7 @@ front_t *front_new(void *zmq_ctx, const config_t *cfg, auth_t *auth, const char 
     int zero = 0, linger = FRONT_REPLY_LINGER_MS;
     int64_t max_size = PM_PROTO_MAX_MESSAGE_SIZE;
     self->router = zmq_socket(zmq_ctx, ZMQ_ROUTER);
-    if (!self->router ||
+    if (!self->router || iothreads_pin(zmq_ctx, self->router, IOTHREADS_REQUESTS) < 0 ||
         zmq_setsockopt(self->router, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) < 0 ||
         zmq_setsockopt(self->router, ZMQ_LINGER, &linger, sizeof linger) < 0 ||
         auth_apply(auth, self->router) < 0) {

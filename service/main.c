@@ -15,6 +15,7 @@
 #include "config.h"
 #include "follower.h"
 #include "front.h"
+#include "iothreads.h"
 #include "log.h"
 #include "metrics.h"
 #include "metrics_http.h"
@@ -73,6 +74,20 @@ static int s_install_signals(void)
     /* A peer that goes away must not kill us through a write. */
     signal(SIGPIPE, SIG_IGN);
     return 0;
+}
+
+/* The ZeroMQ context: IOTHREADS_COUNT I/O threads (requests on one, the events fan-out on the
+ * other, see iothreads.h). NULL with errno on failure. */
+static void *s_context_new(void)
+{
+    void *ctx = zmq_ctx_new();
+    if (ctx && zmq_ctx_set(ctx, ZMQ_IO_THREADS, IOTHREADS_COUNT) != 0) {
+        int saved = errno;
+        zmq_ctx_term(ctx);
+        errno = saved;
+        return NULL;
+    }
+    return ctx;
 }
 
 /* A core file would hold every API key in memory, environment keys included, so none is
@@ -234,7 +249,7 @@ static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics
         log_error("cannot install signal handlers: %s", strerror(errno));
         return EXIT_RUNTIME;
     }
-    ctx = zmq_ctx_new();
+    ctx = s_context_new();
     if (!ctx) {
         log_error("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
         return EXIT_RUNTIME;
@@ -388,7 +403,7 @@ int main(int argc, char **argv)
         log_error("cannot install signal handlers: %s", strerror(errno));
         goto done;
     }
-    ctx = zmq_ctx_new();
+    ctx = s_context_new();
     if (!ctx) {
         log_error("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
         goto done;

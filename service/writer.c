@@ -15,6 +15,7 @@
 #include "discovery.h"
 #include "frames.h"
 #include "inproc.h"
+#include "iothreads.h"
 #include "log.h"
 #include "pm_proto.h"
 #include "status_keeper.h"
@@ -1611,7 +1612,8 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         goto fail;
     }
     self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
-    if (!self->pub || zmq_setsockopt(self->pub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
+    if (!self->pub || iothreads_pin(zmq_ctx, self->pub, IOTHREADS_EVENTS) < 0 ||
+        zmq_setsockopt(self->pub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
         auth_apply(auth, self->pub) < 0) {
         snprintf(err, err_size, "events socket: %s", zmq_strerror(errno));
         goto fail;
