@@ -148,10 +148,16 @@ int daemon_fixture_wait_exit(pid_t pid)
     return -1;
 }
 
-int daemon_fixture_make_dir(char *dir, size_t size, const char *prefix)
+int daemon_fixture_make_dir(char *dir, size_t size, const char *prefix, bool in_memory)
 {
-    const char *tmp = getenv("TMPDIR");
-    int len = snprintf(dir, size, "%s/%s-XXXXXX", tmp && *tmp ? tmp : "/tmp", prefix);
+    const char *base = getenv("TMPDIR");
+    struct stat st;
+    if (!base || !*base)
+        base = in_memory && stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) &&
+                       access("/dev/shm", W_OK | X_OK) == 0
+                   ? "/dev/shm"
+                   : "/tmp";
+    int len = snprintf(dir, size, "%s/%s-XXXXXX", base, prefix);
     if (len < 0 || (size_t)len >= size || !mkdtemp(dir)) {
         if (size > 0)
             dir[0] = '\0';

@@ -12,6 +12,7 @@
 
 #include <limits.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <sys/types.h>
 
 #define DAEMON_FIXTURE_WAIT_STEP_MS 20
@@ -48,8 +49,11 @@ char *daemon_fixture_read_file(const char *path);
  * (killed by a signal, or still running, in which case it is killed). */
 int daemon_fixture_wait_exit(pid_t pid);
 
-/* Creates a fresh directory $TMPDIR/<prefix>-XXXXXX (default /tmp) into dir. 0 or -1. */
-int daemon_fixture_make_dir(char *dir, size_t size, const char *prefix);
+/* Creates a fresh directory <base>/<prefix>-XXXXXX and writes its path into dir. The base
+ * is $TMPDIR when set; else, with in_memory, /dev/shm when it is a writable directory (a
+ * suite that makes thousands of writes then measures the daemon, not the disk's fsync: a
+ * killed daemon's files survive in the page cache all the same); else /tmp. 0 or -1. */
+int daemon_fixture_make_dir(char *dir, size_t size, const char *prefix, bool in_memory);
 
 /* Removes dir and everything under it (best effort). */
 void daemon_fixture_remove_dir(const char *dir);

@@ -128,7 +128,7 @@ static int s_setup(void **state)
     s_suite_t *suite = calloc(1, sizeof *suite);
     if (!suite)
         return -1;
-    if (daemon_fixture_make_dir(suite->dir, sizeof suite->dir, "pmclient-test") != 0) {
+    if (daemon_fixture_make_dir(suite->dir, sizeof suite->dir, "pmclient-test", false) != 0) {
         free(suite);
         return -1;
     }

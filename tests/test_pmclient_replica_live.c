@@ -16,7 +16,9 @@
  *      is there, and nothing the daemon did not persist ever showed in the replica;
  *   3. a replica started before its primary answers "unavailable" until the primary comes up,
  *      then converges.
- * Each test starts its own daemon (tests/daemon_fixture) with --heartbeat-ms 100. Waits are
+ * Each test starts its own daemon (tests/daemon_fixture) with --heartbeat-ms 100, its data dir
+ * in /dev/shm when there is one (the writes then run at the daemon's speed, not at the disk's
+ * fsync's: about 4 times faster on the CI machine). Waits are
  * bounded with generous deadlines; no sleep stands for a timing assertion. The writes are
  * random but reproducible: every thread's generator has a fixed seed.
  */
@@ -973,7 +975,7 @@ static int s_setup(void **state)
     if (!suite)
         return -1;
     suite->daemon.pid = -1;
-    if (daemon_fixture_make_dir(suite->dir, sizeof suite->dir, "pmreplica-live") != 0) {
+    if (daemon_fixture_make_dir(suite->dir, sizeof suite->dir, "pmreplica-live", true) != 0) {
         free(suite);
         return -1;
     }
