@@ -3,8 +3,8 @@
  *
  * The group setup starts provider-manager ($PM_DAEMON) on free loopback ports with a fresh
  * --data-dir in a mkdtemp directory and waits for its "ready" log line (tests/daemon_fixture,
- * shared with test_pmclient_replica_live); every operation of
- * the contract is then driven through libpmclient with exact values and messages. A fake
+ * shared with test_pmclient_replica_live); every operation of the contract is then driven
+ * through libpmclient with exact values and messages. A fake
  * ROUTER in a thread plays a server that never answers, answers with the wrong id, or with
  * broken bytes, to check the Lazy Pirate behaviour and the defensive decoding. pmctl
  * ($PM_PMCTL) is run for its exit codes and its masking of API keys. A second daemon with
