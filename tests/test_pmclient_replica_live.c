@@ -248,10 +248,99 @@ static void s_assert_same_resolution(pmclient_t *client, pmclient_replica_t *rep
     free(local_long);
 }
 
+/* ------------------------------------------------------- the daemon's `snapshot`, raw */
+
+/* The value of key in a msgpack map, or NULL. */
+static const msgpack_object *s_map_get(const msgpack_object *map, const char *key)
+{
+    if (!map || map->type != MSGPACK_OBJECT_MAP)
+        return NULL;
+    size_t len = strlen(key);
+    for (uint32_t i = 0; i < map->via.map.size; i++) {
+        const msgpack_object *k = &map->via.map.ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == len &&
+            memcmp(k->via.str.ptr, key, len) == 0)
+            return &map->via.map.ptr[i].val;
+    }
+    return NULL;
+}
+
+/* obj is the string text (NULL text: obj is nil). */
+static void s_assert_msgpack_str(const msgpack_object *obj, const char *text)
+{
+    assert_non_null(obj);
+    if (!text) {
+        assert_int_equal(obj->type, MSGPACK_OBJECT_NIL);
+        return;
+    }
+    assert_int_equal(obj->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(obj->via.str.size, strlen(text));
+    assert_memory_equal(obj->via.str.ptr, text, obj->via.str.size);
+}
+
+/* The daemon's `snapshot` (through pmclient_call_raw: pmclient has no typed call for it) is
+ * at version, and every ProviderConfig in it, in order, is the replica's. The one answer
+ * carries both the version and the providers, taken atomically by the daemon. */
+static void s_assert_replica_equals_snapshot(pmclient_t *client, pmclient_replica_t *replica,
+                                             int64_t version, const char *epoch)
+{
+    void *reply = NULL;
+    size_t reply_size = 0;
+    assert_int_equal(pmclient_call_raw(client, "snapshot", NULL, 0, &reply, &reply_size), 0);
+    msgpack_unpacked unpacked;
+    msgpack_unpacked_init(&unpacked);
+    size_t offset = 0;
+    assert_int_equal(msgpack_unpack_next(&unpacked, reply, reply_size, &offset),
+                     MSGPACK_UNPACK_SUCCESS);
+    const msgpack_object *result = s_map_get(&unpacked.data, "result");
+    const msgpack_object *at = s_map_get(result, "state_version");
+    assert_non_null(at);
+    assert_int_equal(at->type, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    assert_int_equal((int64_t)at->via.u64, version);
+    s_assert_msgpack_str(s_map_get(result, "epoch"), epoch);
+    const msgpack_object *providers = s_map_get(result, "providers");
+    assert_non_null(providers);
+    assert_int_equal(providers->type, MSGPACK_OBJECT_ARRAY);
+
+    pm_strings_t *keys = NULL;
+    pmclient_replica_error_t err;
+    assert_int_equal(pmclient_replica_keys(replica, &keys, &err), 0);
+    assert_int_equal(keys->count, providers->via.array.size);
+    for (uint32_t i = 0; i < providers->via.array.size; i++) {
+        const msgpack_object *config = &providers->via.array.ptr[i];
+        pm_provider_t *p = NULL;
+        assert_int_equal(pmclient_replica_get(replica, keys->items[i], &p, &err), 0);
+        assert_non_null(p);
+        s_assert_msgpack_str(s_map_get(config, "provider"), p->provider);
+        s_assert_msgpack_str(s_map_get(config, "name"), p->name);
+        s_assert_msgpack_str(s_map_get(config, "base_api_url"), p->base_api_url);
+        s_assert_msgpack_str(s_map_get(config, "api_key"), p->api_key);
+        const msgpack_object *models = s_map_get(config, "valid_models");
+        assert_non_null(models);
+        assert_int_equal(models->type, MSGPACK_OBJECT_MAP);
+        assert_int_equal(models->via.map.size, p->model_count);
+        for (uint32_t m = 0; m < models->via.map.size; m++) {
+            s_assert_msgpack_str(&models->via.map.ptr[m].key, p->model_long[m]);
+            s_assert_msgpack_str(&models->via.map.ptr[m].val, p->model_short[m]);
+        }
+        const msgpack_object *invalid = s_map_get(config, "invalid_models");
+        assert_non_null(invalid);
+        assert_int_equal(invalid->type, MSGPACK_OBJECT_ARRAY);
+        assert_int_equal(invalid->via.array.size, p->invalid_count);
+        for (uint32_t m = 0; m < invalid->via.array.size; m++)
+            s_assert_msgpack_str(&invalid->via.array.ptr[m], p->invalid_models[m]);
+        pm_provider_free(&p);
+    }
+    pm_strings_free(&keys);
+    msgpack_unpacked_destroy(&unpacked);
+    free(reply);
+}
+
 /* The replica holds exactly the daemon's state: the daemon's version is read before and after
  * its items (nothing else writes meanwhile, and it must not move), the replica is at that
  * version and epoch, and keys, every ProviderConfig, the counts and a set of resolutions
- * (each model long and short, bare and prefixed, and unknown ones) are equal. */
+ * (each model long and short, bare and prefixed, and unknown ones) are equal; so is the
+ * daemon's own `snapshot` at that version. */
 static void s_assert_replica_equals_primary(pmclient_t *client, pmclient_replica_t *replica)
 {
     char epoch[64];
@@ -317,6 +406,8 @@ static void s_assert_replica_equals_primary(pmclient_t *client, pmclient_replica
         s_assert_same_resolution(client, replica, name);
     }
     s_assert_same_resolution(client, replica, "nobody/none");
+
+    s_assert_replica_equals_snapshot(client, replica, version, epoch);
 
     pm_health_t *after = s_health(client);
     assert_int_equal(after->state_version, version); /* the comparison saw one state */
