@@ -37,9 +37,11 @@ TSAN_BUILD = build-tsan
 FUZZ_BUILD = build-fuzz
 # The suites that exercise threads: the writer, the discovery workers, readers in the front
 # end during writes and discoveries, the in-process front end + writer of the fuzz replay, the
-# client replica's readers while it applies changes.
+# client replica's readers while it applies changes, the read-replica daemon (test_follower,
+# py_test_replica_daemon), and the replica following the real daemon
+# through 10,000 writes from 4 threads, a SIGKILL and a restart (test_pmclient_replica_live).
 # CMakePresets.json's tsan test preset has the same list (tests/python/test_docs.py checks).
-TSAN_TESTS = ^(test_discovery_worker|test_pmclient_replica|test_discovery|test_writer|test_front|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_model_status|py_test_roles|test_follower|py_test_replica_daemon)$$
+TSAN_TESTS = ^(test_discovery_worker|test_pmclient_replica|test_pmclient_replica_live|test_discovery|test_writer|test_front|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_model_status|py_test_roles|test_follower|py_test_replica_daemon)$$
 SANITIZER_LOGS = sanitizer-logs
 # ASan/LSan/TSan reports go to files (log_path), so a report from a daemon that a test stops
 # with SIGKILL is not lost either; UBSan's go to stderr (gcc), kept by ctest and PM_KEEP_LOGS.

@@ -2,8 +2,9 @@
  * test_pmclient: integration suite of libpmclient and pmctl against the REAL daemon.
  *
  * The group setup starts provider-manager ($PM_DAEMON) on free loopback ports with a fresh
- * --data-dir in a mkdtemp directory and waits for its "ready" log line; every operation of
- * the contract is then driven through libpmclient with exact values and messages. A fake
+ * --data-dir in a mkdtemp directory and waits for its "ready" log line (tests/daemon_fixture,
+ * shared with test_pmclient_replica_live); every operation of the contract is then driven
+ * through libpmclient with exact values and messages. A fake
  * ROUTER in a thread plays a server that never answers, answers with the wrong id, or with
  * broken bytes, to check the Lazy Pirate behaviour and the defensive decoding. pmctl
  * ($PM_PMCTL) is run for its exit codes and its masking of API keys. A second daemon with
@@ -13,7 +14,7 @@
  * models events and pmctl's status / verify / providers / watch output against the daemon.
  * The last test stops the daemon with SIGTERM and checks that it exits 0.
  */
-#define _XOPEN_SOURCE 700 /* nftw() */
+#define _XOPEN_SOURCE 700 /* POSIX: kill(), strdup(), nanosleep() */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -21,6 +22,7 @@
 
 #include <cmocka.h>
 
+#include "daemon_fixture.h"
 #include "pmclient.h"
 
 /* Only fake_upstream_start / _stop are used: the control calls (curl) are not compiled in. */
@@ -30,7 +32,6 @@
 #include <math.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <limits.h>
 #include <msgpack.h>
 #include <netinet/in.h>
@@ -49,240 +50,18 @@
 #include <unistd.h>
 #include <zmq.h>
 
-extern char **environ;
-
 #define TEST_API_KEY "sk-test-SECRET-0123456789-WXYZ"
 #define TEST_API_KEY_MASKED "sk-...WXYZ"
-#define WAIT_STEP_MS 20
-#define WAIT_LIMIT_MS 30000 /* generous: only a broken daemon gets near it */
-#define MAX_ARGS 32
-
-typedef struct {
-    pid_t pid;
-    char endpoint[64];
-    char events_endpoint[64];
-    char data_dir[PATH_MAX];
-    char log_path[PATH_MAX];
-} s_daemon_t;
 
 typedef struct {
     char dir[PATH_MAX];
-    s_daemon_t daemon;
+    daemon_fixture_t daemon;
     pmclient_t *client;
     char *builtin_key;        /* the first key of a fresh daemon: a pinned provider */
     fake_upstream_t upstream; /* started by the model status tests; pid -1 until then */
 } s_suite_t;
 
 /* ------------------------------------------------------------------------------ helpers */
-
-static void s_sleep_ms(int ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
-}
-
-/* Two distinct free loopback TCP ports: bound to port 0, read back, released. */
-static int s_free_ports(int *a, int *b)
-{
-    int fds[2] = {-1, -1};
-    int ports[2] = {0, 0};
-    int rc = -1;
-    for (int i = 0; i < 2; i++) {
-        struct sockaddr_in addr;
-        socklen_t len = sizeof addr;
-        memset(&addr, 0, sizeof addr);
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
-        if (fds[i] < 0 || bind(fds[i], (struct sockaddr *)&addr, sizeof addr) != 0 ||
-            getsockname(fds[i], (struct sockaddr *)&addr, &len) != 0)
-            goto cleanup;
-        ports[i] = ntohs(addr.sin_port);
-    }
-    *a = ports[0];
-    *b = ports[1];
-    rc = 0;
-cleanup:
-    for (int i = 0; i < 2; i++) {
-        if (fds[i] >= 0)
-            close(fds[i]);
-    }
-    return rc;
-}
-
-/* The environment minus what would change the daemon's behaviour: PM_* settings and
- * provider API keys. The array is malloc'd; its strings are borrowed from environ. */
-static char **s_clean_environment(void)
-{
-    size_t n = 0;
-    while (environ[n])
-        n++;
-    char **env = calloc(n + 1, sizeof *env);
-    if (!env)
-        return NULL;
-    size_t out = 0;
-    for (size_t i = 0; i < n; i++) {
-        const char *equals = strchr(environ[i], '=');
-        size_t name_len = equals ? (size_t)(equals - environ[i]) : strlen(environ[i]);
-        if (strncmp(environ[i], "PM_", 3) == 0)
-            continue;
-        if (name_len >= 8 && strncmp(environ[i] + name_len - 8, "_API_KEY", 8) == 0)
-            continue;
-        env[out++] = environ[i];
-    }
-    return env;
-}
-
-/* Starts path with argv, stdout and stderr to the given files (NULL = /dev/null). */
-static pid_t s_spawn(const char *path, char *const argv[], const char *out_path,
-                     const char *err_path)
-{
-    posix_spawn_file_actions_t actions;
-    pid_t pid = -1;
-    char **env = s_clean_environment();
-    if (!env || posix_spawn_file_actions_init(&actions) != 0) {
-        free(env);
-        return -1;
-    }
-    if (posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0) != 0 ||
-        posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path ? out_path : "/dev/null",
-                                         O_WRONLY | O_CREAT | O_TRUNC, 0600) != 0 ||
-        posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path ? err_path : "/dev/null",
-                                         O_WRONLY | O_CREAT | O_TRUNC, 0600) != 0 ||
-        posix_spawn(&pid, path, &actions, NULL, argv, env) != 0)
-        pid = -1;
-    posix_spawn_file_actions_destroy(&actions);
-    free(env);
-    return pid;
-}
-
-/* Reads a whole (small) file into a new NUL-terminated string; NULL on failure. */
-static char *s_read_file(const char *path)
-{
-    FILE *file = fopen(path, "rb");
-    if (!file)
-        return NULL;
-    size_t size = 0, capacity = 4096;
-    char *text = malloc(capacity);
-    while (text) {
-        if (size + 1 >= capacity) {
-            char *grown = realloc(text, capacity * 2);
-            if (!grown) {
-                free(text);
-                text = NULL;
-                break;
-            }
-            text = grown;
-            capacity *= 2;
-        }
-        size_t n = fread(text + size, 1, capacity - size - 1, file);
-        size += n;
-        if (n == 0)
-            break;
-    }
-    fclose(file);
-    if (text)
-        text[size] = '\0';
-    return text;
-}
-
-/* Waits for a child to exit; returns its exit status, or -1 (killed by a signal, or still
- * running after WAIT_LIMIT_MS, in which case it is killed). */
-static int s_wait_exit(pid_t pid)
-{
-    int status = 0;
-    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += WAIT_STEP_MS) {
-        pid_t rc = waitpid(pid, &status, WNOHANG);
-        if (rc == pid)
-            return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-        if (rc < 0 && errno != EINTR)
-            return -1;
-        s_sleep_ms(WAIT_STEP_MS);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, &status, 0);
-    return -1;
-}
-
-/* Starts the daemon in dir/<name> with extra arguments and waits for "ready". 0 or -1. */
-static int s_daemon_start(s_daemon_t *daemon, const char *dir, const char *name,
-                          const char *const *extra)
-{
-    const char *binary = getenv("PM_DAEMON");
-    int port, events_port;
-    if (!binary || !*binary) {
-        fprintf(stderr, "PM_DAEMON is not set (run through ctest)\n");
-        return -1;
-    }
-    memset(daemon, 0, sizeof *daemon);
-    daemon->pid = -1;
-    if (s_free_ports(&port, &events_port) != 0)
-        return -1;
-    snprintf(daemon->endpoint, sizeof daemon->endpoint, "tcp://127.0.0.1:%d", port);
-    snprintf(daemon->events_endpoint, sizeof daemon->events_endpoint, "tcp://127.0.0.1:%d",
-             events_port);
-    snprintf(daemon->data_dir, sizeof daemon->data_dir, "%s/%s-data", dir, name);
-    snprintf(daemon->log_path, sizeof daemon->log_path, "%s/%s.log", dir, name);
-
-    char *argv[MAX_ARGS];
-    size_t argc = 0;
-    argv[argc++] = (char *)binary;
-    argv[argc++] = "--endpoint";
-    argv[argc++] = daemon->endpoint;
-    argv[argc++] = "--events-endpoint";
-    argv[argc++] = daemon->events_endpoint;
-    argv[argc++] = "--data-dir";
-    argv[argc++] = daemon->data_dir;
-    argv[argc++] = "--workers";
-    argv[argc++] = "2";
-    for (size_t i = 0; extra && extra[i] && argc < MAX_ARGS - 1; i++)
-        argv[argc++] = (char *)extra[i];
-    argv[argc] = NULL;
-
-    daemon->pid = s_spawn(binary, argv, NULL, daemon->log_path);
-    if (daemon->pid < 0)
-        return -1;
-    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += WAIT_STEP_MS) {
-        char *log = s_read_file(daemon->log_path);
-        bool ready = log && strstr(log, " ready") != NULL; /* not "already" */
-        free(log);
-        if (ready)
-            return 0;
-        int status;
-        if (waitpid(daemon->pid, &status, WNOHANG) == daemon->pid) {
-            char *text = s_read_file(daemon->log_path);
-            fprintf(stderr, "daemon exited before ready:\n%s\n", text ? text : "");
-            free(text);
-            daemon->pid = -1;
-            return -1;
-        }
-        s_sleep_ms(WAIT_STEP_MS);
-    }
-    kill(daemon->pid, SIGKILL);
-    waitpid(daemon->pid, NULL, 0);
-    daemon->pid = -1;
-    return -1;
-}
-
-/* SIGTERM and wait: the daemon's exit status, or -1. */
-static int s_daemon_stop(s_daemon_t *daemon)
-{
-    if (daemon->pid <= 0)
-        return -1;
-    kill(daemon->pid, SIGTERM);
-    int status = s_wait_exit(daemon->pid);
-    daemon->pid = -1;
-    return status;
-}
-
-static int s_remove_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw)
-{
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
 
 static int64_t s_state_version(pmclient_t *client)
 {
@@ -349,16 +128,14 @@ static int s_setup(void **state)
     s_suite_t *suite = calloc(1, sizeof *suite);
     if (!suite)
         return -1;
-    snprintf(suite->dir, sizeof suite->dir, "%s/pmclient-test-XXXXXX",
-             getenv("TMPDIR") && *getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-    if (!mkdtemp(suite->dir)) {
+    if (daemon_fixture_make_dir(suite->dir, sizeof suite->dir, "pmclient-test", false) != 0) {
         free(suite);
         return -1;
     }
     suite->upstream.pid = -1;
     suite->upstream.stdin_fd = -1;
     *state = suite;
-    if (s_daemon_start(&suite->daemon, suite->dir, "main", NULL) != 0)
+    if (daemon_fixture_start(&suite->daemon, suite->dir, "main", NULL) != 0)
         return -1;
     suite->client = pmclient_new(suite->daemon.endpoint);
     if (!suite->client || pmclient_set_timeout(suite->client, 10000) != 0)
@@ -373,12 +150,8 @@ static int s_teardown(void **state)
         return 0;
     pmclient_destroy(&suite->client);
     fake_upstream_stop(&suite->upstream);
-    if (suite->daemon.pid > 0) {
-        kill(suite->daemon.pid, SIGKILL);
-        waitpid(suite->daemon.pid, NULL, 0);
-    }
-    if (suite->dir[0])
-        nftw(suite->dir, s_remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    daemon_fixture_kill(&suite->daemon);
+    daemon_fixture_remove_dir(suite->dir);
     free(suite->builtin_key);
     free(suite);
     return 0;
@@ -727,12 +500,13 @@ static void test_discover_and_job_status(void **state)
     assert_int_equal(pmclient_discover(c, false, true, "nokey", &job_id), 0);
     assert_non_null(job_id);
     assert_true(strlen(job_id) > 0);
-    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += WAIT_STEP_MS) {
+    for (int waited = 0; waited < DAEMON_FIXTURE_WAIT_LIMIT_MS;
+         waited += DAEMON_FIXTURE_WAIT_STEP_MS) {
         pm_job_free(&job);
         assert_int_equal(pmclient_job_status(c, job_id, &job), 0);
         if (strcmp(job->state, "running") != 0)
             break;
-        s_sleep_ms(WAIT_STEP_MS);
+        daemon_fixture_sleep_ms(DAEMON_FIXTURE_WAIT_STEP_MS);
     }
     assert_string_equal(job->job, job_id);
     assert_string_equal(job->state, "done");
@@ -1209,7 +983,7 @@ static void test_nothing_listening_and_bad_endpoint(void **state)
 {
     (void)state;
     int port, unused;
-    assert_int_equal(s_free_ports(&port, &unused), 0);
+    assert_int_equal(daemon_fixture_free_ports(&port, &unused), 0);
     char endpoint[64];
     snprintf(endpoint, sizeof endpoint, "tcp://127.0.0.1:%d", port);
     pmclient_t *c = pmclient_new(endpoint);
@@ -1354,17 +1128,17 @@ static int s_pmctl(s_suite_t *suite, const char *const *args, char **out)
     char out_path[PATH_MAX + 16], err_path[PATH_MAX + 16];
     snprintf(out_path, sizeof out_path, "%s/pmctl.out", suite->dir);
     snprintf(err_path, sizeof err_path, "%s/pmctl.err", suite->dir);
-    char *argv[MAX_ARGS];
+    char *argv[DAEMON_FIXTURE_MAX_ARGS];
     size_t argc = 0;
     argv[argc++] = "pmctl";
-    for (size_t i = 0; args[i] && argc < MAX_ARGS - 1; i++)
+    for (size_t i = 0; args[i] && argc < DAEMON_FIXTURE_MAX_ARGS - 1; i++)
         argv[argc++] = (char *)args[i];
     argv[argc] = NULL;
-    pid_t pid = s_spawn(binary, argv, out_path, err_path);
+    pid_t pid = daemon_fixture_spawn(binary, argv, out_path, err_path);
     assert_true(pid > 0);
-    int status = s_wait_exit(pid);
+    int status = daemon_fixture_wait_exit(pid);
     if (out)
-        *out = s_read_file(out_path);
+        *out = daemon_fixture_read_file(out_path);
     return status;
 }
 
@@ -1374,7 +1148,7 @@ static void test_pmctl_exit_codes_and_masking(void **state)
     const char *ep = suite->daemon.endpoint;
     char *out = NULL;
     int port, unused;
-    assert_int_equal(s_free_ports(&port, &unused), 0);
+    assert_int_equal(daemon_fixture_free_ports(&port, &unused), 0);
     char dead[64];
     snprintf(dead, sizeof dead, "tcp://127.0.0.1:%d", port);
 
@@ -1541,27 +1315,27 @@ static void test_pmctl_watch(void **state)
     snprintf(out_path, sizeof out_path, "%s/watch.out", suite->dir);
     char *argv[] = {
         "pmctl", "--events-endpoint", suite->daemon.events_endpoint, "watch", "--count", "1", NULL};
-    pid_t pid = s_spawn(binary, argv, out_path, NULL);
+    pid_t pid = daemon_fixture_spawn(binary, argv, out_path, NULL);
     assert_true(pid > 0);
     pm_provider_spec_t spec = {
         .provider = "watched", .name = "W", .base_api_url = "http://127.0.0.1:9/v1"};
     int status = -1;
     /* keep changing state until the subscriber has seen one event */
-    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += 100) {
+    for (int waited = 0; waited < DAEMON_FIXTURE_WAIT_LIMIT_MS; waited += 100) {
         assert_int_equal(pmclient_set_provider(suite->client, &spec, NULL), 0);
         int raw;
         if (waitpid(pid, &raw, WNOHANG) == pid) {
             status = WIFEXITED(raw) ? WEXITSTATUS(raw) : -1;
             break;
         }
-        s_sleep_ms(100);
+        daemon_fixture_sleep_ms(100);
     }
     if (status == -1) {
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
     }
     assert_int_equal(status, 0);
-    char *out = s_read_file(out_path);
+    char *out = daemon_fixture_read_file(out_path);
     assert_non_null(out);
     assert_non_null(strstr(out, "state_version"));
     assert_non_null(strstr(out, "watched"));
@@ -1624,12 +1398,13 @@ static void s_status_provider(s_suite_t *suite, const char *key)
 static pm_job_t *s_wait_job(pmclient_t *c, const char *job_id)
 {
     pm_job_t *job = NULL;
-    for (int waited = 0; waited < WAIT_LIMIT_MS; waited += WAIT_STEP_MS) {
+    for (int waited = 0; waited < DAEMON_FIXTURE_WAIT_LIMIT_MS;
+         waited += DAEMON_FIXTURE_WAIT_STEP_MS) {
         pm_job_free(&job);
         assert_int_equal(pmclient_job_status(c, job_id, &job), 0);
         if (strcmp(job->state, "running") != 0)
             return job;
-        s_sleep_ms(WAIT_STEP_MS);
+        daemon_fixture_sleep_ms(DAEMON_FIXTURE_WAIT_STEP_MS);
     }
     fail_msg("job %s still running", job_id);
     return NULL;
@@ -1947,7 +1722,7 @@ static void test_pmctl_watch_models(void **state)
     char out_path[PATH_MAX + 32];
     snprintf(out_path, sizeof out_path, "%s/watch-models.out", suite->dir);
     char *argv[] = {"pmctl", "--events-endpoint", suite->daemon.events_endpoint, "watch", NULL};
-    pid_t pid = s_spawn(binary, argv, out_path, NULL);
+    pid_t pid = daemon_fixture_spawn(binary, argv, out_path, NULL);
     assert_true(pid > 0);
     /* A new provider per round (a subscriber misses what precedes its subscription): its
      * discovery makes first sightings, from nil. */
@@ -1963,17 +1738,17 @@ static void test_pmctl_watch_models(void **state)
         free(job_id);
         snprintf(expected, sizeof expected, ": %s/good-a: - -> ", key);
         for (int waited = 0; waited < 2000 && !found; waited += 100) {
-            char *out = s_read_file(out_path);
+            char *out = daemon_fixture_read_file(out_path);
             found = out && strstr(out, expected);
             free(out);
             if (!found)
-                s_sleep_ms(100);
+                daemon_fixture_sleep_ms(100);
         }
     }
     kill(pid, SIGTERM);
-    assert_int_equal(s_wait_exit(pid), 0);
+    assert_int_equal(daemon_fixture_wait_exit(pid), 0);
     assert_true(found);
-    char *out = s_read_file(out_path);
+    char *out = daemon_fixture_read_file(out_path);
     /* "status_version N: watchK/bad-c: ... -> invalid" at the end of the story */
     snprintf(expected, sizeof expected, ": %s/bad-c: ", key);
     s_assert_contains(out, expected);
@@ -2001,8 +1776,8 @@ static void test_curve(void **state)
 
     const char *extra[] = {"--curve-secret-key-file", server_key, "--curve-clients-dir", clients,
                            NULL};
-    s_daemon_t daemon;
-    assert_int_equal(s_daemon_start(&daemon, suite->dir, "curve", extra), 0);
+    daemon_fixture_t daemon;
+    assert_int_equal(daemon_fixture_start(&daemon, suite->dir, "curve", extra), 0);
 
     pmclient_t *c = pmclient_new(daemon.endpoint);
     assert_non_null(c);
@@ -2041,14 +1816,14 @@ static void test_curve(void **state)
                                  "--curve-client-key", client_key, "health", NULL},
                 NULL),
         0);
-    assert_int_equal(s_daemon_stop(&daemon), 0);
+    assert_int_equal(daemon_fixture_stop(&daemon), 0);
 }
 
 static void test_daemon_stops_cleanly(void **state)
 {
     s_suite_t *suite = *state;
     pmclient_destroy(&suite->client);
-    assert_int_equal(s_daemon_stop(&suite->daemon), 0);
+    assert_int_equal(daemon_fixture_stop(&suite->daemon), 0);
 }
 
 int main(void)
