@@ -249,10 +249,13 @@ class RestartTest(SnapshotTestBase):
         self.assertEqual(after["providers"], before["providers"])  # persisted
         self.assertEqual(self.c.ok("health")["epoch"], after["epoch"])
         log = self.events()
-        beat = log.snapshot_of_events()[log.wait_for(is_heartbeat)][2]
+        # wait_for first: the list must be taken after the event it waits for has arrived.
+        at = log.wait_for(is_heartbeat)
+        beat = log.snapshot_of_events()[at][2]
         self.assertEqual(beat["epoch"], after["epoch"])
         self.set_provider("keep-c")
-        ev = log.snapshot_of_events()[log.wait_for(is_changed)][2]
+        at = log.wait_for(is_changed)
+        ev = log.snapshot_of_events()[at][2]
         self.assertEqual((ev["epoch"], ev["state_version"]), (after["epoch"], 1))
 
 
