@@ -24,6 +24,9 @@ hand-kept copy:
                     name, which pods would otherwise share.
   names          -> every pod, ConfigMap and claim gets PREFIX, so that runs do not collide;
                     Service names (aliases) stay as written: the network is the run's own.
+  ports          -> removed from the containers (kept in plan.json): podman 4.3 publishes every
+                    containerPort on the host, so two pods with port 5555 would collide; pods
+                    reach each other on the network, as in a cluster.
   image          -> --image for every container.
 
 Usage: podman-derive.py --manifests DIR --secrets FILE --image IMAGE --prefix P --out DIR
@@ -175,11 +178,12 @@ def derive_pod(name, labels, template_spec, claims, args, volumes_made):
                     env_from["configMapRef"] = {"name": args.prefix + env_from.pop(key)["name"]}
         security = dict(spec.get("securityContext", {}))
         security.update(container.get("securityContext", {}))
+        ports = container.pop("ports", [])
         plan["containers"].append(
             {
                 "name": container["name"],
                 "podman_name": "%s-%s" % (pod_name, container["name"]),
-                "ports": {p.get("name", str(p["containerPort"])): p["containerPort"] for p in container.get("ports", [])},
+                "ports": {p.get("name", str(p["containerPort"])): p["containerPort"] for p in ports},
                 "env": {e["name"]: e["value"] for e in container.get("env", []) if "value" in e},
                 "probes": probes,
                 "securityContext": security,
