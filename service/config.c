@@ -259,6 +259,9 @@ typedef enum {
     OPT_CURVE_CLIENTS_DIR,
     OPT_CURVE_READERS_DIR,
     OPT_ALLOW_INSECURE,
+    OPT_REPLICA_OF,
+    OPT_REPLICA_EVENTS,
+    OPT_REPLICA_SERVER_KEY_FILE,
     OPT_HELP,
     OPT_VERSION,
     OPT_COUNT
@@ -296,6 +299,13 @@ static const s_option_t s_options[OPT_COUNT] = {
                                "directory of reader client public keys (read ops only)"},
     [OPT_ALLOW_INSECURE] = {"allow-insecure", NULL, "PM_ALLOW_INSECURE",
                             "bind a non-loopback tcp endpoint without CURVE (env: 1 or true)"},
+    [OPT_REPLICA_OF] = {"replica-of", "EP", "PM_REPLICA_OF",
+                        "run as a read replica of the primary's request endpoint"},
+    [OPT_REPLICA_EVENTS] = {"replica-events", "EP", "PM_REPLICA_EVENTS",
+                            "the primary's events endpoint (with --replica-of)"},
+    [OPT_REPLICA_SERVER_KEY_FILE] = {"replica-server-key-file", "FILE",
+                                     "PM_REPLICA_SERVER_KEY_FILE",
+                                     "the primary's public key file (CURVE towards it)"},
     [OPT_HELP] = {"help", NULL, NULL, "print this help and exit"},
     [OPT_VERSION] = {"version", NULL, NULL, "print the version and exit"},
 };
@@ -384,14 +394,16 @@ static int s_parse_flags(int argc, char **argv, s_flags_t *flags, char *err, siz
                         CONFIG_MAX_SHOWN_VALUE, value);
             return -1;
         }
-        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT || id == OPT_METRICS_ENDPOINT) &&
+        if ((id == OPT_ENDPOINT || id == OPT_EVENTS_ENDPOINT || id == OPT_METRICS_ENDPOINT ||
+             id == OPT_REPLICA_OF || id == OPT_REPLICA_EVENTS) &&
             strlen(value) > CONFIG_MAX_ENDPOINT_LEN) {
             s_set_error(err, err_size, "option --%s: longer than %d bytes", option->name,
                         CONFIG_MAX_ENDPOINT_LEN);
             return -1;
         }
         if ((id == OPT_CONFIG || id == OPT_DATA_DIR || id == OPT_CURVE_SECRET_KEY_FILE ||
-             id == OPT_CURVE_CLIENTS_DIR || id == OPT_CURVE_READERS_DIR) &&
+             id == OPT_CURVE_CLIENTS_DIR || id == OPT_CURVE_READERS_DIR ||
+             id == OPT_REPLICA_SERVER_KEY_FILE) &&
             strlen(value) > CONFIG_MAX_PATH_LEN) {
             s_set_error(err, err_size, "option --%s: longer than %d bytes", option->name,
                         CONFIG_MAX_PATH_LEN);
@@ -439,6 +451,8 @@ static int s_print_usage(FILE *out)
     failed |=
         fputs("  security:\n"
               "    curve_secret_key_file, curve_clients_dir, curve_readers_dir, allow_insecure\n"
+              "  replica:                       read replica mode (both or neither):\n"
+              "    of, events, server_key_file\n"
               "  providers:                     pinned providers, same shape as the data "
               "file:\n"
               "    <key>: {name, base_api_url, api_key, valid_models: {long: short}, "
@@ -756,6 +770,51 @@ static int s_file_security(s_file_t *file, config_t *cfg, const yaml_node_t *val
     return 0;
 }
 
+/* replica: {of, events, server_key_file} (v1.1 read replicas). */
+static int s_file_replica(s_file_t *file, config_t *cfg, const yaml_node_t *value)
+{
+    bool failed;
+    const yaml_node_t *section = s_file_section(file, value, "replica", &failed);
+    if (!section)
+        return failed ? -1 : 0;
+    for (yaml_node_pair_t *pair = section->data.mapping.pairs.start;
+         pair < section->data.mapping.pairs.top; pair++) {
+        const yaml_node_t *key = yaml_document_get_node(file->doc, pair->key);
+        const yaml_node_t *node = yaml_document_get_node(file->doc, pair->value);
+        if (s_file_check_key(file, section, pair, key) != 0)
+            return -1;
+        const char *name = (const char *)key->data.scalar.value;
+        char **target = NULL;
+        size_t max_length = CONFIG_MAX_ENDPOINT_LEN;
+        char what[64];
+        snprintf(what, sizeof what, "replica.%s", name);
+        if (strcmp(name, "of") == 0) {
+            target = &cfg->replica_of;
+        } else if (strcmp(name, "events") == 0) {
+            target = &cfg->replica_events;
+        } else if (strcmp(name, "server_key_file") == 0) {
+            target = &cfg->replica_server_key_file;
+            max_length = CONFIG_MAX_PATH_LEN;
+        } else {
+            s_file_warn_unknown(file, key, "replica.");
+            continue;
+        }
+        if (s_is_null(node)) { /* explicitly off */
+            free(*target);
+            *target = NULL;
+            continue;
+        }
+        const char *text = s_file_text(file, node, what, max_length);
+        if (!text)
+            return -1;
+        if (s_set_string(target, text) != 0) {
+            s_set_error(file->err, file->err_size, "out of memory");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* One top-level setting. 0, or -1 with the error set. */
 static int s_file_setting(s_file_t *file, config_t *cfg, const char *name, const yaml_node_t *node)
 {
@@ -857,6 +916,9 @@ static int s_load_file(config_t *cfg, const char *path, char *err, size_t err_si
         } else if (strcmp(name, "security") == 0) {
             if (s_file_security(&file, cfg, value) != 0)
                 goto cleanup;
+        } else if (strcmp(name, "replica") == 0) {
+            if (s_file_replica(&file, cfg, value) != 0)
+                goto cleanup;
         } else if (strcmp(name, "providers") == 0) {
             /* The duplicate-key check above guarantees overrides is still empty here. */
             if (store_parse_providers(path, &doc, (void *)value, &cfg->overrides, s_stderr_warn,
@@ -933,6 +995,10 @@ static int s_apply_env(config_t *cfg, config_getenv_fn *getenv_fn, char *err, si
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir), CONFIG_MAX_PATH_LEN},
         {OPT_CURVE_READERS_DIR, offsetof(config_t, curve_readers_dir), CONFIG_MAX_PATH_LEN},
+        {OPT_REPLICA_OF, offsetof(config_t, replica_of), CONFIG_MAX_ENDPOINT_LEN},
+        {OPT_REPLICA_EVENTS, offsetof(config_t, replica_events), CONFIG_MAX_ENDPOINT_LEN},
+        {OPT_REPLICA_SERVER_KEY_FILE, offsetof(config_t, replica_server_key_file),
+         CONFIG_MAX_PATH_LEN},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         const char *name = s_options[strings[i].id].env;
@@ -1004,6 +1070,9 @@ static int s_apply_flags(config_t *cfg, const s_flags_t *flags, char *err, size_
         {OPT_CURVE_SECRET_KEY_FILE, offsetof(config_t, curve_secret_key_file)},
         {OPT_CURVE_CLIENTS_DIR, offsetof(config_t, curve_clients_dir)},
         {OPT_CURVE_READERS_DIR, offsetof(config_t, curve_readers_dir)},
+        {OPT_REPLICA_OF, offsetof(config_t, replica_of)},
+        {OPT_REPLICA_EVENTS, offsetof(config_t, replica_events)},
+        {OPT_REPLICA_SERVER_KEY_FILE, offsetof(config_t, replica_server_key_file)},
     };
     for (size_t i = 0; i < sizeof strings / sizeof strings[0]; i++) {
         if (!flags->present[strings[i].id])
@@ -1035,6 +1104,78 @@ static int s_set_defaults(config_t *cfg)
     cfg->events_endpoint = strdup(CONFIG_DEFAULT_EVENTS_ENDPOINT);
     cfg->data_dir = strdup(CONFIG_DEFAULT_DATA_DIR);
     return cfg->endpoint && cfg->events_endpoint && cfg->data_dir ? 0 : -1;
+}
+
+bool config_endpoint_valid(const char *endpoint)
+{
+    if (!endpoint)
+        return false;
+    size_t len = strlen(endpoint);
+    if (len == 0 || len > CONFIG_MAX_ENDPOINT_LEN)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)endpoint[i];
+        if (c <= ' ' || c == 0x7f)
+            return false; /* no spaces nor control bytes in an address */
+    }
+    if (strncmp(endpoint, "ipc://", 6) == 0)
+        return endpoint[6] != '\0';
+    if (strncmp(endpoint, "tcp://", 6) != 0)
+        return false;
+    const char *host = endpoint + 6;
+    const char *colon = strrchr(host, ':');
+    if (!colon || colon == host)
+        return false;
+    if (host[0] == '[' && colon[-1] != ']')
+        return false;
+    long port = 0;
+    return s_parse_long(colon + 1, 1, 65535, &port) == 0;
+}
+
+/* Read replica settings: both endpoints or neither, each one a ZeroMQ address this daemon can
+ * connect to; the primary's key only makes sense for a replica that has a key pair of its own
+ * (its CURVE identity towards the primary is its server key pair). */
+static int s_check_replica(config_t *cfg, char *err, size_t err_size)
+{
+    bool of = cfg->replica_of != NULL, events = cfg->replica_events != NULL;
+    if (of != events) {
+        s_set_error(err, err_size,
+                    "a read replica needs both --replica-of and --replica-events (config "
+                    "replica.of, replica.events); only %s was given",
+                    of ? "--replica-of" : "--replica-events");
+        return -1;
+    }
+    const struct {
+        const char *name;
+        const char *value;
+    } endpoints[] = {{"--replica-of", cfg->replica_of}, {"--replica-events", cfg->replica_events}};
+    for (size_t i = 0; of && i < 2; i++) {
+        if (!config_endpoint_valid(endpoints[i].value)) {
+            s_set_error(err, err_size,
+                        "invalid endpoint '%.*s' for %s: expected tcp://HOST:PORT or ipc://PATH",
+                        CONFIG_MAX_SHOWN_VALUE, endpoints[i].value, endpoints[i].name);
+            return -1;
+        }
+    }
+    if (of && strcmp(cfg->replica_of, cfg->replica_events) == 0) {
+        s_set_error(err, err_size,
+                    "--replica-of and --replica-events must be two different endpoints");
+        return -1;
+    }
+    if (cfg->replica_server_key_file && !of) {
+        s_set_error(err, err_size,
+                    "--replica-server-key-file is only for a read replica "
+                    "(--replica-of, --replica-events)");
+        return -1;
+    }
+    if (cfg->replica_server_key_file &&
+        (!cfg->curve_secret_key_file || !*cfg->curve_secret_key_file)) {
+        s_set_error(err, err_size,
+                    "--replica-server-key-file needs --curve-secret-key-file: the replica's own "
+                    "key pair is its identity towards the primary");
+        return -1;
+    }
+    return 0;
 }
 
 int config_load(config_t *cfg, int argc, char **argv, config_getenv_fn *getenv_fn, char *err,
@@ -1082,6 +1223,8 @@ int config_load(config_t *cfg, int argc, char **argv, config_getenv_fn *getenv_f
         goto fail;
     if (s_apply_flags(cfg, &flags, err, err_size) != 0)
         goto fail;
+    if (s_check_replica(cfg, err, err_size) != 0)
+        goto fail;
     return 0;
 
 fail:
@@ -1101,6 +1244,9 @@ void config_clear(config_t *cfg)
     free(cfg->curve_secret_key_file);
     free(cfg->curve_clients_dir);
     free(cfg->curve_readers_dir);
+    free(cfg->replica_of);
+    free(cfg->replica_events);
+    free(cfg->replica_server_key_file);
     store_layer_clear(&cfg->overrides);
     s_ignore_clear(&cfg->ignore);
     for (size_t i = 0; i < cfg->provider_ignore_count; i++)

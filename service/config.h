@@ -81,10 +81,16 @@ typedef struct {
     int heartbeat_ms; /* period of `heartbeat` events */
     config_discovery_t discovery;
     /* Security (CURVE): all NULL when off. */
-    char *curve_secret_key_file;  /* server secret key file (z85, see pmctl keygen) */
-    char *curve_clients_dir;      /* directory of admin client public key files */
-    char *curve_readers_dir;      /* directory of reader client public key files (v1.1) */
-    bool allow_insecure;          /* bind non-loopback tcp without CURVE */
+    char *curve_secret_key_file; /* server secret key file (z85, see pmctl keygen) */
+    char *curve_clients_dir;     /* directory of admin client public key files */
+    char *curve_readers_dir;     /* directory of reader client public key files (v1.1) */
+    bool allow_insecure;         /* bind non-loopback tcp without CURVE */
+    /* Read replica (v1.1): both set or both NULL. The replica keeps a copy of the primary at
+     * replica_of (its request endpoint) through its events at replica_events, and owns no
+     * providers file. replica_server_key_file: the primary's public key (CURVE towards it). */
+    char *replica_of;
+    char *replica_events;
+    char *replica_server_key_file;
     store_layer_t overrides;      /* the config file's providers: section */
     config_ignore_t ignore;       /* discovery.ignore */
     size_t provider_ignore_count; /* providers.<key>.ignore, one entry per provider */
@@ -105,6 +111,16 @@ void config_clear(config_t *cfg);
  * missing or bad flag value; exit 2), false for a config file or environment error (exit 1).
  * A failed config_load leaves nothing to free in cfg but this flag. */
 bool config_error_is_usage(const config_t *cfg);
+
+/* True when endpoint is an address a socket can connect to: tcp://HOST:PORT (port 1 to 65535;
+ * an IPv6 host in brackets) or ipc://PATH, without spaces or control bytes. */
+bool config_endpoint_valid(const char *endpoint);
+
+/* True in read replica mode (replica_of and replica_events set). */
+static inline bool config_is_replica(const config_t *cfg)
+{
+    return cfg->replica_of != NULL;
+}
 
 /* Runs the five layering steps into a new sealed registry (*out). Reads the persisted file
  * from cfg->data_dir (a parse error is returned, never overwritten). Warnings go to warn.

@@ -46,6 +46,12 @@ struct front_t {
     size_t max_reply; /* PM_PROTO_MAX_REPLY_SIZE; lowered by tests */
     struct timespec started;
     metrics_requests_t *metrics; /* this thread's counters; NULL: off */
+    /* Read replica mode: the primary's request endpoint (NULL: a primary), its follower, and
+     * whether the follower has sent a first snapshot (the first one of front_new is empty). */
+    char *replica_of;
+    front_primary_seen_fn *seen;
+    void *seen_arg;
+    bool synced;
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
 
@@ -381,6 +387,24 @@ static void s_op_snapshot(front_t *self, read_t *r)
         s_pack_provider(self, r->pk, registry_at(r->reg, i));
 }
 
+/* lag_versions: the primary's last announced state_version minus the one reads are answered
+ * from (never below 0: a restarted primary announces lower versions until the re-snapshot);
+ * primary_seen_s: seconds since the primary was last heard, nil before that. */
+static void s_pack_replica_health(front_t *self, msgpack_packer *pk)
+{
+    int64_t announced = -1, since = -1;
+    if (self->seen)
+        self->seen(self->seen_arg, &announced, &since);
+    int64_t applied = self->synced ? (int64_t)self->snapshot->state_version : 0;
+    pm_pack_str(pk, "lag_versions");
+    msgpack_pack_int64(pk, announced > applied ? announced - applied : 0);
+    pm_pack_str(pk, "primary_seen_s");
+    if (since < 0)
+        msgpack_pack_nil(pk);
+    else
+        msgpack_pack_double(pk, (double)since / 1000.0);
+}
+
 static void s_op_health(front_t *self, read_t *r)
 {
     struct timespec now;
@@ -388,7 +412,7 @@ static void s_op_health(front_t *self, read_t *r)
     double uptime = (double)(now.tv_sec - self->started.tv_sec) +
                     (double)(now.tv_nsec - self->started.tv_nsec) / 1e9;
     pm_reply_ok_begin(r->pk, r->req->id);
-    msgpack_pack_map(r->pk, 12);
+    msgpack_pack_map(r->pk, self->replica_of ? 15 : 13);
     pm_pack_str(r->pk, "status");
     pm_pack_str(r->pk, "ok");
     pm_pack_str(r->pk, "version");
@@ -423,6 +447,11 @@ static void s_op_health(front_t *self, read_t *r)
         msgpack_pack_true(r->pk);
     else
         msgpack_pack_false(r->pk);
+    /* v1.1 read replicas: the role, on a primary too. */
+    pm_pack_str(r->pk, "role");
+    pm_pack_str(r->pk, self->replica_of ? "replica" : "primary");
+    if (self->replica_of)
+        s_pack_replica_health(self, r->pk);
 }
 
 static void s_dispatch_read(front_t *self, const pm_request_t *req, msgpack_packer *pk)
@@ -542,6 +571,13 @@ static bool s_allowed(front_t *self, const char *caller, pm_op_t op)
     return role == AUTH_ROLE_ADMIN || (role == AUTH_ROLE_READER && pm_op_allowed_for_reader(op));
 }
 
+/* The ops a replica forwards to its primary (through the follower): they change nothing, and
+ * their answers (model status, jobs) are not in the snapshot. */
+static bool s_forwarded(pm_op_t op)
+{
+    return op == PM_OP_MODEL_STATUS || op == PM_OP_PROVIDER_STATUS || op == PM_OP_JOB_STATUS;
+}
+
 /* One message from a client: all frames are received before any reply is sent. Returns false
  * when none was waiting (the burst in front_run ends there); sets *wrote when it handed a
  * write to the writer (a send on the pipe, after which the pipe must be looked at again). */
@@ -593,6 +629,16 @@ static bool s_handle_client(front_t *self, bool *wrote)
             wire_pack_error_spans(&pk, req.id, PM_ERR_FORBIDDEN,
                                   "Operation '%s' is not allowed for this client",
                                   (pm_str_t){op_name, strlen(op_name)}, (pm_str_t){0});
+        } else if (self->replica_of && !self->synced && req.op != PM_OP_HEALTH) {
+            /* A replica without a first snapshot has nothing true to answer from. */
+            wire_pack_error_spans(
+                &pk, req.id, PM_ERR_UNAVAILABLE, "Replica not yet synchronised with %s",
+                (pm_str_t){self->replica_of, strlen(self->replica_of)}, (pm_str_t){0});
+        } else if (self->replica_of && pm_op_is_write(req.op) && !s_forwarded(req.op)) {
+            /* After forbidden, before any argument check (v1.1 order of refusals). */
+            wire_pack_error_spans(
+                &pk, req.id, PM_ERR_READ_ONLY, "Read-only replica; send writes to %s",
+                (pm_str_t){self->replica_of, strlen(self->replica_of)}, (pm_str_t){0});
         } else if (pm_op_is_write(req.op)) {
             pm_request_clear(&req);
             *wrote = true;
@@ -651,6 +697,7 @@ static int s_handle_writer(front_t *self)
             memcpy(&next, zmq_msg_data(&part), sizeof next);
             WRITER_TSAN_ACQUIRE(next);
             self->snapshot = next;
+            self->synced = true;
             /* While the old snapshot still holds its providers: a freed provider's address
              * could otherwise come back as a new version and match a stale entry. */
             s_rebuild_cache(self);
@@ -851,6 +898,20 @@ fail:
     return NULL;
 }
 
+int front_set_replica(front_t *self, const char *primary_endpoint, front_primary_seen_fn *seen,
+                      void *seen_arg)
+{
+    char *copy = strdup(primary_endpoint);
+    if (!copy)
+        return -1;
+    free(self->replica_of);
+    self->replica_of = copy;
+    self->seen = seen;
+    self->seen_arg = seen_arg;
+    self->synced = false;
+    return 0;
+}
+
 void front_set_max_reply(front_t *self, size_t max_bytes)
 {
     self->max_reply = max_bytes;
@@ -874,6 +935,7 @@ void front_destroy(front_t **self_p)
     s_free_cache(self);
     snapshot_destroy(&self->snapshot);
     msgpack_sbuffer_destroy(&self->reply);
+    free(self->replica_of);
     free(self);
     *self_p = NULL;
 }

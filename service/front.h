@@ -15,6 +15,8 @@
 #include "config.h"
 #include "writer.h"
 
+#include <stdint.h>
+
 typedef struct front_t front_t;
 
 /* Binds the request endpoint and connects to the writer. Takes ownership of *first_p.
@@ -49,6 +51,22 @@ void front_set_max_reply(front_t *self, size_t max_bytes);
  * any op runs) is counted in metrics' front set (borrowed; must outlive the front end). Call
  * it before front_run. Writes are counted by the writer (writer_set_metrics). */
 void front_set_metrics(front_t *self, metrics_t *metrics);
+
+/* What a read replica's health says about its primary: the highest state_version the primary
+ * announced (-1: none yet) and the milliseconds since it was last heard (-1: never). Called in
+ * the front end's thread (follower_seen is one). */
+typedef void(front_primary_seen_fn)(void *arg, int64_t *primary_version, int64_t *since_ms);
+
+/* Read replica mode (v1.1 "Read replicas"): writer_endpoint given to front_new was the
+ * follower's (follower.h), which speaks the writer's protocol. Before the first snapshot from
+ * it, every op but health gets `unavailable`, "Replica not yet synchronised with
+ * <primary_endpoint>"; after it, reads are answered from the snapshot as on a primary;
+ * model_status, provider_status and job_status go to the follower (which forwards them to the
+ * primary); every other op that changes state or starts a job gets `read_only`, "Read-only
+ * replica; send writes to <primary_endpoint>". health adds lag_versions and primary_seen_s
+ * (from seen; NULL: 0 and nil). Call it before front_run. 0, or -1 (out of memory). */
+int front_set_replica(front_t *self, const char *primary_endpoint, front_primary_seen_fn *seen,
+                      void *seen_arg);
 
 void front_destroy(front_t **self_p);
 

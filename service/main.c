@@ -11,6 +11,7 @@
  */
 #include "auth.h"
 #include "config.h"
+#include "follower.h"
 #include "front.h"
 #include "log.h"
 #include "metrics.h"
@@ -104,7 +105,7 @@ typedef struct {
     char **argv;
     config_t *running;
     auth_t *auth;
-    writer_t *writer;
+    writer_t *writer; /* NULL on a read replica: it has no writer settings to reload */
 } s_reload_ctx_t;
 
 static bool s_text_differs(const char *a, const char *b)
@@ -122,6 +123,10 @@ static void s_note_restart_only(const config_t *running, const config_t *next)
         {"endpoint", s_text_differs(running->endpoint, next->endpoint)},
         {"events_endpoint", s_text_differs(running->events_endpoint, next->events_endpoint)},
         {"data_dir", s_text_differs(running->data_dir, next->data_dir)},
+        {"replica.of", s_text_differs(running->replica_of, next->replica_of)},
+        {"replica.events", s_text_differs(running->replica_events, next->replica_events)},
+        {"replica.server_key_file",
+         s_text_differs(running->replica_server_key_file, next->replica_server_key_file)},
         {"workers", running->workers != next->workers},
         {"security.curve_secret_key_file",
          s_text_differs(running->curve_secret_key_file, next->curve_secret_key_file)},
@@ -176,7 +181,7 @@ static bool s_reload(void *arg)
             return false;
         }
     }
-    if (writer_reload(ctx->writer, &next, &ctx->running->overrides) < 0) {
+    if (ctx->writer && writer_reload(ctx->writer, &next, &ctx->running->overrides) < 0) {
         log_error("reload refused, the old configuration stays: cannot hand the settings to the "
                   "writer");
         auth_keys_destroy(&keys);
@@ -202,6 +207,107 @@ static bool s_reload(void *arg)
     next.overrides = overrides;
     config_clear(&next);
     return true;
+}
+
+/* A read replica (--replica-of, --replica-events): the follower thread in place of the writer.
+ * It never touches the data dir (no providers file, no status journal, no lock) and runs no
+ * discovery: its state is the primary's. Returns the exit status. */
+static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics)
+{
+    char err[1024];
+    int status = EXIT_RUNTIME;
+    void *ctx = NULL;
+    auth_t *auth = NULL;
+    follower_t *follower = NULL;
+    front_t *front = NULL;
+    snapshot_t *first = NULL;
+    metrics_t *metrics = NULL;
+    metrics_http_t *metrics_http = NULL;
+    bool bind_failed = false;
+    if (cfg->overrides.count > 0)
+        log_warn("read replica: the config file's providers: section is ignored (%zu "
+                 "providers); the registry is the primary's",
+                 cfg->overrides.count);
+    if (s_install_signals() < 0) {
+        log_error("cannot install signal handlers: %s", strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    ctx = zmq_ctx_new();
+    if (!ctx) {
+        log_error("cannot create the ZeroMQ context: %s", zmq_strerror(errno));
+        return EXIT_RUNTIME;
+    }
+    auth = auth_new(ctx, cfg, err, sizeof err);
+    if (!auth) {
+        log_error("%s", err);
+        status = EXIT_USAGE;
+        goto done;
+    }
+    follower = follower_new(ctx, cfg, auth, &bind_failed, err, sizeof err);
+    if (!follower) {
+        log_error("%s", err);
+        status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+        goto done;
+    }
+    if (with_metrics) {
+        metrics = metrics_new(PM_VERSION);
+        if (!metrics) {
+            log_error("out of memory");
+            goto done;
+        }
+        /* /healthz says 503 "Replica not yet synchronised with <EP>" until the first
+         * snapshot, then 200 for good (also while the primary is away). */
+        follower_set_metrics(follower, metrics);
+        metrics_http =
+            metrics_http_new(cfg->metrics_endpoint, metrics, auth, &bind_failed, err, sizeof err);
+        if (!metrics_http) {
+            log_error("%s", err);
+            status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+            goto done;
+        }
+    }
+    first = follower_first_snapshot(follower);
+    if (!first) {
+        log_error("out of memory");
+        goto done;
+    }
+    front = front_new(ctx, cfg, auth, follower_endpoint(follower), &first, &bind_failed, err,
+                      sizeof err);
+    if (!front) {
+        log_error("%s", err);
+        status = bind_failed ? EXIT_BIND : EXIT_RUNTIME;
+        goto done;
+    }
+    if (front_set_replica(front, cfg->replica_of, follower_seen, follower) < 0) {
+        log_error("out of memory");
+        goto done;
+    }
+    log_info("provider-manager %s: read replica of %s (events %s)", PM_VERSION, cfg->replica_of,
+             cfg->replica_events);
+    log_info("ready: requests on %s, events on %s", cfg->endpoint, cfg->events_endpoint);
+    if (metrics_http) {
+        log_info("metrics on http://%s/metrics (port %d)", cfg->metrics_endpoint,
+                 metrics_http_port(metrics_http));
+        front_set_metrics(front, metrics);
+    }
+    /* SIGHUP: the key directories and the log level (no writer settings on a replica). */
+    s_reload_ctx_t reload = {argc, argv, cfg, auth, NULL};
+    front_set_reload(front, s_reload, &reload);
+    status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;
+    metrics_set_serving(metrics, false, "stopping");
+    front_destroy(&front);
+    follower_destroy(&follower);
+    log_info("stopped");
+done:
+    front_destroy(&front);
+    snapshot_destroy(&first);
+    follower_destroy(&follower);
+    metrics_http_destroy(&metrics_http);
+    metrics_destroy(&metrics);
+    auth_destroy(&auth);
+    if (ctx)
+        zmq_ctx_term(ctx);
+    return status;
 }
 
 int main(int argc, char **argv)
@@ -250,6 +356,10 @@ int main(int argc, char **argv)
                                     cfg.allow_insecure, err, sizeof err) < 0) {
         log_error("%s", err);
         status = EXIT_USAGE;
+        goto done;
+    }
+    if (config_is_replica(&cfg)) {
+        status = s_run_replica(&cfg, argc, argv, with_metrics);
         goto done;
     }
     if (store_prepare_dir(cfg.data_dir, err, sizeof err) < 0) {

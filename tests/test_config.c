@@ -906,12 +906,96 @@ static void test_heartbeat_ms(void **state)
     }
 }
 
+/* replica: file < environment < flag for of/events/server_key_file, both endpoints or neither,
+ * each a connectable tcp:// or ipc:// address, and the primary's key only with a key pair. */
+static void test_replica_settings(void **state)
+{
+    fixture_t *fx = *state;
+    assert_int_equal(s_load_args(fx, NULL), 0);
+    assert_null(fx->cfg.replica_of);
+    assert_false(config_is_replica(&fx->cfg));
+
+    s_write(fx->config, "replica:\n  of: tcp://10.0.0.1:5555\n  events: tcp://10.0.0.1:5556\n");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_true(config_is_replica(&fx->cfg));
+    assert_string_equal(fx->cfg.replica_of, "tcp://10.0.0.1:5555");
+    assert_string_equal(fx->cfg.replica_events, "tcp://10.0.0.1:5556");
+    s_setenv("PM_REPLICA_OF", "ipc:///run/pm/req");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_string_equal(fx->cfg.replica_of, "ipc:///run/pm/req");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, "--replica-of", "tcp://[::1]:7000",
+                                 "--replica-events=tcp://host.test:7001", NULL),
+                     0);
+    assert_string_equal(fx->cfg.replica_of, "tcp://[::1]:7000");
+    assert_string_equal(fx->cfg.replica_events, "tcp://host.test:7001");
+    s_env_count = 0;
+
+    /* One without the other. */
+    assert_int_equal(s_load_args(fx, "--replica-of", "tcp://127.0.0.1:5555", NULL), -1);
+    assert_non_null(strstr(fx->err, "needs both --replica-of and --replica-events"));
+    s_setenv("PM_REPLICA_EVENTS", "tcp://127.0.0.1:5556");
+    assert_int_equal(s_load_args(fx, NULL), -1);
+    assert_non_null(strstr(fx->err, "only --replica-events was given"));
+    s_env_count = 0;
+
+    const char *bad[] = {"127.0.0.1:5555", "tcp://127.0.0.1", "tcp://:5555",    "tcp://127.0.0.1:0",
+                         "tcp://h:65536",  "tcp://h:55x",     "ipc://",         "inproc://primary",
+                         "udp://h:1",      "tcp://h w:1",     "tcp://[::1:5555"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_false(config_endpoint_valid(bad[i]));
+        assert_int_equal(s_load_args(fx, "--replica-of", bad[i], "--replica-events",
+                                     "tcp://127.0.0.1:5556", NULL),
+                         -1);
+        if (!strstr(fx->err, "expected tcp://HOST:PORT or ipc://PATH") ||
+            !strstr(fx->err, "--replica-of"))
+            fail_msg("endpoint case %zu: '%s'", i, fx->err);
+        assert_int_equal(s_load_args(fx, "--replica-of", "tcp://127.0.0.1:5555", "--replica-events",
+                                     bad[i], NULL),
+                         -1);
+        assert_non_null(strstr(fx->err, "--replica-events"));
+    }
+    assert_int_equal(s_load_args(fx, "--replica-of", "tcp://127.0.0.1:5555", "--replica-events",
+                                 "tcp://127.0.0.1:5555", NULL),
+                     -1);
+    assert_non_null(strstr(fx->err, "two different endpoints"));
+
+    /* The primary's key needs the replica's own key pair, and a replica. */
+    assert_int_equal(s_load_args(fx, "--replica-of", "tcp://127.0.0.1:5555", "--replica-events",
+                                 "tcp://127.0.0.1:5556", "--replica-server-key-file",
+                                 "/keys/primary.pub", NULL),
+                     -1);
+    assert_non_null(strstr(fx->err, "needs --curve-secret-key-file"));
+    assert_int_equal(s_load_args(fx, "--replica-server-key-file", "/keys/primary.pub",
+                                 "--curve-secret-key-file", "/keys/server.key", NULL),
+                     -1);
+    assert_non_null(strstr(fx->err, "only for a read replica"));
+    s_write(fx->config, "replica:\n  of: tcp://127.0.0.1:5555\n  events: tcp://127.0.0.1:5556\n"
+                        "  server_key_file: /keys/primary.pub\n"
+                        "security:\n  curve_secret_key_file: /keys/server.key\n");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_string_equal(fx->cfg.replica_server_key_file, "/keys/primary.pub");
+    s_setenv("PM_REPLICA_SERVER_KEY_FILE", "/keys/other.pub");
+    assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), 0);
+    assert_string_equal(fx->cfg.replica_server_key_file, "/keys/other.pub");
+    s_env_count = 0;
+
+    const char *bad_files[] = {"replica: [1]\n", "replica:\n  of: [tcp://h:1]\n",
+                               "replica:\n  of: ''\n"};
+    for (size_t i = 0; i < sizeof bad_files / sizeof bad_files[0]; i++) {
+        s_write(fx->config, bad_files[i]);
+        assert_int_equal(s_load_args(fx, "--config", fx->config, NULL), -1);
+        if (!strstr(fx->err, "replica"))
+            fail_msg("file case %zu: '%s'", i, fx->err);
+    }
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_defaults),
         T(test_heartbeat_ms),
+        T(test_replica_settings),
         T(test_precedence_flags_env_file_defaults),
         T(test_flag_equals_form),
         T(test_bad_flags_are_usage_errors),

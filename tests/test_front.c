@@ -3,6 +3,9 @@
  * inproc: REQ and DEALER callers, reads answered from the snapshot, a write forwarded to the
  * writer and its reply routed back, malformed requests, concurrent DEALER requests routed to
  * the right caller by their envelope, and the refusal of a read reply above the reply limit.
+ * Read replica mode against a fake follower (a PAIR socket of the test that speaks the
+ * writer's protocol): the refusals in their order, reads from the follower's snapshot,
+ * forwarded ops routed both ways, and health's role, lag_versions and primary_seen_s.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +15,7 @@
 #include <cmocka.h>
 
 #include "config.h"
+#include "frames.h"
 #include "front.h"
 #include "pm_proto.h"
 #include "store.h"
@@ -43,6 +47,7 @@ typedef struct {
     pthread_t thread;
     bool running;
     int front_rc;
+    void *fake; /* replica mode: the test's end of the front's pipe (the fake follower) */
 } fixture_t;
 
 static const char *s_no_env(const char *name)
@@ -102,6 +107,55 @@ static int s_setup(void **state)
     return 0;
 }
 
+#define PRIMARY_ENDPOINT "tcp://primary.test:5555"
+#define FAKE_FOLLOWER_ENDPOINT "inproc://test-front-fake-follower"
+
+/* What the fake follower tells health. */
+static int64_t s_announced = 10, s_since_ms = 1500;
+
+static void s_fake_seen(void *arg, int64_t *primary_version, int64_t *since_ms)
+{
+    (void)arg;
+    *primary_version = s_announced;
+    *since_ms = s_since_ms;
+}
+
+/* A front end in replica mode whose follower is the test's PAIR socket (f->fake). */
+static int s_setup_replica(void **state)
+{
+    fixture_t *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    snprintf(f->dir, sizeof f->dir, "/tmp/pm-test-front-XXXXXX");
+    assert_non_null(mkdtemp(f->dir));
+    char *argv[] = {"provider-manager", "--endpoint",  REQUEST_ENDPOINT, "--events-endpoint",
+                    EVENTS_ENDPOINT,    "--log-level", "error",          NULL};
+    char err[512];
+    assert_int_equal(config_load(&f->cfg, 7, argv, s_no_env, err, sizeof err), 0);
+    f->ctx = zmq_ctx_new();
+    assert_non_null(f->ctx);
+    f->auth = auth_new(f->ctx, &f->cfg, err, sizeof err);
+    assert_non_null(f->auth);
+    f->fake = zmq_socket(f->ctx, ZMQ_PAIR);
+    assert_non_null(f->fake);
+    int timeout = RECV_TIMEOUT_MS, zero = 0;
+    assert_int_equal(zmq_setsockopt(f->fake, ZMQ_RCVTIMEO, &timeout, sizeof timeout), 0);
+    assert_int_equal(zmq_setsockopt(f->fake, ZMQ_LINGER, &zero, sizeof zero), 0);
+    assert_int_equal(zmq_bind(f->fake, FAKE_FOLLOWER_ENDPOINT), 0);
+    registry_t *empty = registry_new();
+    assert_non_null(empty);
+    assert_int_equal(registry_seal(empty), 0);
+    snapshot_t *first = snapshot_new(empty, 0, 0);
+    registry_destroy(&empty);
+    bool bind_failed = false;
+    f->front = front_new(f->ctx, &f->cfg, f->auth, FAKE_FOLLOWER_ENDPOINT, &first, &bind_failed,
+                         err, sizeof err);
+    assert_non_null(f->front);
+    assert_int_equal(front_set_replica(f->front, PRIMARY_ENDPOINT, s_fake_seen, NULL), 0);
+    assert_int_equal(pipe(f->stop_pipe), 0);
+    *state = f;
+    return 0;
+}
+
 static void s_start(fixture_t *f)
 {
     assert_int_equal(pthread_create(&f->thread, NULL, s_front_thread, f), 0);
@@ -114,11 +168,26 @@ static int s_teardown(void **state)
     if (f->running) {
         char byte = 1;
         assert_int_equal(write(f->stop_pipe[1], &byte, 1), 1);
+        if (f->fake) {
+            /* The fake follower confirms the stop as the follower does. */
+            char type = 0;
+            do {
+                zmq_msg_t part;
+                zmq_msg_init(&part);
+                assert_true(zmq_msg_recv(&part, f->fake, 0) >= 0);
+                if (zmq_msg_size(&part) == 1)
+                    type = *(const char *)zmq_msg_data(&part);
+                zmq_msg_close(&part);
+            } while (type != WRITER_MSG_STOP);
+            assert_int_equal(zmq_send(f->fake, &type, 1, 0), 1);
+        }
         pthread_join(f->thread, NULL);
         assert_int_equal(f->front_rc, 0);
     }
     front_destroy(&f->front);
     assert_null(f->front);
+    if (f->fake)
+        zmq_close(f->fake);
     writer_destroy(&f->writer);
     auth_destroy(&f->auth);
     assert_int_equal(zmq_ctx_term(f->ctx), 0);
@@ -452,6 +521,187 @@ static void test_reply_over_the_limit_is_refused(void **state)
     zmq_close(req);
 }
 
+/* The string value of key in map (asserts it is a str). */
+static void s_assert_str(const msgpack_object *map, const char *key, const char *value)
+{
+    const msgpack_object *v = pm_map_get(map, key);
+    assert_non_null(v);
+    assert_int_equal(v->type, MSGPACK_OBJECT_STR);
+    assert_int_equal(v->via.str.size, strlen(value));
+    assert_memory_equal(v->via.str.ptr, value, v->via.str.size);
+}
+
+/* One call of op (no arguments) expecting the error code and message. */
+static void s_expect_error(void *req, const char *op, long long id, pm_error_t code,
+                           const char *message)
+{
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    s_pack_op(&buf, op, id);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_call(req, false, &buf, &rep, &body);
+    assert_int_equal(s_id(&rep), id);
+    s_assert_message(&rep, code, message);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    msgpack_sbuffer_destroy(&buf);
+}
+
+/* The fake follower hands the front a registry with one provider at state_version 7. */
+static void s_fake_snapshot(fixture_t *f)
+{
+    registry_t *reg = registry_new();
+    assert_non_null(reg);
+    provider_t *p = provider_new("replicated", "Replicated", "https://replicated.test/v1");
+    assert_non_null(p);
+    assert_int_equal(registry_put(reg, &p), 0);
+    assert_int_equal(registry_seal(reg), 0);
+    snapshot_t *snap = snapshot_new(reg, 7, 0);
+    registry_destroy(&reg);
+    assert_non_null(snap);
+    snap->status_version = 3;
+    snprintf(snap->epoch, sizeof snap->epoch, "00000000000000ab");
+    char type = WRITER_MSG_SNAPSHOT;
+    assert_int_equal(zmq_send(f->fake, &type, 1, ZMQ_SNDMORE), 1);
+    assert_int_equal(zmq_send(f->fake, &snap, sizeof snap, 0), (int)sizeof snap);
+}
+
+/* A replica before its first snapshot: unavailable for every op but health (whose
+ * primary_seen_s is nil), after bad_request and unknown_op; then reads from the snapshot,
+ * read_only for writes and jobs, forwarded ops through the follower both ways. */
+static void test_replica_mode(void **state)
+{
+    fixture_t *f = *state;
+    s_start(f);
+    void *req = s_socket(f, ZMQ_REQ);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    const char *not_synced = "Replica not yet synchronised with " PRIMARY_ENDPOINT;
+    const char *read_only = "Read-only replica; send writes to " PRIMARY_ENDPOINT;
+
+    s_since_ms = -1;
+    s_announced = -1;
+    s_expect_error(req, "keys", 1, PM_ERR_UNAVAILABLE, not_synced);
+    s_expect_error(req, "set_provider", 2, PM_ERR_UNAVAILABLE, not_synced);
+    s_expect_error(req, "model_status", 3, PM_ERR_UNAVAILABLE, not_synced);
+    s_expect_error(req, "no_such_op", 4, PM_ERR_UNKNOWN_OP, "Unknown op 'no_such_op'");
+    s_pack_op(&buf, "health", 5);
+    s_call(req, false, &buf, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->via.map.size, 15);
+    s_assert_str(rep.result, "role", "replica");
+    assert_int_equal(pm_map_get(rep.result, "primary_seen_s")->type, MSGPACK_OBJECT_NIL);
+    assert_int_equal(pm_map_get(rep.result, "lag_versions")->via.u64, 0);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    s_fake_snapshot(f);
+    s_since_ms = 1500;
+    s_announced = 10;
+    /* The snapshot is applied before the next request is read (the pipe comes first), but
+     * the pipe may still be in flight: wait for it. */
+    for (int i = 0; i < 200; i++) {
+        buf.size = 0;
+        s_pack_op1(&buf, "contains", 6, "provider_name", "replicated");
+        s_call(req, false, &buf, &rep, &body);
+        bool done = rep.ok;
+        if (done)
+            assert_true(rep.result->via.boolean);
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+        if (done)
+            break;
+        assert_true(i < 199);
+        usleep(5000);
+    }
+    buf.size = 0;
+    s_pack_op(&buf, "health", 7);
+    s_call(req, false, &buf, &rep, &body);
+    assert_true(rep.ok);
+    s_assert_str(rep.result, "role", "replica");
+    s_assert_str(rep.result, "epoch", "00000000000000ab");
+    assert_int_equal(pm_map_get(rep.result, "state_version")->via.u64, 7);
+    assert_int_equal(pm_map_get(rep.result, "status_version")->via.u64, 3);
+    assert_int_equal(pm_map_get(rep.result, "lag_versions")->via.u64, 3);
+    const msgpack_object *seen = pm_map_get(rep.result, "primary_seen_s");
+    assert_int_equal(seen->type, MSGPACK_OBJECT_FLOAT64);
+    assert_true(seen->via.f64 > 1.49 && seen->via.f64 < 1.51);
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+
+    static const char *const refused[] = {"set_provider",    "remove_provider",
+                                          "set_short_name",  "persist_provider_configs",
+                                          "discover_models", "verify_models"};
+    for (size_t i = 0; i < sizeof refused / sizeof refused[0]; i++)
+        s_expect_error(req, refused[i], 10 + (long long)i, PM_ERR_READ_ONLY, read_only);
+
+    /* A forwarded op reaches the follower as a request ('W'), and its reply is routed back
+     * as it is. */
+    static const char *const forwarded[] = {"model_status", "provider_status", "job_status"};
+    for (size_t i = 0; i < 3; i++) {
+        buf.size = 0;
+        s_pack_op(&buf, forwarded[i], 20 + (long long)i);
+        s_send(req, false, buf.data, buf.size);
+        zmq_msg_t frames[8];
+        bool overflow = false;
+        int n = frames_recv(f->fake, 0, frames, 8, &overflow);
+        assert_true(n >= 3);
+        assert_false(overflow);
+        assert_int_equal(*(const char *)zmq_msg_data(&frames[0]), WRITER_MSG_REQUEST);
+        assert_int_equal(zmq_msg_size(&frames[n - 1]), buf.size);
+        assert_memory_equal(zmq_msg_data(&frames[n - 1]), buf.data, buf.size);
+        msgpack_sbuffer answer;
+        msgpack_sbuffer_init(&answer);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &answer, msgpack_sbuffer_write);
+        msgpack_object id = {.type = MSGPACK_OBJECT_POSITIVE_INTEGER, .via.u64 = 20 + (uint64_t)i};
+        pm_reply_ok_begin(&pk, &id);
+        pm_pack_str(&pk, forwarded[i]);
+        char type = WRITER_MSG_REPLY;
+        assert_int_equal(zmq_send(f->fake, &type, 1, ZMQ_SNDMORE), 1);
+        for (int k = 1; k < n - 1; k++)
+            assert_true(zmq_msg_send(&frames[k], f->fake, ZMQ_SNDMORE) >= 0);
+        assert_int_equal(zmq_send(f->fake, answer.data, answer.size, 0), (int)answer.size);
+        zmq_msg_close(&frames[0]);
+        zmq_msg_close(&frames[n - 1]);
+        s_recv(req, false, &rep, &body);
+        assert_true(rep.ok);
+        assert_int_equal(s_id(&rep), 20 + (long long)i);
+        assert_int_equal(rep.result->via.str.size, strlen(forwarded[i]));
+        pm_reply_clear(&rep);
+        zmq_msg_close(&body);
+        msgpack_sbuffer_destroy(&answer);
+    }
+    msgpack_sbuffer_destroy(&buf);
+    zmq_close(req);
+}
+
+/* A primary's health: the v1.1 keys plus role "primary", nothing of a replica's. */
+static void test_primary_health_role(void **state)
+{
+    fixture_t *f = *state;
+    s_start(f);
+    void *req = s_socket(f, ZMQ_REQ);
+    msgpack_sbuffer buf;
+    msgpack_sbuffer_init(&buf);
+    pm_reply_t rep;
+    zmq_msg_t body;
+    s_pack_op(&buf, "health", 1);
+    s_call(req, false, &buf, &rep, &body);
+    assert_true(rep.ok);
+    assert_int_equal(rep.result->via.map.size, 13);
+    s_assert_str(rep.result, "role", "primary");
+    assert_null(pm_map_get(rep.result, "lag_versions"));
+    assert_null(pm_map_get(rep.result, "primary_seen_s"));
+    pm_reply_clear(&rep);
+    zmq_msg_close(&body);
+    msgpack_sbuffer_destroy(&buf);
+    zmq_close(req);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -459,6 +709,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_malformed_requests, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_dealers_are_routed, s_setup, s_teardown),
         cmocka_unit_test_setup_teardown(test_reply_over_the_limit_is_refused, s_setup, s_teardown),
+        cmocka_unit_test_setup_teardown(test_replica_mode, s_setup_replica, s_teardown),
+        cmocka_unit_test_setup_teardown(test_primary_health_role, s_setup, s_teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -427,7 +427,7 @@ PROVIDER_KEYS = {"provider", "name", "base_api_url", "api_key", "valid_models",
 # "epoch").
 HEALTH_KEYS = {"status", "version", "state_version", "providers", "models", "uptime_s",
                "jobs_running", "protocol", "status_version", "epoch",
-               "reloaded_at", "reload_ok"}
+               "reloaded_at", "reload_ok", "role"}
 
 
 class DaemonTestCase(unittest.TestCase):
