@@ -1,9 +1,11 @@
 /*
  * pmclient_replica: the local replica of libpmclient (see pmclient_replica.h).
  *
- * One background thread owns the SUB socket and a request client (for `snapshot`); it is the
- * only writer of the replica's state. The state readers see is an immutable s_state_t (a
- * sealed registry of the registry core, its version and epoch) behind an atomic pointer.
+ * One background thread owns the SUB socket and a request client (for `snapshot`); it drives
+ * the Clone pattern's state machine (replica/clone.h, the same one the daemon's read-replica
+ * mode drives: what an event or a snapshot means is decided there, not here) and is the only
+ * writer of the replica's state. The state readers see is an immutable s_state_t (a sealed
+ * registry of the registry core, its version and epoch) behind an atomic pointer.
  *
  * Readers never block and never take a lock: a reader announces itself in one of two counters
  * (chosen by the parity of a generation number), reads the current pointer, does its whole
@@ -15,13 +17,13 @@
  */
 #include "pmclient_replica.h"
 
+#include "clone.h"
 #include "pm_keyfile.h"
 #include "pm_proto.h"
 #include "pmclient_internal.h"
 #include "registry.h"
 
 #include <errno.h>
-#include <msgpack.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdarg.h>
@@ -38,11 +40,12 @@
 /* Events carry whole configs now; as large as a reply may be. */
 #define S_EVENTS_MAX_SIZE PM_PROTO_MAX_REPLY_SIZE
 #define S_POLL_MS 20 /* how often the thread looks at the stop flag and the clock */
-#define S_BACKOFF_MIN_MS 50
+
+_Static_assert(PMCLIENT_REPLICA_MAX_EPOCH_LEN == CLONE_MAX_EPOCH_LEN, "epoch limit");
 
 /* One immutable state, as readers see it. */
 typedef struct {
-    registry_t *registry; /* sealed */
+    registry_t *registry; /* sealed; a reference of its own (clone's moves on) */
     int64_t version;
     char epoch[PMCLIENT_REPLICA_MAX_EPOCH_LEN + 1];
 } s_state_t;
@@ -54,10 +57,7 @@ typedef struct {
     void *ctx;
     void *sub;
     pmclient_t *client;
-    bool need_snapshot;
-    bool caught_up; /* an event or heartbeat after the snapshot confirmed its version */
-    int64_t next_attempt_ms;
-    int backoff_ms;
+    clone_t *clone;
 } s_sync_t;
 
 struct pmclient_replica_t {
@@ -83,11 +83,12 @@ struct pmclient_replica_t {
     atomic_uint_fast64_t generation;
     atomic_long readers[2];
 
-    /* Freshness: written by the thread, read by pmclient_replica_stats. */
+    /* Freshness: copied from the clone by the thread, read by pmclient_replica_stats. */
     atomic_int_fast64_t last_contact_ms; /* -1: never */
     atomic_int_fast64_t primary_version;
 
-    /* Counters and the waiters of pmclient_replica_wait; never held by a resolution. */
+    /* Counters (copied from the clone) and the waiters of pmclient_replica_wait; never held
+     * by a resolution. */
     pthread_mutex_t mutex;
     pthread_cond_t changed;
     pmclient_replica_stats_t counters; /* only the counter fields are used */
@@ -125,10 +126,29 @@ static void s_state_destroy(s_state_t **self_p)
     *self_p = NULL;
 }
 
-static void s_count(pmclient_replica_t *self, uint64_t *field)
+/* Copies the clone's counters and freshness to where pmclient_replica_stats reads them; wakes
+ * the waiters when the state changed (after the swap, so that a woken caller sees the change
+ * and its count together). The thread only. */
+static void s_sync_stats(pmclient_replica_t *self, const clone_t *clone, bool wake)
 {
+    clone_counters_t c;
+    clone_counters(clone, &c);
+    atomic_store(&self->last_contact_ms, clone_last_contact_ms(clone));
+    atomic_store(&self->primary_version, clone_primary_version(clone));
     pthread_mutex_lock(&self->mutex);
-    (*field)++;
+    pmclient_replica_stats_t *out = &self->counters;
+    out->snapshots = c.snapshots;
+    out->resnapshots = c.resnapshots;
+    out->gaps = c.gaps;
+    out->epoch_changes = c.epoch_changes;
+    out->backwards = c.backwards;
+    out->heartbeats_ahead = c.heartbeats_ahead;
+    out->silences = c.silences;
+    out->snapshot_failures = c.snapshot_failures;
+    out->events_applied = c.events_applied;
+    out->heartbeats = c.heartbeats;
+    if (wake)
+        pthread_cond_broadcast(&self->changed);
     pthread_mutex_unlock(&self->mutex);
 }
 
@@ -155,296 +175,57 @@ static void s_read_end(pmclient_replica_t *self, unsigned slot)
     atomic_fetch_sub(&self->readers[slot], 1);
 }
 
-/* Publishes next (the thread only) and frees the previous state after its grace period.
- * counter (snapshots or events_applied) is bumped with the wake-up of the waiters, so that a
- * caller woken by this change also sees it counted. */
-static void s_publish(pmclient_replica_t *self, s_state_t *next, uint64_t *counter)
+/* Publishes the clone's registry when readers do not have it yet (the thread only), frees the
+ * previous state after its grace period, and calls the change callback: with the keys of the
+ * event just applied, or as a whole replacement (full). When the state cannot be allocated
+ * nothing is published; the thread tries again on its next turn, then as a full change. */
+static void s_publish(pmclient_replica_t *self, s_sync_t *sync, bool full)
 {
+    registry_t *registry = clone_registry(sync->clone);
+    /* The thread is the only writer: current stays alive until its own next swap. Its
+     * registry reference keeps the address from being reused, so equal means the same. */
+    const s_state_t *current = atomic_load(&self->current);
+    if (!registry || (current && current->registry == registry &&
+                      current->version == clone_version(sync->clone)))
+        return;
+    s_state_t *next = calloc(1, sizeof *next);
+    if (!next)
+        return;
+    next->registry = registry_ref(registry);
+    next->version = clone_version(sync->clone);
+    snprintf(next->epoch, sizeof next->epoch, "%s", clone_epoch(sync->clone));
     s_state_t *old = atomic_exchange(&self->current, next);
     uint_fast64_t generation = atomic_fetch_add(&self->generation, 1);
     unsigned parity = (unsigned)(generation & 1u);
     while (atomic_load(&self->readers[parity]) != 0)
         sched_yield();
     s_state_destroy(&old);
-    pthread_mutex_lock(&self->mutex);
-    (*counter)++;
-    pthread_cond_broadcast(&self->changed);
-    pthread_mutex_unlock(&self->mutex);
-}
-
-/* ------------------------------------------------------- wire config -> registry core */
-
-/* A provider_t from a decoded ProviderConfig. NULL on allocation failure or an invalid key. */
-static provider_t *s_provider_from(const pm_provider_t *config)
-{
-    provider_t *provider = provider_new(config->provider, config->name, config->base_api_url);
-    if (!provider)
-        return NULL;
-    if ((config->api_key && provider_set_api_key(provider, config->api_key) != 0) ||
-        provider_put_models(provider, (const char *const *)config->model_long,
-                            (const char *const *)config->model_short, config->model_count) != 0 ||
-        provider_set_invalid_models(provider, (const char *const *)config->invalid_models,
-                                    config->invalid_count) != 0)
-        provider_destroy(&provider);
-    return provider;
-}
-
-/* Decodes the ProviderConfig obj and puts it into the mutable registry. 0 or -1. */
-static int s_put_config(pmclient_t *client, registry_t *registry, const msgpack_object *obj,
-                        const char *expected_key, size_t expected_len)
-{
-    pm_provider_t *config = NULL;
-    if (pmc_decode_provider(client, obj, &config) != 0)
-        return -1;
-    int rc = -1;
-    if (expected_key && (strlen(config->provider) != expected_len ||
-                         memcmp(config->provider, expected_key, expected_len) != 0))
-        goto done; /* an event whose config is not the key's: do not trust it */
-    provider_t *provider = s_provider_from(config);
-    if (!provider)
-        goto done;
-    if (registry_put(registry, &provider) != 0) {
-        provider_destroy(&provider);
-        goto done;
-    }
-    rc = 0;
-done:
-    pm_provider_free(&config);
-    return rc;
-}
-
-static void s_copy_epoch(char *dest, const msgpack_object *epoch)
-{
-    dest[0] = '\0';
-    if (!pmc_is_str(epoch))
-        return;
-    size_t len = epoch->via.str.size;
-    if (len > PMCLIENT_REPLICA_MAX_EPOCH_LEN)
-        len = PMCLIENT_REPLICA_MAX_EPOCH_LEN;
-    memcpy(dest, epoch->via.str.ptr, len);
-    dest[len] = '\0';
-}
-
-static bool s_epoch_differs(const s_state_t *state, const msgpack_object *epoch)
-{
-    char text[PMCLIENT_REPLICA_MAX_EPOCH_LEN + 1];
-    s_copy_epoch(text, epoch);
-    return strcmp(text, state->epoch) != 0;
-}
-
-static bool s_version_of(const msgpack_object *obj, int64_t *out)
-{
-    if (!obj || obj->type != MSGPACK_OBJECT_POSITIVE_INTEGER || obj->via.u64 > INT64_MAX)
-        return false;
-    *out = (int64_t)obj->via.u64;
-    return true;
-}
-
-static void s_notify(pmclient_replica_t *self, const s_state_t *state, bool full,
-                     const char *const *keys, size_t key_count)
-{
+    s_sync_stats(self, sync->clone, true);
     if (!self->on_change)
         return;
-    pmclient_replica_change_t change = {.state_version = state->version,
-                                        .epoch = state->epoch,
-                                        .full = full,
-                                        .key_count = full ? 0 : key_count,
-                                        .keys = full ? NULL : keys};
+    size_t key_count = 0;
+    const char *const *keys = full ? NULL : clone_changed_keys(sync->clone, &key_count);
+    pmclient_replica_change_t change = {.state_version = next->version,
+                                        .epoch = next->epoch,
+                                        .full = full || !keys,
+                                        .key_count = full || !keys ? 0 : key_count,
+                                        .keys = full || !keys ? NULL : keys};
     self->on_change(&change, self->on_change_arg);
 }
 
-/* ------------------------------------------------------------------------- the snapshot */
+/* ---------------------------------------------------------------- the snapshot, events */
 
-/* Asks `snapshot` and publishes it. 0, or -1 (nothing changed). */
-static int s_snapshot(pmclient_replica_t *self, s_sync_t *sync)
+/* Asks `snapshot` and hands the reply to the clone. */
+static void s_snapshot(pmclient_replica_t *self, s_sync_t *sync)
 {
     void *reply = NULL;
     size_t size = 0;
-    if (pmclient_call_raw(sync->client, "snapshot", NULL, 0, &reply, &size) != 0)
-        return -1;
-    int rc = -1;
-    registry_t *registry = NULL;
-    s_state_t *state = NULL;
-    msgpack_unpacked unpacked;
-    size_t offset = 0;
-    msgpack_unpacked_init(&unpacked);
-    if (msgpack_unpack_next(&unpacked, reply, size, &offset) != MSGPACK_UNPACK_SUCCESS)
-        goto done;
-    const msgpack_object *result = pm_map_get(&unpacked.data, "result");
-    const msgpack_object *providers = pm_map_get(result, "providers");
-    int64_t version;
-    if (!result || !s_version_of(pm_map_get(result, "state_version"), &version) || !providers ||
-        providers->type != MSGPACK_OBJECT_ARRAY)
-        goto done;
-    if (!(registry = registry_new()))
-        goto done;
-    for (uint32_t i = 0; i < providers->via.array.size; i++) {
-        if (s_put_config(sync->client, registry, &providers->via.array.ptr[i], NULL, 0) != 0)
-            goto done;
+    if (pmclient_call_raw(sync->client, "snapshot", NULL, 0, &reply, &size) != 0) {
+        clone_snapshot_failed(sync->clone, pmc_now_ms());
+    } else if (clone_apply_snapshot(sync->clone, reply, size, pmc_now_ms()) == 0) {
+        s_publish(self, sync, true);
     }
-    if (registry_seal(registry) != 0 || !(state = calloc(1, sizeof *state)))
-        goto done;
-    state->registry = registry;
-    registry = NULL;
-    state->version = version;
-    s_copy_epoch(state->epoch, pm_map_get(result, "epoch"));
-    int64_t primary = atomic_load(&self->primary_version);
-    const s_state_t *previous = atomic_load(&self->current);
-    if (!previous || strcmp(previous->epoch, state->epoch) != 0 || primary < version)
-        atomic_store(&self->primary_version, version);
-    atomic_store(&self->last_contact_ms, pmc_now_ms());
-    s_publish(self, state, &self->counters.snapshots);
-    s_notify(self, state, true, NULL, 0);
-    rc = 0;
-
-done:
-    registry_destroy(&registry);
-    msgpack_unpacked_destroy(&unpacked);
     free(reply);
-    return rc;
-}
-
-/* ------------------------------------------------------------------------- the events */
-
-/* Asks for a new snapshot at once, counting the cause. */
-static void s_resync(pmclient_replica_t *self, s_sync_t *sync, uint64_t *cause)
-{
-    if (sync->need_snapshot)
-        return;
-    sync->need_snapshot = true;
-    sync->next_attempt_ms = 0;
-    pthread_mutex_lock(&self->mutex);
-    (*cause)++;
-    self->counters.resnapshots++;
-    pthread_mutex_unlock(&self->mutex);
-}
-
-/* Checks epoch and version of an event or heartbeat against the applied state. Returns 1 when
- * the caller goes on, 0 when the message is dropped (already in the state, or a re-snapshot
- * is now needed). */
-static int s_check_order(pmclient_replica_t *self, s_sync_t *sync, const s_state_t *state,
-                         const msgpack_object *root, int64_t version, bool heartbeat)
-{
-    if (s_epoch_differs(state, pm_map_get(root, "epoch"))) {
-        s_resync(self, sync, &self->counters.epoch_changes);
-        return 0;
-    }
-    if (version > atomic_load(&self->primary_version))
-        atomic_store(&self->primary_version, version);
-    if (version <= state->version) {
-        if (heartbeat && version == state->version) {
-            sync->caught_up = true;
-            return 0;
-        }
-        /* Before anything confirmed the snapshot, older messages are those the snapshot
-         * already holds (the Clone pattern's "drop at or below"); after, the primary went
-         * backwards. */
-        if (sync->caught_up)
-            s_resync(self, sync, &self->counters.backwards);
-        return 0;
-    }
-    if (heartbeat) {
-        s_resync(self, sync, &self->counters.heartbeats_ahead);
-        return 0;
-    }
-    if (version > state->version + 1) {
-        s_resync(self, sync, &self->counters.gaps);
-        return 0;
-    }
-    return 1;
-}
-
-/* Applies a `changed` event (version = applied + 1) on a clone of the state. 0, or -1 when it
- * cannot be applied (no configs: a v1 service; malformed; no memory): then re-snapshot. */
-static int s_apply_changed(pmclient_replica_t *self, s_sync_t *sync, const s_state_t *state,
-                           const msgpack_object *root, int64_t version)
-{
-    const msgpack_object *keys = pm_map_get(root, "providers");
-    const msgpack_object *configs = pm_map_get(root, "configs");
-    if (!keys || keys->type != MSGPACK_OBJECT_ARRAY || !configs ||
-        configs->type != MSGPACK_OBJECT_ARRAY || configs->via.array.size != keys->via.array.size)
-        return -1;
-    uint32_t n = keys->via.array.size;
-    int rc = -1;
-    char **names = pmc_calloc_array(n, sizeof *names);
-    registry_t *registry = registry_clone(state->registry);
-    s_state_t *next = calloc(1, sizeof *next);
-    if (!names || !registry || !next)
-        goto done;
-    for (uint32_t i = 0; i < n; i++) {
-        const msgpack_object *key = &keys->via.array.ptr[i];
-        const msgpack_object *config = &configs->via.array.ptr[i];
-        if (!pmc_is_str(key) || !(names[i] = pmc_dup_str(key)))
-            goto done;
-        if (config->type == MSGPACK_OBJECT_NIL)
-            registry_remove(registry, names[i]);
-        else if (s_put_config(sync->client, registry, config, key->via.str.ptr,
-                              key->via.str.size) != 0)
-            goto done;
-    }
-    if (registry_seal(registry) != 0)
-        goto done;
-    next->registry = registry;
-    registry = NULL;
-    next->version = version;
-    memcpy(next->epoch, state->epoch, sizeof next->epoch);
-    s_state_t *published = next;
-    s_publish(self, next, &self->counters.events_applied);
-    next = NULL;
-    sync->caught_up = true;
-    /* The thread is the only writer: published stays alive until its next swap. */
-    s_notify(self, published, false, (const char *const *)names, n);
-    rc = 0;
-
-done:
-    if (names) {
-        for (uint32_t i = 0; i < n; i++)
-            free(names[i]);
-        free(names);
-    }
-    registry_destroy(&registry);
-    free(next);
-    return rc;
-}
-
-/* One message body of topic "providers". */
-static void s_handle_body(pmclient_replica_t *self, s_sync_t *sync, const void *data, size_t size)
-{
-    char err[128];
-    if (pm_proto_precheck(data, size, PM_PROTO_MAX_REPLY_DEPTH, err, sizeof err) != 0)
-        return; /* malformed: skipped; a gap or a heartbeat will tell if it mattered */
-    msgpack_unpacked unpacked;
-    size_t offset = 0;
-    msgpack_unpacked_init(&unpacked);
-    if (msgpack_unpack_next(&unpacked, data, size, &offset) != MSGPACK_UNPACK_SUCCESS ||
-        unpacked.data.type != MSGPACK_OBJECT_MAP)
-        goto done;
-    const msgpack_object *root = &unpacked.data;
-    const msgpack_object *event = pm_map_get(root, "event");
-    bool heartbeat = false;
-    if (pmc_is_str(event) && event->via.str.size == 9 &&
-        memcmp(event->via.str.ptr, "heartbeat", 9) == 0)
-        heartbeat = true;
-    else if (!pmc_is_str(event) || event->via.str.size != 7 ||
-             memcmp(event->via.str.ptr, "changed", 7) != 0)
-        goto done; /* kinds the replica does not need */
-    int64_t version;
-    if (!s_version_of(pm_map_get(root, "state_version"), &version))
-        goto done;
-    atomic_store(&self->last_contact_ms, pmc_now_ms());
-    if (heartbeat)
-        s_count(self, &self->counters.heartbeats);
-    /* Until a snapshot is applied, the next one holds whatever this says. */
-    if (sync->need_snapshot)
-        goto done;
-    const s_state_t *state = atomic_load(&self->current); /* the thread's own: no grace needed */
-    if (s_check_order(self, sync, state, root, version, heartbeat) != 1)
-        goto done;
-    if (s_apply_changed(self, sync, state, root, version) != 0)
-        s_resync(self, sync, &self->counters.gaps);
-
-done:
-    msgpack_unpacked_destroy(&unpacked);
 }
 
 /* Receives every message waiting on the SUB socket (after a poll said one is there). */
@@ -469,8 +250,10 @@ static void s_drain(pmclient_replica_t *self, s_sync_t *sync)
                 size_t len = zmq_msg_size(&msg);
                 ours = len == strlen(PM_PROTO_EVENTS_TOPIC) &&
                        memcmp(zmq_msg_data(&msg), PM_PROTO_EVENTS_TOPIC, len) == 0;
-            } else if (frame == 1 && ours && !more) {
-                s_handle_body(self, sync, zmq_msg_data(&msg), zmq_msg_size(&msg));
+            } else if (frame == 1 && ours && !more &&
+                       clone_on_event(sync->clone, zmq_msg_data(&msg), zmq_msg_size(&msg),
+                                      pmc_now_ms()) == CLONE_EVENT_APPLIED) {
+                s_publish(self, sync, false);
             }
             frame++;
             zmq_msg_close(&msg);
@@ -485,8 +268,8 @@ static void s_drain(pmclient_replica_t *self, s_sync_t *sync)
 static int s_sync_open(pmclient_replica_t *self, s_sync_t *sync)
 {
     memset(sync, 0, sizeof *sync);
-    sync->need_snapshot = true;
-    sync->backoff_ms = S_BACKOFF_MIN_MS;
+    if (!(sync->clone = clone_new(self->heartbeat_ms, self->backoff_max_ms)))
+        return -1;
     if (!(sync->ctx = zmq_ctx_new()) || !(sync->sub = zmq_socket(sync->ctx, ZMQ_SUB)))
         return -1;
     int linger = 0;
@@ -528,35 +311,28 @@ static void s_sync_close(s_sync_t *sync)
         }
     }
     sync->ctx = NULL;
+    clone_destroy(&sync->clone);
 }
 
 static void *s_run(void *arg)
 {
     pmclient_replica_t *self = arg;
     s_sync_t sync = self->sync; /* the thread's own from here on; given back at the end */
-    int64_t silence_ms = 3 * (int64_t)self->heartbeat_ms;
     while (!atomic_load(&self->stop)) {
-        int64_t now = pmc_now_ms();
-        if (sync.need_snapshot && now >= sync.next_attempt_ms) {
-            if (s_snapshot(self, &sync) == 0) {
-                sync.need_snapshot = false;
-                sync.caught_up = false;
-                sync.backoff_ms = S_BACKOFF_MIN_MS;
-            } else {
-                s_count(self, &self->counters.snapshot_failures);
-                sync.next_attempt_ms = pmc_now_ms() + sync.backoff_ms;
-                sync.backoff_ms = sync.backoff_ms * 2 > self->backoff_max_ms ? self->backoff_max_ms
-                                                                             : sync.backoff_ms * 2;
-            }
-        }
+        /* The snapshot is asked synchronously: meanwhile the events stay queued on the SUB
+         * socket and are fed after it, as the Clone pattern wants. clone_want_snapshot also
+         * notices silence. */
+        if (clone_want_snapshot(sync.clone, pmc_now_ms()))
+            s_snapshot(self, &sync);
         zmq_pollitem_t item = {.socket = sync.sub, .events = ZMQ_POLLIN};
         int rc = zmq_poll(&item, 1, S_POLL_MS);
         if (rc > 0)
             s_drain(self, &sync);
         else if (rc < 0 && errno != EINTR)
             break;
-        if (!sync.need_snapshot && pmc_now_ms() - atomic_load(&self->last_contact_ms) > silence_ms)
-            s_resync(self, &sync, &self->counters.silences);
+        /* A state that could not be published for want of memory, and the counters. */
+        s_publish(self, &sync, true);
+        s_sync_stats(self, sync.clone, false);
     }
     self->sync = sync; /* closed by pmclient_replica_destroy after the join */
     return NULL;
@@ -620,8 +396,7 @@ pmclient_replica_t *pmclient_replica_new(const char *endpoint, const char *event
         options->heartbeat_ms ? options->heartbeat_ms : PMCLIENT_REPLICA_DEFAULT_HEARTBEAT_MS;
     self->backoff_max_ms =
         options->backoff_max_ms ? options->backoff_max_ms : PMCLIENT_REPLICA_DEFAULT_BACKOFF_MAX_MS;
-    if (self->backoff_max_ms < S_BACKOFF_MIN_MS)
-        self->backoff_max_ms = S_BACKOFF_MIN_MS;
+    /* (clone_new raises a maximum below CLONE_BACKOFF_MIN_MS to it.) */
     if (curve) {
         self->curve = true;
         memcpy(self->server_public, options->server_public_z85, PMCLIENT_Z85_KEY_LEN + 1);
