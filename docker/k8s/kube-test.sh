@@ -24,7 +24,7 @@
 # build-container/storage.conf left by container-test (vfs fallback) is used too.
 #
 # Environment: PM_KT_WORKDIR, PM_KT_IMAGE (or PM_CT_IMAGE), PM_KT_TIMEOUT (seconds to wait for
-# each condition, 60).
+# each condition, 60), PM_KT_KEEP=1 (leave everything in place to look at; remove it by hand).
 #
 # Ends with "kube-test: N passed, N failed"; exit status 0 only when all passed. Everything it
 # created (pods, volumes, the network, the client container, the keys) is removed on exit,
@@ -36,6 +36,8 @@ K8S=$ROOT/docker/k8s
 WORK=${PM_KT_WORKDIR:-$ROOT/build-kube}
 IMAGE=${PM_KT_IMAGE:-${PM_CT_IMAGE:-localhost/provider-manager:test}}
 TIMEOUT=${PM_KT_TIMEOUT:-60}
+# Debian's python3 with python3-yaml (installed below), whatever python3 comes first in PATH.
+PY=/usr/bin/python3
 
 ID=pmkt$$
 PREFIX=$ID-
@@ -82,6 +84,10 @@ cleanup()
 {
     local status=$?
     set +e
+    if [ "${PM_KT_KEEP:-0}" = 1 ]; then
+        echo "kube-test: PM_KT_KEEP=1: left pods $PREFIX*, network $NET, $CLIENT and $RUN in place"
+        return "$status"
+    fi
     local pod vol
     podman rm -f -v -t 0 "$CLIENT" >/dev/null 2>&1
     for pod in $(podman pod ls -q --filter "name=^$PREFIX" 2>/dev/null); do
@@ -173,8 +179,10 @@ ensure_image()
 {
     podman image exists "$IMAGE" ||
         die "no image $IMAGE: run 'make container-test' first (it builds the image), or set PM_KT_IMAGE"
-    if ! podman run --rm --no-healthcheck "$IMAGE" provider-manager --help 2>&1 |
-        grep -q -- '--replica-of'; then
+    local help
+    help=$(podman run --rm --no-healthcheck --entrypoint provider-manager "$IMAGE" --help 2>&1) || true
+    # (no pipe into grep -q: with pipefail, podman's SIGPIPE would fail the match)
+    if ! grep -q -- '--replica-of' <<<"$help"; then
         not_ok "image $IMAGE has no read-replica mode (provider-manager --help shows no --replica-of): the replica checks below will fail"
     fi
 }
@@ -194,7 +202,7 @@ setup_pmctl()
 # plan.json (written by podman-derive.py), queried with python3.
 plan()
 {
-    python3 - "$RUN/derived/plan.json" "$@" <<'EOF'
+    "$PY" - "$RUN/derived/plan.json" "$@" <<'EOF'
 import json, sys
 plan = json.load(open(sys.argv[1]))
 what = sys.argv[2]
@@ -245,14 +253,14 @@ probe()
     case ${spec[0]} in
         http)
             ip=$(pod_ip "$pod") || return 1
-            python3 -c 'import sys, urllib.request
+            "$PY" -c 'import sys, urllib.request
 r = urllib.request.urlopen("http://%s:%s%s" % tuple(sys.argv[1:4]), timeout=2)
 sys.exit(0 if 200 <= r.status < 400 else 1)' "$ip" "${spec[1]}" "${spec[2]}" 2>/dev/null
             ;;
         exec) podman exec "$(plan container "$pod")" "${spec[@]:1}" >/dev/null 2>&1 ;;
         tcp)
             ip=$(pod_ip "$pod") || return 1
-            python3 -c 'import socket, sys
+            "$PY" -c 'import socket, sys
 socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).close()' "$ip" "${spec[1]}"
             ;;
         *) return 1 ;;
@@ -282,7 +290,7 @@ make_secrets()
         die "make-secrets.sh failed"
     chmod 0755 "$RUN/keys"
     chmod 0444 "$RUN/keys/admin.key" # read by the client container only
-    python3 "$K8S/podman-derive.py" --manifests "$K8S" --secrets "$RUN/secrets.yaml" \
+    "$PY" "$K8S/podman-derive.py" --manifests "$K8S" --secrets "$RUN/secrets.yaml" \
         --image "$IMAGE" --prefix "$PREFIX" --out "$RUN/derived" ||
         die "podman-derive.py failed"
     say "derived $(plan pods | wc -l) pods from docker/k8s/*.yaml: $(plan pods | tr '\n' ' ')"
@@ -300,7 +308,9 @@ kpmctl()
 {
     local host=$1 pub=$2
     shift 2
-    podman exec "$CLIENT" pmctl --endpoint "tcp://$host:5555" --timeout 2000 --retries 1 \
+    # Reads are retried on a fresh socket (3 x 3 s: the machine may be loaded); writes are
+    # sent once by pmctl whatever --retries says.
+    podman exec "$CLIENT" pmctl --endpoint "tcp://$host:5555" --timeout 3000 --retries 3 \
         --curve-server-key "/keys/$pub" --curve-client-key /keys/admin.key "$@"
 }
 
@@ -446,15 +456,21 @@ main()
     else
         not_ok "a write sent to replica $pod was not refused as read_only: $out"
     fi
-    if out=$(kpmctl "$pod" pm-replica.pub health 2>&1) && grep -q 'replica' <<<"$out"; then
-        ok "replica $pod health: $(grep -E '^(role|lag_versions|primary_seen_s)' <<<"$out" | tr -s ' \n' ' ')"
+    if out=$(kpmctl "$pod" pm-replica.pub --json health 2>&1) &&
+        grep -q '"role": *"replica"' <<<"$out"; then
+        ok "replica $pod health: $(grep -E '"(role|lag_versions|primary_seen_s)"' <<<"$out" | tr -s ' \n' ' ')"
     else
         not_ok "replica $pod health does not say role replica: $(tr '\n' ' ' <<<"$out")"
     fi
 
     # The primary away: the replicas keep answering and stay ready, past 3 x heartbeat_ms.
-    say "stopping the primary pod $PRIMARY"
+    # In the kubelet's order: the container gets SIGTERM and exits (closing its connections),
+    # then the pod's sandbox goes. (podman 4.3's `pod stop` alone may take the network away
+    # before the daemon's connections are closed, which leaves the replicas' TCP connections
+    # half-open, as a node that dies would: a different failure, see docs/kubernetes.md.)
+    say "stopping the primary pod $PRIMARY (its container first, then the pod)"
     t=$(now_ms)
+    podman stop -t 10 "$(plan container "$PRIMARY")" >/dev/null 2>&1
     podman pod stop -t 10 "$PRIMARY" >/dev/null 2>&1
     say "primary stopped in $(($(now_ms) - t)) ms; waiting 4 s (heartbeat_ms 1000 x 3 + 1)"
     sleep 4
@@ -470,8 +486,8 @@ main()
             not_ok "primary stopped: replica $pod is not ready"
         fi
     done
-    out=$(kpmctl "${REPLICAS%% *}" pm-replica.pub health 2>&1) || true
-    say "replica health while the primary is away: $(grep -E '^(role|lag_versions|primary_seen_s)' <<<"$out" | tr -s ' \n' ' ')"
+    out=$(kpmctl "${REPLICAS%% *}" pm-replica.pub --json health 2>&1) || true
+    say "replica health while the primary is away: $(grep -E '"(role|lag_versions|primary_seen_s)"' <<<"$out" | tr -s ' \n' ' ')"
 
     # The primary back on its claim; the replicas catch up.
     say "starting the primary pod $PRIMARY again (same claim)"
