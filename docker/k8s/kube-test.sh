@@ -24,7 +24,9 @@
 # build-container/storage.conf left by container-test (vfs fallback) is used too.
 #
 # Environment: PM_KT_WORKDIR, PM_KT_IMAGE (or PM_CT_IMAGE), PM_KT_TIMEOUT (seconds to wait for
-# each condition, 60), PM_KT_KEEP=1 (leave everything in place to look at; remove it by hand).
+# each condition, 60), PM_KT_KEEP=1 (leave everything in place to look at; remove it by hand),
+# PM_KT_NETWORK_LOSS=1 (also: the primary's network vanishes before its connections close, the
+# replicas must find it again at a new IP; off by default, see docs/kubernetes.md).
 #
 # Ends with "kube-test: N passed, N failed"; exit status 0 only when all passed. Everything it
 # created (pods, volumes, the network, the client container, the keys) is removed on exit,
@@ -504,9 +506,37 @@ main()
     visible kt-two/ktm2 kt-model-two "write 2 after the restart"
     say "caught up $(($(now_ms) - t)) ms after the primary's restart"
 
+    if [ "${PM_KT_NETWORK_LOSS:-0}" = 1 ]; then
+        network_loss
+    fi
+
     for pod in $PRIMARY $REPLICAS; do
         check_probes "$pod"
     done
+}
+
+# The primary's network goes away before its connections are closed (a node that dies, a
+# partition): the replicas' TCP connections to it are left half-open. It comes back at a new
+# IP under the same Service name; the replicas must notice the silence (3 x heartbeat_ms) and
+# reach it again. Opt-in (PM_KT_NETWORK_LOSS=1): see docs/kubernetes.md.
+network_loss()
+{
+    local infra alias args=() t
+    infra=$(podman pod inspect "$PRIMARY" --format '{{.InfraContainerID}}')
+    for alias in $(plan aliases "$PRIMARY" | tr ',' ' '); do
+        args+=(--alias "${alias#alias=}")
+    done
+    say "network loss: the primary's pod leaves the network, then stops; back at a new IP"
+    podman network disconnect "$NET" "$infra" >/dev/null
+    podman pod stop -t 10 "$PRIMARY" >/dev/null 2>&1
+    podman network disconnect "$NET" "$infra" >/dev/null 2>&1 || true
+    podman network connect "${args[@]}" "$NET" "$infra" >/dev/null
+    t=$(now_ms)
+    podman pod start "$PRIMARY" >/dev/null 2>&1 || not_ok "podman pod start $PRIMARY failed"
+    ready "$PRIMARY" || die "the primary did not become ready after the network loss"
+    set_provider kt-three kt-model-three=ktm3
+    visible kt-three/ktm3 kt-model-three "write 3 after the network loss"
+    say "after the network loss: $(($(now_ms) - t)) ms"
 }
 
 main
