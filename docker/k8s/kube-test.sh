@@ -360,6 +360,15 @@ diagnose()
     local t
     t=$(now_ms)
     echo "  getent hosts $1 in the client: $(podman exec "$CLIENT" getent hosts "$1" | tr -s ' \n' ' ')($(($(now_ms) - t)) ms)"
+    t=$(now_ms)
+    podman exec "$CLIENT" true
+    echo "  podman exec $CLIENT true: $(($(now_ms) - t)) ms"
+    if [ -x "$PMCTL" ]; then
+        t=$(now_ms)
+        echo "  from the host to $(pod_ip "$1"): $("$PMCTL" --endpoint "tcp://$(pod_ip "$1"):5555" --timeout 3000 --retries 1 \
+            --curve-server-key "$RUN/keys/pm-replica.pub" --curve-client-key "$RUN/keys/admin.key" \
+            resolve kt-one/ktm1 2>&1 | head -n 1) ($(($(now_ms) - t)) ms)"
+    fi
     echo "  again, a second later: $(sleep 1; kpmctl "$1" pm-replica.pub resolve kt-one/ktm1 2>&1 | head -n 1)"
     podman logs --tail 6 "$(plan container "$1")" 2>&1 | grep -v syslog | sed 's/^/  log: /'
 }
