@@ -3,7 +3,7 @@
 #   make test   install, build, run the whole suite through ctest, then check that no test
 #               API key shows up in any of its output (tests/python/check_secrets.py)
 # Hardening (docs/testing.md), each also run by .ci/run:
-#   make fuzz       libFuzzer (clang, ASan+UBSan) on the request and YAML targets, FUZZ_SECONDS each
+#   make fuzz       libFuzzer (clang, ASan+UBSan) on the request, YAML and clone targets, FUZZ_SECONDS each
 #   make sanitize   the whole suite built with ASan+UBSan (preset asan-ubsan, build-asan/)
 #   make tsan       the concurrency suites built with ThreadSanitizer (preset tsan, build-tsan/)
 #   make valgrind   the integration suites with the daemon under valgrind memcheck
@@ -39,7 +39,7 @@ FUZZ_BUILD = build-fuzz
 # end during writes and discoveries, the in-process front end + writer of the fuzz replay, the
 # client replica's readers while it applies changes.
 # CMakePresets.json's tsan test preset has the same list (tests/python/test_docs.py checks).
-TSAN_TESTS = ^(test_discovery_worker|test_pmclient_replica|test_discovery|test_writer|test_front|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_model_status|py_test_roles)$$
+TSAN_TESTS = ^(test_discovery_worker|test_pmclient_replica|test_discovery|test_writer|test_front|fuzz_replay_request|py_test_robustness|py_test_discovery|py_test_soak|py_test_security|py_test_model_status|py_test_roles|test_follower|py_test_replica_daemon)$$
 SANITIZER_LOGS = sanitizer-logs
 # ASan/LSan/TSan reports go to files (log_path), so a report from a daemon that a test stops
 # with SIGKILL is not lost either; UBSan's go to stderr (gcc), kept by ctest and PM_KEEP_LOGS.
@@ -101,13 +101,13 @@ check-secrets:
 		$(BUILD)/Testing/Temporary/LastTest.log $(BUILD)/pm-logs
 
 # Warnings stay errors here too: clang 14 compiles the whole tree without a warning under
-# these flags. Only the two fuzz targets are built, because the shared libpmclient cannot link
+# these flags. Only the fuzz targets are built, because the shared libpmclient cannot link
 # in this build dir: its --no-undefined refuses the sanitizer runtime's symbols, which only an
 # executable brings in.
 fuzz: deps fuzz-deps
 	CC=clang cmake -S . -B $(FUZZ_BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPM_WERROR=ON -DPM_FUZZ=ON \
 		"-DCMAKE_C_FLAGS=-fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer"
-	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_request fuzz_yaml
+	cmake --build $(FUZZ_BUILD) -j$(JOBS) --target fuzz_request fuzz_yaml fuzz_clone
 	bash tests/fuzz/run.sh $(FUZZ_BUILD) $(FUZZ_SECONDS)
 
 sanitize: deps test-deps

@@ -129,6 +129,14 @@ typedef struct {
     bool has_reload;
     double reloaded_at;
     bool reload_ok;
+    /* v1.1 read replicas: role is "primary" or "replica" (NULL from a service that does not
+     * say); a replica also reports lag_versions (has_lag) and primary_seen_s, the seconds
+     * since it last heard from its primary (has_primary_seen false before it ever did). */
+    char *role;
+    bool has_lag;
+    int64_t lag_versions;
+    bool has_primary_seen;
+    double primary_seen_s;
 } pm_health_t;
 void pm_health_free(pm_health_t **self_p);
 

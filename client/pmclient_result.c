@@ -182,6 +182,7 @@ void pm_health_free(pm_health_t **self_p)
     free((*self_p)->status);
     free((*self_p)->version);
     free((*self_p)->protocol);
+    free((*self_p)->role);
     free(*self_p);
     *self_p = NULL;
 }
@@ -502,6 +503,28 @@ int pmc_decode_health(pmclient_t *self, const msgpack_object *obj, pm_health_t *
         health->has_reload = true;
         health->reload_ok = reload_ok->via.boolean;
         health->reloaded_at = reloaded_at->via.f64;
+    }
+    const msgpack_object *role = pm_map_get(obj, "role");
+    if (role && role->type != MSGPACK_OBJECT_NIL &&
+        pmc_take_str(self, role, "role", &health->role) != 0)
+        goto fail;
+    const msgpack_object *lag = pm_map_get(obj, "lag_versions");
+    if (lag && lag->type != MSGPACK_OBJECT_NIL) {
+        if (pmc_take_int(self, lag, "lag_versions", &health->lag_versions) != 0)
+            goto fail;
+        health->has_lag = true;
+    }
+    const msgpack_object *seen = pm_map_get(obj, "primary_seen_s");
+    if (seen && seen->type != MSGPACK_OBJECT_NIL) {
+        if (seen->type == MSGPACK_OBJECT_FLOAT64 || seen->type == MSGPACK_OBJECT_FLOAT32) {
+            health->primary_seen_s = seen->via.f64;
+        } else {
+            int64_t whole;
+            if (pmc_take_int(self, seen, "primary_seen_s", &whole) != 0)
+                goto fail;
+            health->primary_seen_s = (double)whole;
+        }
+        health->has_primary_seen = true;
     }
     *out = health;
     return 0;

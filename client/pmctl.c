@@ -766,6 +766,18 @@ static int s_cmd_health(s_ctx_t *ctx, int argc, char **argv)
             s_print_field("reloaded_at", text);
             s_print_field("reload_ok", health->reload_ok ? "true" : "false");
         }
+        if (health->role)
+            s_print_field("role", health->role);
+        if (health->has_lag)
+            s_print_field_int("lag_versions", (long long)health->lag_versions);
+        if (health->role && strcmp(health->role, "replica") == 0) {
+            char text[32];
+            if (health->has_primary_seen)
+                snprintf(text, sizeof text, "%.3f", health->primary_seen_s);
+            else
+                snprintf(text, sizeof text, "never");
+            s_print_field("primary_seen_s", text);
+        }
         status = EXIT_OK;
     }
     pm_health_free(&health);

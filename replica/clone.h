@@ -54,7 +54,8 @@ typedef struct {
 } clone_counters_t;
 
 /* heartbeat_ms: the primary's; silence after 3 x it. backoff_max_ms: longest wait between
- * failed snapshots. NULL on allocation failure or a value <= 0. */
+ * failed snapshots (raised to CLONE_BACKOFF_MIN_MS when below it). NULL on allocation failure
+ * or a value <= 0. Every now_ms below is the owner's monotonic clock in milliseconds. */
 clone_t *clone_new(int heartbeat_ms, int backoff_max_ms);
 void clone_destroy(clone_t **self_p);
 
@@ -86,7 +87,7 @@ int64_t clone_version(const clone_t *self);         /* -1 before the first snaps
 const char *clone_epoch(const clone_t *self);       /* "" before the first snapshot */
 int64_t clone_primary_version(const clone_t *self); /* highest announced; -1: none yet */
 int64_t clone_status_version(const clone_t *self);  /* last seen (snapshot, heartbeat); -1: none */
-int64_t clone_last_contact_ms(const clone_t *self); /* -1: never */
+int64_t clone_last_contact_ms(const clone_t *self); /* snapshot, event, heartbeat; -1: never */
 clone_cause_t clone_pending(const clone_t *self);   /* NONE when no snapshot is needed */
 void clone_counters(const clone_t *self, clone_counters_t *out);
 
@@ -94,8 +95,11 @@ void clone_counters(const clone_t *self, clone_counters_t *out);
  * next clone_on_event or clone_apply_snapshot; count 0 after any other verdict). */
 const char *const *clone_changed_keys(const clone_t *self, size_t *count);
 
-/* A wire ProviderConfig map (as the service packs it) -> a new provider_t. When expected_key
- * is not NULL the config's provider must be it. NULL when malformed or out of memory. */
+/* A wire ProviderConfig map (as the service packs it) -> a new provider_t, the caller's
+ * (provider_destroy). provider, name, base_api_url: str; api_key: str, nil or absent;
+ * valid_models: map str -> str, invalid_models: array of str, each absent meaning empty; no
+ * string may hold a NUL (the service packs C strings). When expected_key is not NULL the
+ * config's provider must be it. NULL when malformed or out of memory. */
 provider_t *clone_provider_from_config(const msgpack_object *config, const char *expected_key,
                                        size_t expected_len);
 

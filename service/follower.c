@@ -56,6 +56,7 @@ struct follower_t {
     _Atomic int64_t seen_version;
     _Atomic int64_t seen_contact_ms;
     _Atomic(metrics_t *) metrics;
+    atomic_uint_fast64_t handoffs; /* messages wholly sent on pipe (follower_handoffs) */
     /* The thread's own state. */
     bool stopping;
     bool metrics_synced;
@@ -142,14 +143,22 @@ static int s_send_snapshot(follower_t *self)
         snapshot_destroy(&snap);
         return -1;
     }
-    self->sent_status_version = snap->status_version;
+    /* The snapshot is the front end's now (it may already be freed): not read again. */
+    atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
+    self->sent_status_version = status > 0 ? (uint64_t)status : 0;
     s_publish_gauges(self);
     return 0;
 }
 
-/* 'R' + the caller's routing frames + body: the reply of one forwarded request. */
+/* 'R' + the caller's routing frames + body: the reply of one forwarded request. Counted just
+ * before it is handed over, so that a caller who has the reply finds it in the metrics. */
 static void s_reply(follower_t *self, forward_t *fw, const void *body, size_t size)
 {
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && fw->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), fw->op,
+                                metrics_reply_outcome(body, size),
+                                metrics_now_ns() - fw->received_ns);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < fw->frame_count; i++)
@@ -158,11 +167,8 @@ static void s_reply(follower_t *self, forward_t *fw, const void *body, size_t si
         rc = zmq_send(self->pipe, body, size, 0);
     if (rc < 0)
         log_error("follower: cannot hand a reply to the front end: %s", zmq_strerror(errno));
-    metrics_t *metrics = s_metrics(self);
-    if (metrics && fw->received_ns)
-        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), fw->op,
-                                metrics_reply_outcome(body, size),
-                                metrics_now_ns() - fw->received_ns);
+    else
+        atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
 }
 
 /* The caller gets `unavailable`, "Primary <REQ_EP> did not answer", with its request's id. */
@@ -307,9 +313,12 @@ static void s_handle_event(follower_t *self, zmq_msg_t *frames, int count, int64
             /* The front end has the change before a subscriber of ours hears of it. */
             s_send_snapshot(self);
             s_republish(self, &frames[0], &frames[1]);
-        } else if (what == CLONE_EVENT_HEARTBEAT && clone_synced(self->clone) &&
-                   (uint64_t)clone_status_version(self->clone) != self->sent_status_version) {
-            s_send_snapshot(self); /* health's status_version follows the primary's */
+        } else if (what == CLONE_EVENT_HEARTBEAT && clone_synced(self->clone)) {
+            /* health's status_version follows the primary's (status changes bump no
+             * state_version, so only heartbeats tell). */
+            int64_t status = clone_status_version(self->clone);
+            if (status >= 0 && (uint64_t)status != self->sent_status_version)
+                s_send_snapshot(self);
         }
     } else if (topic_size == 6 && memcmp(topic, "models", 6) == 0) {
         s_republish(self, &frames[0], &frames[1]);
@@ -337,11 +346,12 @@ static void s_handle_primary_reply(follower_t *self, zmq_msg_t *frames, int coun
     size_t size = zmq_msg_size(&frames[2]);
     if (tag && self->snapshot_pending && tag == self->snapshot_tag) {
         self->snapshot_pending = false;
-        if (clone_apply_snapshot(self->clone, body, size, now) == 0)
+        int applied = clone_apply_snapshot(self->clone, body, size, now);
+        s_note_seen(self); /* before the front end can answer from the new state */
+        if (applied == 0)
             s_snapshot_applied(self);
         else
             log_warn("follower: %s gave no usable snapshot; retrying", self->primary);
-        s_note_seen(self);
         return;
     }
     for (size_t i = 0; tag && i < self->forward_count; i++) {
@@ -556,6 +566,7 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     atomic_init(&self->seen_version, -1);
     atomic_init(&self->seen_contact_ms, -1);
     atomic_init(&self->metrics, NULL);
+    atomic_init(&self->handoffs, 0);
     self->heartbeat_ms = cfg->heartbeat_ms >= CONFIG_MIN_HEARTBEAT_MS ? cfg->heartbeat_ms
                                                                       : CONFIG_DEFAULT_HEARTBEAT_MS;
     self->primary = cfg->replica_of ? strdup(cfg->replica_of) : NULL;
@@ -652,6 +663,11 @@ fail:
 const char *follower_endpoint(const follower_t *self)
 {
     return self->endpoint;
+}
+
+const atomic_uint_fast64_t *follower_handoffs(const follower_t *self)
+{
+    return &self->handoffs;
 }
 
 snapshot_t *follower_first_snapshot(follower_t *self)

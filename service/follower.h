@@ -25,6 +25,7 @@
 #include "metrics.h"
 #include "writer.h"
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -50,6 +51,12 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
 
 /* The inproc endpoint the front end connects its PAIR socket to. */
 const char *follower_endpoint(const follower_t *self);
+
+/* How many messages (replies and snapshots) the thread has handed to the front end, counted
+ * after each one is wholly on the pipe, as writer_handoffs: for front_set_handoffs. Every
+ * forwarded request gets exactly one reply (the primary's, or `unavailable`), so the front
+ * end's count of requests in hand comes back to zero. */
+const atomic_uint_fast64_t *follower_handoffs(const follower_t *self);
 
 /* The front end's first snapshot: an empty registry at state_version 0 and epoch "", which the
  * front end never answers from (it says "not yet synchronised" until the first 'S'). Caller

@@ -22,6 +22,7 @@
 #define FRONT_MAX_FRAMES 15       /* routing frames + delimiter + body of one request */
 #define FRONT_STOP_GRACE_MS 1500  /* how long the writer may take to finish at shutdown */
 #define FRONT_REPLY_LINGER_MS 500 /* replies still queued at close get this long to leave */
+#define FRONT_IDLE_WAKE_MS 100    /* front_set_handoffs: longest blocking wait for a request */
 
 /* A provider's ProviderConfig, packed once per provider version: providers are immutable
  * once sealed, and packing a big one (10,000 models) is most of a read's cost otherwise. */
@@ -52,6 +53,11 @@ struct front_t {
     front_primary_seen_fn *seen;
     void *seen_arg;
     bool synced;
+    /* front_set_handoffs: the writer's count of messages sent to us, the number of them we
+     * handled, and the writes handed to the writer whose replies have not come back. */
+    const atomic_uint_fast64_t *handoffs;
+    uint64_t handled;
+    size_t in_flight;
     zmq_msg_t frames[FRONT_MAX_FRAMES];
 };
 
@@ -557,6 +563,7 @@ static int s_forward_write(front_t *self, size_t count, const char *caller)
         if (zmq_msg_send(&self->frames[i], self->pipe, i + 1 < count ? ZMQ_SNDMORE : 0) < 0)
             return -1;
     }
+    self->in_flight++;
     return 0;
 }
 
@@ -577,17 +584,18 @@ static bool s_forwarded(pm_op_t op)
 {
     return op == PM_OP_MODEL_STATUS || op == PM_OP_PROVIDER_STATUS || op == PM_OP_JOB_STATUS;
 }
+static void s_catch_up(front_t *self);
 
 /* One message from a client: all frames are received before any reply is sent. Returns false
  * when none was waiting (the burst in front_run ends there); sets *wrote when it handed a
  * write to the writer (a send on the pipe, after which the pipe must be looked at again). */
-static bool s_handle_client(front_t *self, bool *wrote)
+static bool s_handle_client(front_t *self, int flags, bool *wrote)
 {
     bool overflow;
-    int received =
-        frames_recv(self->router, ZMQ_DONTWAIT, self->frames, FRONT_MAX_FRAMES, &overflow);
+    int received = frames_recv(self->router, flags, self->frames, FRONT_MAX_FRAMES, &overflow);
     if (received <= 0)
         return false;
+    s_catch_up(self);
     size_t count = (size_t)received;
     /* The envelope ends at the first empty frame; a message without one cannot be answered
      * (no REQ or well-behaved DEALER sends that), so it is dropped. */
@@ -684,6 +692,9 @@ static int s_handle_writer(front_t *self)
     zmq_msg_close(&type);
     if (kind == WRITER_MSG_STOP)
         return 1;
+    self->handled++;
+    if (kind == WRITER_MSG_REPLY && self->in_flight > 0)
+        self->in_flight--;
     while (more) {
         zmq_msg_t part;
         zmq_msg_init(&part);
@@ -732,6 +743,20 @@ static void s_elapsed_ms(const struct timespec *since, long *ms)
  * process (and so consume) the very command that announced a new message. Hence the two
  * "look again" flags below. */
 #define FRONT_BURST 64 /* messages from one side before the other side is looked at */
+
+/* With front_set_handoffs: handles what the writer sent since the last look, so that a read
+ * is answered from the newest snapshot. Costs one atomic load when there is nothing (the
+ * usual case): a receive on the pipe would be a poll(2) and a getpid(2) inside libzmq. */
+static void s_catch_up(front_t *self)
+{
+    if (!self->handoffs)
+        return;
+    while (atomic_load_explicit(self->handoffs, memory_order_acquire) != self->handled) {
+        /* Counted after the send: the message is on the pipe, a receive finds it. */
+        if (s_handle_writer(self) != 0)
+            return;
+    }
+}
 
 /* Handles up to FRONT_BURST writer messages. Returns 1 when the writer has stopped, 0 when
  * its pipe is empty, 2 when more may be waiting. *routed says a reply went to the router. */
@@ -791,7 +816,30 @@ int front_run(front_t *self, int stop_fd)
     }
     struct pollfd fds[3] = {{pipe_fd, POLLIN, 0}, {stop_fd, POLLIN, 0}, {router_fd, POLLIN, 0}};
     bool look_pipe = true, look_router = true; /* not known to be empty */
+    int served_blocking = 0;
     for (;;) {
+        if (self->handoffs && self->in_flight == 0) {
+            /* No write in hand, so no caller waits on the writer: wait in a receive on the
+             * request socket alone, as a plain REP server does (one poll(2) inside libzmq
+             * per request instead of three, issue 13). The writer's unsolicited snapshots
+             * are picked up by s_catch_up before the next read, or at the idle wake-up. The
+             * stop pipe is read when a signal interrupts the wait, after FRONT_IDLE_WAKE_MS
+             * of quiet, and every FRONT_BURST requests (a flood cannot hide a stop). */
+            bool wrote = false;
+            bool got = s_handle_client(self, 0, &wrote);
+            if (got && !wrote && ++served_blocking < FRONT_BURST)
+                continue;
+            served_blocking = 0;
+            if (!got)
+                s_catch_up(self);
+            /* After a blocking receive the ZMQ_FD rule above no longer says "empty". */
+            look_pipe = look_router = true;
+            /* Polled first: the stop descriptor need not be non-blocking. */
+            struct pollfd stop = {stop_fd, POLLIN, 0};
+            if (poll(&stop, 1, 0) > 0 && s_signalled_stop(self, stop_fd))
+                break;
+            continue;
+        }
         /* The writer first: its snapshot must be current before the next read is answered. */
         if (look_pipe) {
             bool routed = false;
@@ -803,7 +851,7 @@ int front_run(front_t *self, int stop_fd)
         if (look_router) {
             bool wrote = false;
             int served = 0;
-            while (served < FRONT_BURST && s_handle_client(self, &wrote))
+            while (served < FRONT_BURST && s_handle_client(self, ZMQ_DONTWAIT, &wrote))
                 served++;
             look_router = served == FRONT_BURST;
             if (wrote)
@@ -915,6 +963,19 @@ int front_set_replica(front_t *self, const char *primary_endpoint, front_primary
 void front_set_max_reply(front_t *self, size_t max_bytes)
 {
     self->max_reply = max_bytes;
+}
+
+void front_set_handoffs(front_t *self, const atomic_uint_fast64_t *handoffs)
+{
+    int wake_ms = FRONT_IDLE_WAKE_MS;
+    if (zmq_setsockopt(self->router, ZMQ_RCVTIMEO, &wake_ms, sizeof wake_ms) < 0) {
+        log_warn("front: cannot set the idle wake-up (%s); waiting with poll(2)",
+                 zmq_strerror(errno));
+        return;
+    }
+    /* Every message the writer counted went to this front end's pipe (the writer's sends
+     * wait for a peer), so all of them are still to be handled here: handled starts at 0. */
+    self->handoffs = handoffs;
 }
 
 void front_set_metrics(front_t *self, metrics_t *metrics)

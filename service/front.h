@@ -16,6 +16,7 @@
 #include "writer.h"
 
 #include <stdint.h>
+#include <stdatomic.h>
 
 typedef struct front_t front_t;
 
@@ -36,9 +37,10 @@ typedef bool(front_reload_fn)(void *arg);
 void front_set_reload(front_t *self, front_reload_fn *fn, void *arg);
 
 /* Serves until stop_fd becomes readable with a byte other than FRONT_SIGNAL_RELOAD (the
- * signal self-pipe), then stops taking requests, lets the writer finish the write in hand,
- * delivers its replies and returns 0 (-1 on a socket error). A FRONT_SIGNAL_RELOAD byte runs
- * the reload hook and goes on serving. */
+ * signal self-pipe; with front_set_handoffs it is read after at most FRONT_IDLE_WAKE_MS of
+ * quiet or FRONT_BURST requests, or at once when a signal interrupts the wait), then stops taking
+ * requests, lets the writer finish the write in hand, delivers its replies and returns 0 (-1 on a
+ * socket error). A FRONT_SIGNAL_RELOAD byte runs the reload hook and goes on serving. */
 int front_run(front_t *self, int stop_fd);
 
 /* Lowers the reply limit (PM_PROTO_MAX_REPLY_SIZE by default), so that a test can exercise
@@ -67,6 +69,14 @@ typedef void(front_primary_seen_fn)(void *arg, int64_t *primary_version, int64_t
  * (from seen; NULL: 0 and nil). Call it before front_run. 0, or -1 (out of memory). */
 int front_set_replica(front_t *self, const char *primary_endpoint, front_primary_seen_fn *seen,
                       void *seen_arg);
+
+/* Lets the front end wait the way a plain REP server does: while no write is in hand it blocks
+ * in a receive on the request socket alone, and learns from handoffs (the writer's count of
+ * messages handed over, writer_handoffs) whether the writer sent it anything, without a
+ * system call. Without it (the default) every wait is a poll(2) over the request socket, the
+ * writer's pipe and the stop pipe. Call it before front_run; handoffs must outlive the front
+ * end. See front_run for the stop latency it implies. */
+void front_set_handoffs(front_t *self, const atomic_uint_fast64_t *handoffs);
 
 void front_destroy(front_t **self_p);
 

@@ -2,7 +2,9 @@
  * provider-manager: the daemon. Loads the configuration and the registry (the seed's five
  * layering steps), starts the writer thread (which owns the state, the YAML file, the events
  * socket and discovery), and runs the request front end in this thread until SIGTERM/SIGINT.
- * SIGHUP reloads the config file and the key directories (s_reload) without a restart.
+ * SIGHUP reloads the config file and the key directories (s_reload) without a restart. A read
+ * replica (--replica-of, --replica-events) runs the follower thread in place of the writer and
+ * touches no data dir (s_run_replica).
  *
  * Exit status: 0 clean stop; 1 runtime failure; 2 usage or configuration error (bad flag,
  * unreadable or invalid config file); 3 data directory or providers file unusable (cannot be
@@ -226,7 +228,7 @@ static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics
     bool bind_failed = false;
     if (cfg->overrides.count > 0)
         log_warn("read replica: the config file's providers: section is ignored (%zu "
-                 "providers); the registry is the primary's",
+                 "provider overrides); the registry is the primary's",
                  cfg->overrides.count);
     if (s_install_signals() < 0) {
         log_error("cannot install signal handlers: %s", strerror(errno));
@@ -282,6 +284,7 @@ static int s_run_replica(config_t *cfg, int argc, char **argv, bool with_metrics
         log_error("out of memory");
         goto done;
     }
+    front_set_handoffs(front, follower_handoffs(follower));
     log_info("provider-manager %s: read replica of %s (events %s)", PM_VERSION, cfg->replica_of,
              cfg->replica_events);
     log_info("ready: requests on %s, events on %s", cfg->endpoint, cfg->events_endpoint);
@@ -442,6 +445,7 @@ int main(int argc, char **argv)
         front_set_metrics(front, metrics);
         metrics_set_serving(metrics, true, NULL);
     }
+    front_set_handoffs(front, writer_handoffs(writer));
     s_reload_ctx_t reload = {argc, argv, &cfg, auth, writer};
     front_set_reload(front, s_reload, &reload);
     status = front_run(front, s_signal_pipe[0]) == 0 ? 0 : EXIT_RUNTIME;

@@ -53,7 +53,8 @@ struct writer_t {
     void *ctx;
     pthread_t thread;
     bool thread_started;
-    void *pipe; /* PAIR, bound; used only by the thread once it runs */
+    void *pipe;                    /* PAIR, bound; used only by the thread once it runs */
+    atomic_uint_fast64_t handoffs; /* messages wholly sent on pipe (writer_handoffs) */
     /* The stop signal of writer_stop: a PAIR pair of our own, so that stopping needs neither
      * the front end nor its message format. control is the owner's end, control_peer the
      * thread's; both stay open until writer_destroy. */
@@ -252,6 +253,7 @@ static int s_send_snapshot(writer_t *self)
         snapshot_destroy(&snap);
         return -1;
     }
+    atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
     self->jobs_running_published = running;
     s_publish_gauges(self);
     return 0;
@@ -456,6 +458,12 @@ static void s_send_reply(writer_t *self, pending_t *item)
 {
     /* Changes were checked when applied; this catches every other reply (job_status). */
     s_refuse_oversized(item);
+    /* Counted before the reply leaves: a caller that holds its reply finds it in /metrics. */
+    metrics_t *metrics = s_metrics(self);
+    if (metrics && item->received_ns)
+        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
+                                metrics_reply_outcome(item->reply.data, item->reply.size),
+                                metrics_now_ns() - item->received_ns);
     char type = WRITER_MSG_REPLY;
     int rc = zmq_send(self->pipe, &type, 1, ZMQ_SNDMORE);
     for (size_t i = 0; rc >= 0 && i < item->frame_count; i++)
@@ -464,11 +472,8 @@ static void s_send_reply(writer_t *self, pending_t *item)
         rc = zmq_send(self->pipe, item->reply.data, item->reply.size, 0);
     if (rc < 0)
         log_error("writer: cannot hand a reply to the front end: %s", zmq_strerror(errno));
-    metrics_t *metrics = s_metrics(self);
-    if (metrics && item->received_ns)
-        metrics_request_observe(metrics_requests(metrics, METRICS_SET_WRITER), item->request.op,
-                                metrics_reply_outcome(item->reply.data, item->reply.size),
-                                metrics_now_ns() - item->received_ns);
+    else
+        atomic_fetch_add_explicit(&self->handoffs, 1, memory_order_release);
 }
 
 /* ------------------------------------------------------------------------ operations */
@@ -1660,6 +1665,11 @@ fail:
 const char *writer_epoch(const writer_t *self)
 {
     return self->epoch;
+}
+
+const atomic_uint_fast64_t *writer_handoffs(const writer_t *self)
+{
+    return &self->handoffs;
 }
 
 const char *writer_endpoint(const writer_t *self)

@@ -30,6 +30,7 @@
 #include "config.h"
 #include "metrics.h"
 #include "registry.h"
+#include <stdatomic.h>
 #include <stdint.h>
 
 #define WRITER_MSG_REQUEST 'W'
@@ -84,6 +85,11 @@ const char *writer_endpoint(const writer_t *self);
 
 /* The first snapshot, for the front end (caller owns it). NULL on allocation failure. */
 snapshot_t *writer_first_snapshot(writer_t *self);
+
+/* How many messages (replies and snapshots) the thread has handed to the front end, counted
+ * after each one is wholly on the pipe. A front end that has handled as many knows without a
+ * receive (a system call in libzmq) that the pipe holds nothing for it: front_set_handoffs. */
+const atomic_uint_fast64_t *writer_handoffs(const writer_t *self);
 
 /* Reload (SIGHUP): hands the thread copies of cfg's discovery settings (schedule, list cache
  * duration, thresholds, prune policy), ignore patterns, and the provider overrides of cfg

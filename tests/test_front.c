@@ -102,6 +102,8 @@ static int s_setup(void **state)
                          err, sizeof err);
     assert_non_null(f->front);
     assert_null(first); /* the front took it */
+    /* As the daemon runs it: blocking receives while no write is in hand. */
+    front_set_handoffs(f->front, writer_handoffs(f->writer));
     assert_int_equal(pipe(f->stop_pipe), 0);
     *state = f;
     return 0;
@@ -562,6 +564,7 @@ static void s_fake_snapshot(fixture_t *f)
     assert_non_null(snap);
     snap->status_version = 3;
     snprintf(snap->epoch, sizeof snap->epoch, "00000000000000ab");
+    WRITER_TSAN_RELEASE(snap); /* as the follower does (writer.h) */
     char type = WRITER_MSG_SNAPSHOT;
     assert_int_equal(zmq_send(f->fake, &type, 1, ZMQ_SNDMORE), 1);
     assert_int_equal(zmq_send(f->fake, &snap, sizeof snap, 0), (int)sizeof snap);

@@ -398,6 +398,10 @@ static void test_health_and_keys_of_a_fresh_daemon(void **state)
     assert_int_equal(health->models, 0);
     assert_int_equal(health->jobs_running, 0);
     assert_true(health->uptime_s >= 0.0);
+    assert_non_null(health->role); /* v1.1: a primary says so; lag fields are a replica's */
+    assert_string_equal(health->role, "primary");
+    assert_false(health->has_lag);
+    assert_false(health->has_primary_seen);
 
     assert_int_equal(pmclient_keys(suite->client, &keys), 0);
     assert_true(keys->count > 0);

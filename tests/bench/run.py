@@ -26,6 +26,20 @@ Tables (printed aligned to stdout, also written to <build>/bench/results.json):
      (tests/bench/bench_replica, its own primary inside) at 100,000 models, 1 and 2 reader
      threads, idle and while 1,000 changes per second are applied: p50, p99 and resolutions
      per second per reader thread. Targets: p50 <= 1 us, >= 1,000,000 per second per thread.
+     Then, side by side in rounds (order alternating), the same get_api_for_model_string
+     ("openai/gpt-4o", the realistic shape, at 100,000 models over 100 providers) over the
+     wire from the daemon (tcp, 1 client) and through a replica synced from that daemon in its
+     own process (tests/bench/bench_replica_daemon --mode resolve): p50s and their ratio, the
+     replica process's VmRSS after sync and VmHWM, and `snapshot` over tcp. Targets: replica
+     p50 <= 1 us, >= 1,000,000 per second, RSS and VmHWM < 48 MiB, snapshot median < 0.3 s.
+  L. Visibility: set_provider of small providers paced at 1,000 writes/s in all (1, 4 and 8
+     writer threads), a replica in the writers' process stamping when each write becomes
+     visible: replica applied minus the writer's reply, p50/p99/max, negatives (applied before
+     the reply) counted as 0, the achieved write rate. Target: p99 <= 5 ms at 1,000 writes/s.
+  F. Fan-out: the daemon's get_api_for_model_string p50 (realistic shape, 1 client, tcp)
+     with 0 and 100 replicas subscribed (one helper process, niced; in the "decoy" cell its
+     replicas are subscribed to a second daemon instead, so the machine's load is the same),
+     with no writes and with 50 writes/s; paired per-round ratios. Target: on/decoy <= 1.1x.
   M. Metrics (issue 15): two daemons side by side, metrics off and on (--metrics-endpoint),
      the realistic shape's resolution over ipc, 1 and 8 clients, rounds alternating which
      goes first: throughput and server CPU per request on/off. Targets: within 2% (on/off
@@ -147,13 +161,23 @@ FULL = {
     "bulk_seconds": 5.0,
     "write_requests": 2000,
     "write_seconds": 3.0,
-    "rounds_m": 7,
+    "rounds_m": 9,
     "requests_m1": 10000,  # per client thread
     "requests_m8": 3000,
     "scrape_models": 100000,
     "scrapes": 30,
     "snapshot_models": 100000,
     "snapshot_rounds": 9,
+    "replica_models": 100000,
+    "rounds_rw": 5,
+    "replica_calls": 1000000,
+    "rounds_vis": 3,
+    "vis_writes": 5000,
+    "vis_writers": [1, 4, 8],
+    "rounds_fan": 5,
+    "fanout_replicas": 100,
+    "fanout_write_rate": 50,
+    "fanout_idle_s": 1.0,
 }
 QUICK = {
     "rounds_a": 1,
@@ -181,6 +205,16 @@ QUICK = {
     "scrapes": 3,
     "snapshot_models": 10000,
     "snapshot_rounds": 2,
+    "replica_models": 10000,
+    "rounds_rw": 1,
+    "replica_calls": 20000,
+    "rounds_vis": 1,
+    "vis_writes": 500,
+    "vis_writers": [1, 4],
+    "rounds_fan": 1,
+    "fanout_replicas": 20,
+    "fanout_write_rate": 50,
+    "fanout_idle_s": 0.2,
 }
 
 
@@ -1009,6 +1043,404 @@ def bench_replica(tools, quick, log):
     return runs, targets
 
 
+# ----------------------------------------------------------------------------- tables R, L, F
+# The client replica against the real daemon (issue 14, tests/bench/bench_replica_daemon):
+# R (second part) = the same resolution over the wire and through a replica, side by side,
+# with the replica's own process's RSS and the snapshot it syncs from; L = how soon a write
+# is visible in a replica; F = what 100 subscribed replicas cost the daemon's requests.
+
+REPLICA_TOOL = "bench_replica_daemon"
+VIS_RATE = 1000  # table L: writes per second in all, the issue's setting
+HOLDER_NICE = 10  # table F: the replicas' helper process yields the cores to the daemon
+
+
+def _load():
+    return os.getloadavg()[0]
+
+
+def _json_tool(cmd, what):
+    """Runs a bench tool that prints one JSON object and returns it (BenchError otherwise)."""
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=900)
+    if proc.returncode != 0:
+        raise BenchError("%s failed (exit %d): %s" % (what, proc.returncode,
+                                                      proc.stderr.decode().strip()[-500:]))
+    try:
+        return json.loads(proc.stdout)
+    except ValueError:
+        raise BenchError("%s printed no JSON: %r" % (what, proc.stdout[:200]))
+
+
+def _snapshot_once(zctx, endpoint):
+    """Seconds from sending `snapshot` to its last byte, and the reply's size (not decoded)."""
+    req = zctx.socket(zmq.REQ)
+    req.setsockopt(zmq.LINGER, 0)
+    try:
+        req.connect(endpoint)
+        t0 = time.perf_counter()
+        req.send(_pack_request("snapshot"))
+        if not req.poll(60000, zmq.POLLIN):
+            raise BenchError("no snapshot reply within 60 s")
+        reply = req.recv()
+        seconds = time.perf_counter() - t0
+    finally:
+        req.close()
+    if reply[:5] != b"\x82\xa2ok\xc3":
+        raise BenchError("snapshot failed: %r" % reply[:200])
+    return seconds, len(reply)
+
+
+def bench_replica_wire(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    """Table R, second part: one daemon holding replica_models models over 100 providers plus
+    the realistic shape's provider (last in registry order), on tcp loopback. Per round, order
+    alternating: get_api_for_model_string(openai/gpt-4o) over the wire (bench_client, 1
+    client) and through a replica synced from that daemon in its own process
+    (bench_replica_daemon --mode resolve: the same call, allocating the ProviderConfig as the
+    wire's caller gets it, and pmclient_replica_resolve, the allocation-free form); one
+    `snapshot` over tcp per round. Ratios are wire p50 / replica p50 of the same round."""
+    models, providers = cfg["replica_models"], 100
+    data_dir = os.path.join(tmp, "rw")
+    os.makedirs(data_dir, mode=0o700)
+    regs, _, _ = growth_registry(models, providers)
+    regs += shape_providers(HEADLINE)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), regs)
+    total_models = models + len(HEADLINE["models"])
+    d = Daemon(daemon_bin, data_dir, "tcp://127.0.0.1:%d" % free_port(),
+               os.path.join(tmp, "daemon-rw.log"))
+    op_args = {"model_string": HEADLINE["model_string"]}
+    rounds = []
+    try:
+        d.start(zctx)
+        if d.health is not None and d.health.get("models") != total_models:
+            raise BenchError("daemon loaded %s models, expected %d"
+                             % (d.health.get("models"), total_models))
+        for r in range(cfg["rounds_rw"]):
+            entry = {"load_start": _load()}
+            entry["snapshot_s"], entry["snapshot_bytes"] = _snapshot_once(zctx, d.endpoint)
+            for side in (("wire", "replica") if r % 2 == 0 else ("replica", "wire")):
+                if side == "wire":
+                    entry["wire"] = client.run(d.endpoint, 1, cfg["requests_1"], cfg["warmup"],
+                                               op="get_api_for_model_string", args=op_args,
+                                               label="R wire")
+                else:
+                    c1 = proc_cpu(d.pid)
+                    entry["replica"] = _json_tool(
+                        [os.path.join(tools, REPLICA_TOOL), "--mode", "resolve",
+                         "--endpoint", d.endpoint, "--events", d.events,
+                         "--model-string", HEADLINE["model_string"],
+                         "--expect-provider", HEADLINE["provider"],
+                         "--expect-model", HEADLINE["result"],
+                         "--calls", str(cfg["replica_calls"])], "bench_replica_daemon resolve")
+                    c2 = proc_cpu(d.pid)
+                    # what serving the replica's sync cost the daemon (its snapshot, mostly)
+                    entry["daemon_cpu_ms_replica"] = ((c2[0] - c1[0]) / 1e6
+                                                      if c1[0] is not None else None)
+            rep, wire = entry["replica"], entry["wire"]
+            if rep["models"] != total_models:
+                raise BenchError("replica holds %d models, expected %d"
+                                 % (rep["models"], total_models))
+            entry["ratio_get"] = wire["p50_us"] * 1000.0 / max(rep["get_p50_ns"], 1)
+            entry["ratio_resolve"] = wire["p50_us"] * 1000.0 / max(rep["resolve_p50_ns"], 1)
+            entry["load_end"] = _load()
+            rounds.append(entry)
+            log(".")
+    finally:
+        d.stop()
+    log("\n")
+
+    def med(path):
+        out = []
+        for e in rounds:
+            v = e
+            for k in path:
+                v = v[k]
+            out.append(v)
+        return median(out)
+    res = {"models": total_models, "providers": providers + 1 + WRITERS,
+           "model_string": HEADLINE["model_string"], "rounds": rounds,
+           "wire_p50_us": med(["wire", "p50_us"]), "wire_p99_us": med(["wire", "p99_us"]),
+           "wire_rps": med(["wire", "rps"]),
+           "get_p50_ns": med(["replica", "get_p50_ns"]),
+           "get_p99_ns": med(["replica", "get_p99_ns"]),
+           "resolve_p50_ns": med(["replica", "resolve_p50_ns"]),
+           "resolve_p99_ns": med(["replica", "resolve_p99_ns"]),
+           "resolve_rps": med(["replica", "resolve_rps"]),
+           "ratio_get": med(["ratio_get"]), "ratio_resolve": med(["ratio_resolve"]),
+           "sync_ms": med(["replica", "sync_ms"]),
+           "rss_sync_kib": med(["replica", "rss_sync_kib"]),
+           "hwm_sync_kib": med(["replica", "hwm_sync_kib"]),
+           "rss_end_kib": med(["replica", "rss_end_kib"]),
+           "snapshot_first_s": rounds[0]["snapshot_s"],
+           "snapshot_s": med(["snapshot_s"]), "snapshot_bytes": rounds[-1]["snapshot_bytes"],
+           "load": [min(e["load_start"] for e in rounds), max(e["load_end"] for e in rounds)]}
+    rows = [["wire (daemon, tcp, 1 client)", fmt_us(res["wire_p50_us"]),
+             fmt_us(res["wire_p99_us"]), fmt_int(res["wire_rps"]), "1.00x", ""],
+            ["replica get_api_for_model_string", "%.3f" % (res["get_p50_ns"] / 1000.0),
+             "%.3f" % (res["get_p99_ns"] / 1000.0), "-", "%.0fx" % res["ratio_get"],
+             fmt_spread([e["ratio_get"] for e in rounds])],
+            ["replica resolve (no allocation)", "%.3f" % (res["resolve_p50_ns"] / 1000.0),
+             "%.3f" % (res["resolve_p99_ns"] / 1000.0), fmt_int(res["resolve_rps"]),
+             "%.0fx" % res["ratio_resolve"],
+             fmt_spread([e["ratio_resolve"] for e in rounds])]]
+    print_table("R (wire vs replica). get_api_for_model_string(%r) at %s models, over the wire "
+                "and through a replica\n  synced from the same daemon, side by side (%d rounds, "
+                "order alternating, medians; load %.2f-%.2f)"
+                % (HEADLINE["model_string"], fmt_int(total_models), len(rounds),
+                   res["load"][0], res["load"][1]),
+                ["path", "p50 us", "p99 us", "calls/s", "wire/path p50", "rounds"], rows)
+    print("  the replica in its own process (bench_replica_daemon, nothing else in it): sync "
+          "%.0f ms, VmRSS after sync %s MiB,\n  VmHWM %s MiB (after the timed calls, the bench's "
+          "timing arrays included: RSS %s MiB); snapshot over tcp:\n  first %.3f s, median "
+          "%.3f s, %.1f MiB"
+          % (res["sync_ms"], fmt_mib(res["rss_sync_kib"]), fmt_mib(res["hwm_sync_kib"]),
+             fmt_mib(res["rss_end_kib"]), res["snapshot_first_s"], res["snapshot_s"],
+             res["snapshot_bytes"] / MIB))
+    targets = [
+        {"name": "replica resolve p50 vs daemon at %s models" % fmt_int(total_models),
+         "value": res["resolve_p50_ns"], "unit": "ns", "target": "<= 1000",
+         "pass": res["resolve_p50_ns"] <= 1000},
+        {"name": "replica resolutions/s, 1 thread, vs daemon", "value": res["resolve_rps"],
+         "unit": "/s", "target": ">= 1000000", "pass": res["resolve_rps"] >= 1000000},
+        {"name": "replica process RSS after sync, %s models" % fmt_int(total_models),
+         "value": res["rss_sync_kib"] / 1024.0, "unit": "MiB", "target": "< 48 MiB",
+         "pass": res["rss_sync_kib"] < 48 * 1024},
+        {"name": "replica process VmHWM, %s models" % fmt_int(total_models),
+         "value": res["hwm_sync_kib"] / 1024.0, "unit": "MiB", "target": "< 48 MiB",
+         "pass": res["hwm_sync_kib"] < 48 * 1024},
+        {"name": "snapshot of %s models over tcp, median" % fmt_int(total_models),
+         "value": res["snapshot_s"], "unit": "s", "target": "< 0.3 s",
+         "pass": res["snapshot_s"] < 0.3},
+    ]
+    print_targets("R (wire vs replica) targets", targets)
+    return res, targets
+
+
+def bench_visibility(cfg, tools, daemon_bin, tmp, zctx, log):
+    """Table L: a daemon on tcp loopback holding the realistic shape; per round and writer
+    count (order alternating), bench_replica_daemon --mode visibility: set_provider paced at
+    1,000 writes/s in all, a replica in the same process; visibility = replica applied minus
+    writer's reply. Medians over the rounds."""
+    data_dir = os.path.join(tmp, "vis")
+    os.makedirs(data_dir, mode=0o700)
+    write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(HEADLINE))
+    d = Daemon(daemon_bin, data_dir, "tcp://127.0.0.1:%d" % free_port(),
+               os.path.join(tmp, "daemon-vis.log"))
+    writer_counts = cfg["vis_writers"]
+    runs = {w: [] for w in writer_counts}
+    try:
+        d.start(zctx)
+        for r in range(cfg["rounds_vis"]):
+            for w in (writer_counts if r % 2 == 0 else list(reversed(writer_counts))):
+                load0 = _load()
+                res = _json_tool(
+                    [os.path.join(tools, REPLICA_TOOL), "--mode", "visibility",
+                     "--endpoint", d.endpoint, "--events", d.events, "--writers", str(w),
+                     "--rate", str(VIS_RATE), "--writes", str(cfg["vis_writes"]),
+                     "--warmup", "50"], "bench_replica_daemon visibility")
+                res["load_start"], res["load_end"] = load0, _load()
+                runs[w].append(res)
+                log(".")
+    finally:
+        d.stop()
+    log("\n")
+    rows, out, targets = [], [], []
+    sustained = []
+    for w in writer_counts:
+        rs = runs[w]
+        e = {"writers": w, "rounds": rs}
+        for k in ("achieved_rate", "write_p50_us", "write_p99_us", "vis_p50_us", "vis_p99_us",
+                  "vis_max_us", "negative", "most_negative_us", "late_sends"):
+            e[k] = median([x[k] for x in rs])
+        e["writes"] = rs[0]["writes"]
+        e["missing"] = sum(x["missing"] for x in rs)
+        e["by_snapshot"] = sum(x["by_snapshot"] for x in rs)
+        e["resnapshots"] = sum(x["resnapshots"] for x in rs)
+        e["load"] = [min(x["load_start"] for x in rs), max(x["load_end"] for x in rs)]
+        e["sustained"] = e["achieved_rate"] >= 0.95 * VIS_RATE
+        if e["sustained"]:
+            sustained.append(w)
+        out.append(e)
+        rows.append([str(w), fmt_int(e["writes"]), fmt_int(e["achieved_rate"]),
+                     "%.2f" % (e["write_p50_us"] / 1000), "%.2f" % (e["write_p99_us"] / 1000),
+                     "%.3f" % (e["vis_p50_us"] / 1000), "%.3f" % (e["vis_p99_us"] / 1000),
+                     fmt_spread([x["vis_p99_us"] / 1000 for x in rs]),
+                     "%.2f" % (e["vis_max_us"] / 1000),
+                     "%d (%.0f%%)" % (e["negative"], 100.0 * e["negative"] / max(e["writes"], 1)),
+                     "%d/%d" % (e["missing"], e["by_snapshot"]),
+                     "%.1f-%.1f" % tuple(e["load"])])
+        targets.append({"name": "visibility p99, %d writer(s), %s writes/s achieved"
+                                % (w, fmt_int(e["achieved_rate"])),
+                        "value": e["vis_p99_us"] / 1000.0, "unit": "ms", "target": "<= 5 ms",
+                        "pass": e["vis_p99_us"] <= 5000 and e["missing"] == 0})
+    print_table("L. Visibility: set_provider paced at %s writes/s in all, replica applied minus "
+                "writer's reply (%d rounds, medians;\n  tcp loopback, each write persisted "
+                "before its reply)" % (fmt_int(VIS_RATE), cfg["rounds_vis"]),
+                ["writers", "writes", "achieved/s", "write p50 ms", "write p99 ms",
+                 "vis p50 ms", "vis p99 ms", "p99 rounds", "vis max ms", "before reply",
+                 "missing/by snap", "load"], rows)
+    print("  before reply: writes the replica applied before the writer had its reply "
+          "(counted as 0); missing: never\n  seen by the replica; by snap: made visible by a "
+          "re-snapshot rather than their event.")
+    targets.append({"name": "1,000 writes/s sustained (writers: %s)"
+                            % (",".join(str(w) for w in sustained) or "none"),
+                    "value": max(e["achieved_rate"] for e in out), "unit": "/s",
+                    "target": ">= 950", "pass": bool(sustained)})
+    print_targets("L targets", targets)
+    return out, targets
+
+
+def bench_fanout(cfg, tools, daemon_bin, tmp, zctx, client, log):
+    """Table F: the daemon on tcp loopback with the realistic shape; its request p50 (1
+    client) while one helper process (bench_replica_daemon --mode hold) holds fanout_replicas
+    replicas, with no writes and with fanout_write_rate writes/s from that helper (so the PUB
+    fan-out of `changed` events runs during the requests). Three cells per round, order
+    alternating:
+      none:  the helper holds no replica (only its writer);
+      decoy: the helper's replicas are subscribed to a SECOND daemon (same registry, same
+             writes): the machine carries the same helper load, the measured daemon has no
+             subscriber;
+      on:    the helper's replicas are subscribed to the measured daemon.
+    Both daemons get the same writes in every cell. on/decoy is the subscribers' cost to the
+    daemon (the target); on/none also holds what the helper's own threads take from the two
+    shared cores of this machine. Paired per-round ratios, medians."""
+    n_max = cfg["fanout_replicas"]
+    op_args = {"model_string": HEADLINE["model_string"]}
+    daemons = []
+    for tag in ("fan", "fan-decoy"):
+        data_dir = os.path.join(tmp, tag)
+        os.makedirs(data_dir, mode=0o700)
+        write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(HEADLINE))
+        daemons.append(Daemon(daemon_bin, data_dir, "tcp://127.0.0.1:%d" % free_port(),
+                              os.path.join(tmp, "daemon-%s.log" % tag)))
+    d, decoy = daemons
+    samples = {}  # (rate, cell) -> [result]
+
+    def cell(rate, kind):
+        target, other = (decoy, d) if kind == "decoy" else (d, decoy)
+        replicas = 0 if kind == "none" else n_max
+        # niced: on this 2-core machine the helper's own threads (each idle replica wakes every
+        # 20 ms) would otherwise take cores from the daemon, a cost of the bench's layout (in
+        # production replicas run in other processes, mostly on other machines), not of the
+        # daemon's fan-out; the decoy cell measures what is left of it, its CPU is reported.
+        holder = subprocess.Popen(
+            [os.path.join(tools, REPLICA_TOOL), "--mode", "hold", "--endpoint",
+             target.endpoint, "--events", target.events, "--also-write", other.endpoint,
+             "--replicas", str(replicas), "--rate", str(rate)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            preexec_fn=lambda: os.nice(HOLDER_NICE))
+        try:
+            line = holder.stdout.readline()
+            try:
+                ready = json.loads(line)
+            except ValueError:
+                raise BenchError("bench_replica_daemon hold did not get ready: %s"
+                                 % holder.stderr.read().decode().strip()[-300:])
+            time.sleep(0.2)  # the replicas' first heartbeats and the writer's first writes
+            # The daemon's CPU without requests: heartbeats and, with writes, the commits and
+            # the fan-out of their events to every subscriber; what the replicas cost the
+            # daemon itself, apart from the cores the helper takes from it.
+            i0, it0 = proc_cpu(d.pid), time.perf_counter()
+            time.sleep(cfg["fanout_idle_s"])
+            i1, it1 = proc_cpu(d.pid), time.perf_counter()
+            idle_ms_per_s = ((i1[0] - i0[0]) / 1e6 / (it1 - it0)
+                             if i0[0] is not None and i1[0] is not None else None)
+            c0, h0, t0 = proc_cpu(d.pid), proc_cpu(holder.pid), time.perf_counter()
+            res = client.run(d.endpoint, 1, cfg["requests_1"], cfg["warmup"],
+                             op="get_api_for_model_string", args=op_args,
+                             label="F %s %d writes/s" % (kind, rate))
+            c1, h1, t1 = proc_cpu(d.pid), proc_cpu(holder.pid), time.perf_counter()
+            served = res["requests"] + cfg["warmup"]
+            res["cpu_us_per_req"] = ((c1[0] - c0[0]) / 1000.0 / served
+                                     if c0[0] is not None else None)
+            # the helper's CPU share of one core over the requests' window
+            res["holder_cpu_share"] = ((h1[0] - h0[0]) / 1e9 / (t1 - t0)
+                                       if h0[0] is not None and h1[0] is not None else None)
+            holder.send_signal(signal.SIGTERM)
+            out, err = holder.communicate(timeout=60)
+            if holder.returncode != 0:
+                raise BenchError("bench_replica_daemon hold failed: %s"
+                                 % err.decode().strip()[-300:])
+            res["holder"] = json.loads(out)
+            res["holder_ready"] = ready
+            res["idle_cpu_ms_per_s"] = idle_ms_per_s
+            return res
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait()
+            holder.stdout.close()
+            holder.stderr.close()
+
+    kinds = ["none", "decoy", "on"]
+    load0 = _load()
+    try:
+        for x in daemons:
+            x.start(zctx)
+        for r in range(cfg["rounds_fan"]):
+            for rate in (0, cfg["fanout_write_rate"]):
+                for kind in (kinds if r % 2 == 0 else list(reversed(kinds))):
+                    samples.setdefault((rate, kind), []).append(cell(rate, kind))
+                    log(".")
+    finally:
+        for x in daemons:
+            x.stop()
+    log("\n")
+    load1 = _load()
+
+    def paired(a, b, key):
+        return [x[key] / y[key] for x, y in zip(a, b) if x[key] and y[key]]
+
+    rows, out, targets = [], [], []
+    labels = {"none": "0", "decoy": "0 (%d on a 2nd daemon)" % n_max, "on": str(n_max)}
+    for rate in (0, cfg["fanout_write_rate"]):
+        runs = {k: samples[(rate, k)] for k in kinds}
+        e = {"write_rate": rate, "replicas": n_max, "cells": runs}
+        for base in ("decoy", "none"):
+            e["ratios_vs_" + base] = paired(runs["on"], runs[base], "p50_us")
+            e["ratio_vs_" + base] = median(e["ratios_vs_" + base])
+            e["cpu_ratios_vs_" + base] = paired(runs["on"], runs[base], "cpu_us_per_req")
+            e["cpu_ratio_vs_" + base] = median(e["cpu_ratios_vs_" + base])
+        for k in kinds:
+            xs = runs[k]
+            rows.append([str(rate), labels[k], fmt_us(median([x["p50_us"] for x in xs])),
+                         fmt_us(median([x["p99_us"] for x in xs])),
+                         fmt_int(median([x["rps"] for x in xs])),
+                         fmt_us(median([x["cpu_us_per_req"] for x in xs])),
+                         "%.1f" % (median([x["idle_cpu_ms_per_s"] for x in xs]) or 0),
+                         "%.0f%%" % (100 * (median([x["holder_cpu_share"] for x in xs]) or 0)),
+                         fmt_int(median([x["holder"]["events_applied"] for x in xs])),
+                         "%d/%d" % (min(x["holder"]["caught_up"] for x in xs),
+                                    0 if k == "none" else n_max),
+                         "" if k != "on" else "%s [%s]" % (fmt_ratio(e["ratio_vs_decoy"]),
+                                                          fmt_spread(e["ratios_vs_decoy"])),
+                         "" if k != "on" else "%s [%s]" % (fmt_ratio(e["ratio_vs_none"]),
+                                                          fmt_spread(e["ratios_vs_none"])),
+                         "" if k != "on" else "%s / %s" % (fmt_ratio(e["cpu_ratio_vs_decoy"]),
+                                                          fmt_ratio(e["cpu_ratio_vs_none"]))])
+        out.append(e)
+        targets.append({"name": "request p50, %d replicas / none (decoy), %d writes/s"
+                                % (n_max, rate), "value": e["ratio_vs_decoy"], "unit": "x",
+                        "target": "<= 1.1", "pass": e["ratio_vs_decoy"] is not None and
+                        e["ratio_vs_decoy"] <= 1.1})
+    print_table("F. Fan-out: get_api_for_model_string(%r) from 1 client over tcp, with 0 and "
+                "%d replicas subscribed\n  (one helper process; %d rounds, order alternating, "
+                "medians; ratios of paired rounds [min-max]; load %.2f-%.2f)"
+                % (HEADLINE["model_string"], n_max, cfg["rounds_fan"], load0, load1),
+                ["writes/s", "replicas", "p50 us", "p99 us", "req/s", "daemon cpu us/req",
+                 "daemon cpu ms/s idle", "helper cpu", "events applied", "caught up",
+                 "p50 / decoy (<= 1.1)", "p50 / none", "cpu/req / decoy / none"], rows)
+    print("  0 (%d on a 2nd daemon): the helper holds its replicas on another daemon (same "
+          "registry and writes): same load\n  on the machine, no subscriber on the measured "
+          "one; that pairing is the target's. daemon cpu idle: its CPU\n  time per second "
+          "over %.1f s without requests, before them (heartbeats, commits, fan-out); helper "
+          "cpu: the\n  replicas' process (nice %d), share of one core during the requests; "
+          "events applied: by all its replicas\n  together during the cell; caught up: "
+          "replicas at their daemon's last state_version when the cell ended."
+          % (n_max, cfg["fanout_idle_s"], HOLDER_NICE))
+    print_targets("F targets", targets)
+    return {"cells": out, "load": [load0, load1]}, targets
+
+
 # ----------------------------------------------------------------------------- tables J, V, D
 # Model status (issue 11): J = persisting status changes vs the providers file (bench_status),
 # V = a verification job's wall time vs its ideal (bench_discovery --verify), D = read latency
@@ -1499,19 +1931,23 @@ def bench_metrics(cfg, tools, daemon_bin, tmp, zctx, client, log):
     """Table M: metrics off vs on side by side, and a scrape of a big registry."""
     shape = HEADLINE
     op_args = {"model_string": shape["model_string"]}
-    daemons, samples = {}, {}
-    try:
-        for mode in ("off", "on"):
-            data_dir = os.path.join(tmp, "m-" + mode)
-            os.makedirs(data_dir, mode=0o700)
-            write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(shape))
-            extra = (["--metrics-endpoint", "127.0.0.1:%d" % free_port()] if mode == "on"
-                     else [])
-            d = Daemon(daemon_bin, data_dir, "ipc://%s/m-%s.sock" % (tmp, mode),
-                       os.path.join(tmp, "daemon-m.log"), extra_args=extra)
-            daemons[mode] = d
-            d.start(zctx)
-        for r in range(cfg["rounds_m"]):
+    samples = {}
+    # A fresh pair of daemons every round: one process can sit a few per cent faster or slower
+    # than another for reasons of its own (where its memory and threads landed), a bias that
+    # alternating the order within one pair cannot cancel. Across rounds it averages out.
+    for r in range(cfg["rounds_m"]):
+        daemons = {}
+        try:
+            for mode in ("off", "on") if r % 2 == 0 else ("on", "off"):
+                data_dir = os.path.join(tmp, "m-%s-%d" % (mode, r))
+                os.makedirs(data_dir, mode=0o700)
+                write_yaml(os.path.join(data_dir, PROVIDERS_FILE), shape_providers(shape))
+                extra = (["--metrics-endpoint", "127.0.0.1:%d" % free_port()] if mode == "on"
+                         else [])
+                d = Daemon(daemon_bin, data_dir, "ipc://%s/m-%s-%d.sock" % (tmp, mode, r),
+                           os.path.join(tmp, "daemon-m.log"), extra_args=extra)
+                daemons[mode] = d
+                d.start(zctx)
             for clients in (1, 8):
                 for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
                     d = daemons[mode]
@@ -1526,9 +1962,9 @@ def bench_metrics(cfg, tools, daemon_bin, tmp, zctx, client, log):
                                              if c0[0] is not None else None)
                     samples.setdefault((mode, clients), []).append(res)
                     log(".")
-    finally:
-        for d in daemons.values():
-            d.stop()
+        finally:
+            for d in daemons.values():
+                d.stop()
     # A scrape of a daemon that holds scrape_models models (100 providers).
     providers, _, _ = growth_registry(cfg["scrape_models"], 100)
     data_dir = os.path.join(tmp, "m-scrape")
@@ -1575,7 +2011,8 @@ def bench_metrics(cfg, tools, daemon_bin, tmp, zctx, client, log):
         targets.append({"name": "metrics on/off CPU/request, %d client(s)" % clients,
                         "value": entry["cpu_ratio"], "unit": "x", "target": "<= 1.02",
                         "pass": entry["cpu_ratio"] is not None and entry["cpu_ratio"] <= 1.02})
-    print_table("M. Metrics off vs on, side by side (%s shape, ipc; medians of %d rounds)"
+    print_table("M. Metrics off vs on, side by side (%s shape, ipc; medians of %d rounds, "
+                "a fresh pair of daemons each round)"
                 % (shape["name"], cfg["rounds_m"]),
                 ["clients", "metrics", "req/s", "p50 us", "CPU us/req", "tput on/off",
                  "CPU on/off"], rows)
@@ -1736,6 +2173,8 @@ def print_targets(title, targets):
             shown = "%.2f %%" % v
         elif t["unit"] == "MiB":
             shown = "%.1f MiB" % v
+        elif t["unit"] == "ms":
+            shown = "%.2f ms" % v
         else:
             shown = "%s %s" % (fmt_int(v), t["unit"])
         rows.append([t["name"], shown, t["target"], verdict(t["pass"])])
@@ -1821,7 +2260,7 @@ def main():
     ap.add_argument("--build", default="build", help="CMake build directory (default: build)")
     ap.add_argument("--quick", action="store_true", help="tiny counts: a smoke run (< 20 s)")
     ap.add_argument("--out", help="results file (default: <build>/bench/results.json)")
-    ap.add_argument("--only", choices=["a", "b", "c", "r", "m", "s", "j", "v", "d"],
+    ap.add_argument("--only", choices=["a", "b", "c", "r", "l", "f", "m", "s", "j", "v", "d"],
                     action="append",
                     help="run only these tables (repeatable; W comes with B)")
     ap.add_argument("--daemon", help="the provider-manager binary to measure (default: the "
@@ -1839,14 +2278,14 @@ def main():
                   else os.path.join(build, "service", "provider-manager"))
     for path in (daemon_bin, os.path.join(tools, "bench_echo"),
                  os.path.join(tools, "bench_client"), os.path.join(tools, "bench_registry"),
-                 os.path.join(tools, "bench_replica")):
+                 os.path.join(tools, "bench_replica"), os.path.join(tools, REPLICA_TOOL)):
         if not os.access(path, os.X_OK):
             sys.stderr.write("run.py: %s is missing: run `cmake --build %s --target bench-tools`"
                              "\n" % (path, opts.build))
             return 2
     out_path = opts.out or os.path.join(build, "bench", "results.json")
     cfg = QUICK if opts.quick else FULL
-    only = set(opts.only or ["a", "b", "c", "r", "m", "s", "j", "v", "d"])
+    only = set(opts.only or ["a", "b", "c", "r", "l", "f", "m", "s", "j", "v", "d"])
 
     def log(text):
         sys.stderr.write(text)
@@ -1903,6 +2342,17 @@ def main():
             log("R: client replica ")
             results["replica"], results["replica_targets"] = bench_replica(tools, opts.quick,
                                                                            log)
+            log("R: wire vs replica ")
+            results["replica_wire"], results["replica_wire_targets"] = bench_replica_wire(
+                cfg, tools, daemon_bin, tmp, zctx, client, log)
+        if "l" in only:
+            log("L: visibility ")
+            results["visibility"], results["visibility_targets"] = bench_visibility(
+                cfg, tools, daemon_bin, tmp, zctx, log)
+        if "f" in only:
+            log("F: fan-out ")
+            results["fanout"], results["fanout_targets"] = bench_fanout(
+                cfg, tools, daemon_bin, tmp, zctx, client, log)
         if "m" in only:
             log("M: metrics off/on ")
             results["metrics"], results["metrics_targets"] = bench_metrics(
@@ -1940,7 +2390,8 @@ def main():
         results["request_errors"] = errors
         status = 1
     all_targets = [t for k in ("request_path_targets", "in_process_targets", "growth_targets",
-                               "write_targets", "replica_targets",
+                               "write_targets", "replica_targets", "replica_wire_targets",
+                               "visibility_targets", "fanout_targets",
                                "metrics_targets", "snapshot_targets")
                    for t in results.get(k, [])]
     if results.get("discovery", {}).get("target"):

@@ -4,8 +4,10 @@ outputs are committed, rerun after changing the seeds):
 
   corpus/request/*.mp   requests (msgpack), several in one input separated by 0xc1
   corpus/yaml/*.yaml    providers files and config files
+  corpus/clone/*.mp     a snapshot reply, then events (msgpack), separated by 0xc1
   request.dict          libFuzzer dictionary: op names, argument names, envelope keys
   yaml.dict             libFuzzer dictionary: the files' keys and YAML syntax
+  clone.dict            libFuzzer dictionary: snapshot and event keys
 
 Needs Debian's python3-msgpack.
 """
@@ -176,6 +178,42 @@ providers:
     "bad_indent": "providers:\n  a:\n   name: x\n  base_api_url: y\n",
 }
 
+def snap(version, providers, epoch="e1"):
+    return pack({"id": 1, "ok": True, "result": {"state_version": version, "status_version": 1,
+                                                 "epoch": epoch, "providers": providers}})
+
+
+def changed(version, keys, configs, epoch="e1"):
+    return pack({"event": "changed", "providers": keys, "configs": configs,
+                 "state_version": version, "epoch": epoch, "by": "admin"})
+
+
+def beat(version, epoch="e1"):
+    return pack({"event": "heartbeat", "state_version": version, "status_version": 1,
+                 "epoch": epoch})
+
+
+ACME2 = dict(ACME, valid_models={"m-9": "nine"}, api_key=None)
+BETA = {"provider": "beta", "name": "Beta", "base_api_url": "https://beta/v1", "api_key": None,
+        "valid_models": {}, "invalid_models": []}
+CLONE = {
+    "apply": SEP.join([snap(3, [ACME]), changed(4, ["beta"], [BETA]),
+                       changed(5, ["acme"], [ACME2]), beat(5)]),
+    "remove": SEP.join([snap(7, [ACME, BETA]), changed(8, ["acme"], [None]), beat(8)]),
+    "gap": SEP.join([snap(3, [ACME]), changed(6, ["beta"], [BETA]), snap(6, [ACME, BETA])]),
+    "epoch": SEP.join([snap(3, [ACME]), beat(1, "e2"), snap(1, [BETA], "e2")]),
+    "ahead": SEP.join([snap(3, [ACME]), beat(9), snap(9, [])]),
+    "wrong_key": SEP.join([snap(3, [ACME]), changed(4, ["beta"], [ACME])]),
+    "models_event": SEP.join([snap(3, [ACME]), pack({"event": "models", "provider": "acme",
+                                                     "models": [], "status_version": 2})]),
+    "error_reply": pack({"id": 1, "ok": False, "error": {"code": "unavailable",
+                                                          "message": "x"}}),
+}
+
+CLONE_WORDS = ["id", "ok", "result", "state_version", "status_version", "epoch", "providers",
+               "configs", "event", "changed", "heartbeat", "models", "by", "provider", "name",
+               "base_api_url", "api_key", "valid_models", "invalid_models", "acme", "beta"]
+
 DICT_WORDS = ["op", "args", "id", "provider_name", "model_string", "filter_by_provider",
               "long_name", "short_name", "name", "provider", "base_api_url", "api_key",
               "valid_models", "invalid_models", "force_refresh", "persist_on_success", "job",
@@ -207,7 +245,8 @@ def dict_line(data):
 def main():
     req_dir = os.path.join(HERE, "corpus", "request")
     yaml_dir = os.path.join(HERE, "corpus", "yaml")
-    for d in (req_dir, yaml_dir):
+    clone_dir = os.path.join(HERE, "corpus", "clone")
+    for d in (req_dir, yaml_dir, clone_dir):
         os.makedirs(d, exist_ok=True)
     for name, data in sorted(REQUESTS.items()):
         with open(os.path.join(req_dir, name + ".mp"), "wb") as f:
@@ -221,12 +260,20 @@ def main():
     lines.append(dict_line(SEP))
     with open(os.path.join(HERE, "request.dict"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
+    for name, data in sorted(CLONE.items()):
+        with open(os.path.join(clone_dir, name + ".mp"), "wb") as f:
+            f.write(data)
+    lines = ["# libFuzzer dictionary for fuzz_clone (written by make_corpus.py)"]
+    lines += [dict_line(pack(word)) for word in CLONE_WORDS]
+    lines.append(dict_line(SEP))
+    with open(os.path.join(HERE, "clone.dict"), "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
     lines = ["# libFuzzer dictionary for fuzz_yaml (written by make_corpus.py)"]
     lines += [dict_line(w.encode("utf-8")) for w in YAML_WORDS]
     with open(os.path.join(HERE, "yaml.dict"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
-    print("wrote %d request seeds, %d yaml seeds, request.dict, yaml.dict"
-          % (len(REQUESTS), len(YAML)))
+    print("wrote %d request seeds, %d yaml seeds, %d clone seeds, request.dict, yaml.dict, "
+          "clone.dict" % (len(REQUESTS), len(YAML), len(CLONE)))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ rm -rf "$out"
 mkdir -p "$out"
 status=0
 
-for target in request yaml; do
+for target in request yaml clone; do
     bin=$build/tests/fuzz/fuzz_$target
     if [ ! -x "$bin" ]; then
         echo "fuzz: $bin is missing (configure with -DPM_FUZZ=ON, clang)" >&2

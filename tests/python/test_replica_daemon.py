@@ -36,7 +36,7 @@ import zmq
 
 import pmharness as h
 import pmmetrics
-from test_security import CurveClient, keygen
+from test_security import CurveClient, keygen, run_pmctl
 
 HEARTBEAT_MS = 100  # fast heartbeats: silence is noticed after 3 x this
 CONVERGE_TIMEOUT = 10.0 * h.TIMEOUT_SCALE
@@ -194,6 +194,20 @@ class TestReplicaDaemon(ReplicaTestCase):
         self.assertLessEqual(h.HEALTH_KEYS, set(health))
         self.assertEqual(set(health) - h.HEALTH_KEYS, {"lag_versions", "primary_seen_s"})
         self.assertEqual(pc.ok("health")["role"], "primary")
+        # pmctl health shows the role and, on a replica, its lag and last contact.
+        shown = run_pmctl(["--endpoint", r.endpoint, "health"])
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        fields = dict(line.split(None, 1) for line in shown.stdout.decode().splitlines()
+                      if line.strip())
+        self.assertEqual(fields.get("role"), "replica")
+        self.assertEqual(fields.get("lag_versions"), "0")
+        self.assertRegex(fields.get("primary_seen_s", ""), r"^\d+\.\d{3}$")
+        shown = run_pmctl(["--endpoint", p.endpoint, "health"])
+        self.assertEqual(shown.returncode, 0, shown.stderr)
+        fields = dict(line.split(None, 1) for line in shown.stdout.decode().splitlines()
+                      if line.strip())
+        self.assertEqual(fields.get("role"), "primary")
+        self.assertNotIn("lag_versions", fields)
 
         before = pc.ok("snapshot")
         message = "Read-only replica; send writes to %s" % p.endpoint
@@ -253,6 +267,30 @@ class TestReplicaDaemon(ReplicaTestCase):
                 beats.append(got[1])
         self.assertEqual(len(beats), 3, beats)
         self.assertTrue(all(b["state_version"] == version for b in beats), beats)
+        self.stop_clean(r)
+        self.stop_clean(p)
+
+    def test_burst_of_writes_converges_byte_for_byte(self):
+        p = self.primary()
+        pc = p.client()
+        r = self.replica(p)
+        rc = r.client()
+        self.wait_converged(pc, rc)
+
+        def writer(i):
+            c = p.client()
+            for n in range(50):
+                key = "burst-%d-%d" % (i, n % 10)
+                if n % 7 == 6:
+                    c.ok("remove_provider", {"provider": key})
+                else:
+                    c.ok("set_provider", {"provider": key, "name": "B %d" % n,
+                                          "base_api_url": "https://b.example.test/v1",
+                                          "valid_models": {"m%d" % n: "s%d" % n}})
+        self.assertEqual(h.run_threads(writer, 4), [])
+        self.wait_converged(pc, rc)
+        body = h.request_bytes("snapshot", {}, id=1)
+        self.assertEqual(pc.send_raw(body), rc.send_raw(body))
         self.stop_clean(r)
         self.stop_clean(p)
 
@@ -401,6 +439,41 @@ class TestReplicaDaemon(ReplicaTestCase):
         self.stop_clean(r)
         self.stop_clean(p)
 
+    def test_config_providers_are_ignored_on_a_replica(self):
+        p = self.primary()
+        pc = p.client()
+        self.fill(pc, ("alpha",))
+        d = Node(config="providers:\n  pinned:\n    name: Pinned\n"
+                        "    base_api_url: https://pinned.example.test/v1\n",
+                 extra_args=["--heartbeat-ms", str(HEARTBEAT_MS), "--replica-of", p.endpoint,
+                             "--replica-events", p.events_endpoint])
+        self.addCleanup(d.cleanup)
+        d.start()
+        rc = d.client()
+        self.wait_converged(pc, rc)
+        self.assertIsNone(rc.ok("get", {"provider_name": "pinned"}))
+        self.assertEqual(rc.ok("keys"), pc.ok("keys"))
+        self.assertRegex(d.stderr(), r"providers: section is ignored")
+        self.stop_clean(d)
+        self.stop_clean(p)
+
+    def test_bad_replica_settings_stop_the_start(self):
+        cases = [
+            (["--replica-of", "tcp://127.0.0.1:5555"], "needs both --replica-of and"),
+            (["--replica-events", "tcp://127.0.0.1:5556"], "needs both --replica-of and"),
+            (["--replica-of", "127.0.0.1:5555", "--replica-events", "tcp://127.0.0.1:5556"],
+             "invalid endpoint '127.0.0.1:5555' for --replica-of"),
+            (["--replica-of", "tcp://127.0.0.1:5555", "--replica-events",
+              "tcp://127.0.0.1:5556", "--replica-server-key-file", "/nonexistent.pub"],
+             "needs --curve-secret-key-file"),
+        ]
+        for args, message in cases:
+            d = Node(extra_args=args)
+            self.addCleanup(d.cleanup)
+            proc = d.spawn()
+            rc = proc.wait(timeout=h.START_TIMEOUT)
+            self.assertEqual(rc, 2, (args, d.stderr()))
+            self.assertIn(message, d.stderr(), args)
 
 class TestReplicaCurve(ReplicaTestCase):
     """The replica speaks CURVE to its primary with its own key pair (the one its clients
