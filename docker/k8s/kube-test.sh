@@ -40,6 +40,9 @@ IMAGE=${PM_KT_IMAGE:-${PM_CT_IMAGE:-localhost/provider-manager:test}}
 TIMEOUT=${PM_KT_TIMEOUT:-60}
 # Debian's python3 with python3-yaml (installed below), whatever python3 comes first in PATH.
 PY=/usr/bin/python3
+# The image's VOLUME: the test's own containers mount a tmpfs there, so that podman makes no
+# anonymous volume for them (one left behind under load once).
+DATA=/var/lib/provider-manager
 
 ID=pmkt$$
 PREFIX=$ID-
@@ -182,7 +185,8 @@ ensure_image()
     podman image exists "$IMAGE" ||
         die "no image $IMAGE: run 'make container-test' first (it builds the image), or set PM_KT_IMAGE"
     local help
-    help=$(podman run --rm --no-healthcheck --entrypoint provider-manager "$IMAGE" --help 2>&1) || true
+    help=$(podman run --rm --no-healthcheck --tmpfs "$DATA" --entrypoint provider-manager "$IMAGE" \
+        --help 2>&1) || true
     # (no pipe into grep -q: with pipefail, podman's SIGPIPE would fail the match)
     if ! grep -q -- '--replica-of' <<<"$help"; then
         not_ok "image $IMAGE has no read-replica mode (provider-manager --help shows no --replica-of): the replica checks below will fail"
@@ -192,7 +196,7 @@ ensure_image()
 # The host's pmctl: the image's own binary (the host has the same Debian libraries).
 setup_pmctl()
 {
-    podman create --no-healthcheck --name "$ID-extract" "$IMAGE" >/dev/null
+    podman create --no-healthcheck --tmpfs "$DATA" --name "$ID-extract" "$IMAGE" >/dev/null
     podman cp "$ID-extract:/usr/local/bin/pmctl" "$RUN/pmctl"
     podman rm -v "$ID-extract" >/dev/null
     PMCTL=$RUN/pmctl
@@ -304,7 +308,7 @@ make_secrets()
 # The clients: a container on the network, calling by the Services' and the pods' DNS names.
 start_client()
 {
-    podman run -d --no-healthcheck --name "$CLIENT" --network "$NET" \
+    podman run -d --no-healthcheck --name "$CLIENT" --network "$NET" --tmpfs "$DATA" \
         -v "$RUN/keys:/keys:ro" "$IMAGE" sleep 3600 >/dev/null
 }
 
