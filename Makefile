@@ -51,7 +51,7 @@ ASAN_ENV = ASAN_OPTIONS=log_path=$(abspath $(ASAN_BUILD))/$(SANITIZER_LOGS)/asan
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 TSAN_ENV = TSAN_OPTIONS=log_path=$(abspath $(TSAN_BUILD))/$(SANITIZER_LOGS)/tsan:suppressions=$(CURDIR)/tests/tsan.supp:second_deadlock_stack=1:halt_on_error=0:ignore_noninstrumented_modules=1
 
-.PHONY: all deps build run test bench clean format format-check container-test test-deps \
+.PHONY: all deps build run test bench clean format format-check container-test kube-test test-deps \
 	fuzz fuzz-deps sanitize tsan valgrind valgrind-deps soak check-secrets
 
 all: build
@@ -154,6 +154,12 @@ clean:
 # makes the base image with debootstrap (no image registry needed). See docs/container.md.
 container-test:
 	bash docker/container-test.sh
+
+# Runs docker/k8s/*.yaml (primary StatefulSet, read-replica Deployment, Services, Secrets) with
+# podman kube play, deriving what podman 4.3 lacks from the same files; needs the image that
+# container-test builds. As root. See docs/kubernetes.md.
+kube-test:
+	bash docker/k8s/kube-test.sh
 
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
