@@ -274,8 +274,15 @@ static int s_sync_open(pmclient_replica_t *self, s_sync_t *sync)
         return -1;
     int linger = 0;
     int64_t max_size = S_EVENTS_MAX_SIZE;
+    /* ZMTP heartbeats: a service that vanished from the network without closing the
+     * connection (its machine lost, moved to a new address) is noticed after 3 x
+     * heartbeat_ms, and the connection made again (the name resolved again); otherwise the
+     * subscription would stay on a half-open TCP connection for ever. */
+    int ping_ms = self->heartbeat_ms, dead_ms = 3 * self->heartbeat_ms;
     if (zmq_setsockopt(sync->sub, ZMQ_LINGER, &linger, sizeof linger) != 0 ||
         zmq_setsockopt(sync->sub, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) != 0 ||
+        zmq_setsockopt(sync->sub, ZMQ_HEARTBEAT_IVL, &ping_ms, sizeof ping_ms) != 0 ||
+        zmq_setsockopt(sync->sub, ZMQ_HEARTBEAT_TIMEOUT, &dead_ms, sizeof dead_ms) != 0 ||
         zmq_setsockopt(sync->sub, ZMQ_SUBSCRIBE, PM_PROTO_EVENTS_TOPIC,
                        strlen(PM_PROTO_EVENTS_TOPIC)) != 0)
         return -1;

@@ -554,6 +554,21 @@ static int s_curve_client(const config_t *cfg, void *sockets[], size_t count, ch
     return rc;
 }
 
+/* ZMTP heartbeats on a socket towards the primary: a PING every heartbeat_ms, and the
+ * connection dropped (then made again, the primary's name resolved again) when nothing came
+ * back for 3 x heartbeat_ms. Without them a primary that vanished from the network without
+ * closing its connections (a node lost, a pod rescheduled to a new address) leaves the replica
+ * on a half-open TCP connection for ever: it would answer reads from an older state with
+ * primary_seen_s growing, and never catch up (found by kube-test's network-loss case). */
+static int s_detect_dead_peer(void *socket, int heartbeat_ms)
+{
+    int timeout = 3 * heartbeat_ms;
+    return zmq_setsockopt(socket, ZMQ_HEARTBEAT_IVL, &heartbeat_ms, sizeof heartbeat_ms) < 0 ||
+                   zmq_setsockopt(socket, ZMQ_HEARTBEAT_TIMEOUT, &timeout, sizeof timeout) < 0
+               ? -1
+               : 0;
+}
+
 follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth, bool *bind_failed,
                          char *err, size_t err_size)
 {
@@ -634,7 +649,9 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
         zmq_setsockopt(self->sub, ZMQ_SUBSCRIBE, "models", 6) < 0 ||
         zmq_setsockopt(self->dealer, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->dealer, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) < 0 ||
-        zmq_setsockopt(self->dealer, ZMQ_IMMEDIATE, &one, sizeof one) < 0) {
+        zmq_setsockopt(self->dealer, ZMQ_IMMEDIATE, &one, sizeof one) < 0 ||
+        s_detect_dead_peer(self->sub, self->heartbeat_ms) < 0 ||
+        s_detect_dead_peer(self->dealer, self->heartbeat_ms) < 0) {
         snprintf(err, err_size, "sockets towards the primary: %s", zmq_strerror(errno));
         goto fail;
     }
