@@ -15,7 +15,8 @@ status=0
 # glibc's resolver state, seen as a leak while a discovery thread still lives (lsan.supp).
 export LSAN_OPTIONS="suppressions=$src/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
 
-for target in request yaml clone; do
+targets=(request yaml clone)
+for target in "${targets[@]}"; do
     bin=$build/tests/fuzz/fuzz_$target
     if [ ! -x "$bin" ]; then
         echo "fuzz: $bin is missing (configure with -DPM_FUZZ=ON, clang)" >&2
@@ -63,5 +64,5 @@ for target in request yaml clone; do
         done
     fi
 done
-[ $status -eq 0 ] && echo "fuzz: 2 targets, no crash"
+[ $status -eq 0 ] && echo "fuzz: ${#targets[@]} targets, no crash"
 exit $status
