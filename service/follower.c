@@ -8,7 +8,7 @@
 #include "clone.h"
 #include "frames.h"
 #include "inproc.h"
-#include "iothreads.h"
+#include "owner.h"
 #include "log.h"
 #include "pm_keyfile.h"
 #include "pm_proto.h"
@@ -43,7 +43,7 @@ typedef struct {
 
 struct follower_t {
     void *ctx;
-    char endpoint[64];
+    char endpoint[OWNER_ENDPOINT_SIZE];
     void *pipe; /* PAIR to the front end */
     void *control, *control_peer;
     void *sub, *dealer, *pub;
@@ -600,45 +600,17 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
                      : "the replica needs --replica-of and --replica-events");
         goto fail;
     }
-    inproc_endpoint(self->endpoint, sizeof self->endpoint, "follower");
-    int zero = 0, one = 1, send_timeout = FOLLOWER_SEND_TIMEOUT_MS;
+    int zero = 0, one = 1;
     int64_t max_size = PM_PROTO_MAX_REPLY_SIZE;
-    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    /* As the writer's pipe: no high-water mark (front and follower never block each other),
-     * and a bounded send while no front end is connected. */
-    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_SNDTIMEO, &send_timeout, sizeof send_timeout) < 0 ||
-        zmq_bind(self->pipe, self->endpoint) < 0) {
-        snprintf(err, err_size, "follower pipe: %s", zmq_strerror(errno));
+    owner_sockets_t own;
+    if (owner_sockets_open(&own, zmq_ctx, "follower", auth, cfg->events_endpoint,
+                           FOLLOWER_SEND_TIMEOUT_MS, bind_failed, err, err_size) < 0)
         goto fail;
-    }
-    char control_endpoint[64];
-    inproc_endpoint(control_endpoint, sizeof control_endpoint, "follower-control");
-    self->control = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    self->control_peer = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    if (!self->control || !self->control_peer ||
-        zmq_setsockopt(self->control, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->control_peer, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_bind(self->control, control_endpoint) < 0 ||
-        zmq_connect(self->control_peer, control_endpoint) < 0) {
-        snprintf(err, err_size, "follower control pipe: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
-    if (!self->pub || iothreads_pin(zmq_ctx, self->pub, IOTHREADS_EVENTS) < 0 ||
-        zmq_setsockopt(self->pub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        auth_apply(auth, self->pub) < 0) {
-        snprintf(err, err_size, "events socket: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    if (zmq_bind(self->pub, cfg->events_endpoint) < 0) {
-        *bind_failed = true;
-        snprintf(err, err_size, "cannot bind events endpoint %s: %s", cfg->events_endpoint,
-                 zmq_strerror(errno));
-        goto fail;
-    }
+    self->pipe = own.pipe;
+    self->control = own.control;
+    self->control_peer = own.control_peer;
+    self->pub = own.pub;
+    memcpy(self->endpoint, own.endpoint, sizeof self->endpoint);
     self->sub = zmq_socket(zmq_ctx, ZMQ_SUB);
     self->dealer = zmq_socket(zmq_ctx, ZMQ_DEALER);
     if (!self->sub || !self->dealer ||

@@ -15,7 +15,7 @@
 #include "discovery.h"
 #include "frames.h"
 #include "inproc.h"
-#include "iothreads.h"
+#include "owner.h"
 #include "log.h"
 #include "pm_proto.h"
 #include "status_keeper.h"
@@ -68,7 +68,7 @@ struct writer_t {
     uint64_t state_version;
     int jobs_running_published;
     config_getenv_fn *getenv_fn;
-    char endpoint[64];
+    char endpoint[OWNER_ENDPOINT_SIZE];
     char store_path[PATH_MAX];
     snapshot_t *first;     /* for the front end, made before the thread starts */
     struct batch *batch;   /* reused for every batch: it is large (WRITER_MAX_BATCH items) */
@@ -1581,49 +1581,19 @@ writer_t *writer_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     self->heartbeat_ms = cfg->heartbeat_ms >= CONFIG_MIN_HEARTBEAT_MS ? cfg->heartbeat_ms
                                                                       : CONFIG_DEFAULT_HEARTBEAT_MS;
     self->next_heartbeat_ms = s_monotonic_ms() + self->heartbeat_ms;
-    inproc_endpoint(self->endpoint, sizeof self->endpoint, "writer");
     if (store_path(cfg->data_dir, self->store_path, sizeof self->store_path) < 0) {
         snprintf(err, err_size, "data dir path too long");
         goto fail;
     }
-    int zero = 0, send_timeout = WRITER_SEND_TIMEOUT_MS;
-    self->pipe = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    /* No high-water mark on the pipe: the writer and the front must never block each other.
-     * A send can then only wait while no front end is connected (start-up, or a front end
-     * that failed to start): bounded, so that writer_stop is always heard. */
-    if (!self->pipe || zmq_setsockopt(self->pipe, ZMQ_SNDHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_RCVHWM, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->pipe, ZMQ_SNDTIMEO, &send_timeout, sizeof send_timeout) < 0 ||
-        zmq_bind(self->pipe, self->endpoint) < 0) {
-        snprintf(err, err_size, "writer pipe: %s", zmq_strerror(errno));
+    owner_sockets_t own;
+    if (owner_sockets_open(&own, zmq_ctx, "writer", auth, cfg->events_endpoint,
+                           WRITER_SEND_TIMEOUT_MS, bind_failed, err, err_size) < 0)
         goto fail;
-    }
-    char control_endpoint[64];
-    inproc_endpoint(control_endpoint, sizeof control_endpoint, "writer-control");
-    self->control = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    self->control_peer = zmq_socket(zmq_ctx, ZMQ_PAIR);
-    if (!self->control || !self->control_peer ||
-        zmq_setsockopt(self->control, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_setsockopt(self->control_peer, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        zmq_bind(self->control, control_endpoint) < 0 ||
-        zmq_connect(self->control_peer, control_endpoint) < 0) {
-        snprintf(err, err_size, "writer control pipe: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    self->pub = zmq_socket(zmq_ctx, ZMQ_PUB);
-    if (!self->pub || iothreads_pin(zmq_ctx, self->pub, IOTHREADS_EVENTS) < 0 ||
-        zmq_setsockopt(self->pub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
-        auth_apply(auth, self->pub) < 0) {
-        snprintf(err, err_size, "events socket: %s", zmq_strerror(errno));
-        goto fail;
-    }
-    if (zmq_bind(self->pub, cfg->events_endpoint) < 0) {
-        *bind_failed = true;
-        snprintf(err, err_size, "cannot bind events endpoint %s: %s", cfg->events_endpoint,
-                 zmq_strerror(errno));
-        goto fail;
-    }
+    self->pipe = own.pipe;
+    self->control = own.control;
+    self->control_peer = own.control_peer;
+    self->pub = own.pub;
+    memcpy(self->endpoint, own.endpoint, sizeof self->endpoint);
     self->curve = auth_curve_on(auth);
     self->discovery = discovery_new(zmq_ctx, &cfg->discovery, cfg->workers);
     if (!self->discovery) {
