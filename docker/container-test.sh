@@ -59,29 +59,13 @@ PMCTL=""
 T0=$(date +%s)
 PASSED=0
 FAILED=0
+TEST_NAME=container-test
+# shellcheck source=test-lib.sh
+. "$ROOT/docker/test-lib.sh"
 
 say()
 {
     printf '== [%4ss] %s\n' "$(($(date +%s) - T0))" "$*"
-}
-
-die()
-{
-    echo "container-test: ERROR: $*" >&2
-    echo "container-test: $PASSED passed, $((FAILED + 1)) failed"
-    exit 1
-}
-
-ok()
-{
-    PASSED=$((PASSED + 1))
-    echo "PASS: $*"
-}
-
-not_ok()
-{
-    FAILED=$((FAILED + 1))
-    echo "FAIL: $*"
 }
 
 # podman with the lines that are noise on a machine without systemd or syslog filtered from its
@@ -95,11 +79,6 @@ podman_q()
     grep -v 'systemd connection\|failed to connect to syslog' "$err" >&2 || true
     rm -f "$err"
     return "$status"
-}
-
-now_ms()
-{
-    echo $(($(date +%s%N) / 1000000))
 }
 
 cleanup()
@@ -128,65 +107,13 @@ trap 'exit 130' INT TERM
 
 # ------------------------------------------------------------------------------- packages
 
-# apt-get install, waiting while another apt/dpkg holds the lock.
-apt_install()
-{
-    local out updated=0
-    for _ in $(seq 1 120); do
-        if out=$(DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-            "$@" 2>&1); then
-            return 0
-        fi
-        if grep -q 'Could not get lock\|Unable to acquire the dpkg\|Unable to lock' <<<"$out"; then
-            sleep 5
-            continue
-        fi
-        if [ "$updated" = 0 ]; then
-            updated=1
-            apt-get update -qq 2>&1 | grep -v '^W:' || true
-            continue
-        fi
-        echo "$out" >&2
-        return 1
-    done
-    echo "$out" >&2
-    return 1
-}
-
-ensure_packages()
-{
-    local missing=() p
-    for p in podman runc conmon netavark aardvark-dns iptables debootstrap podman-compose; do
-        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' ||
-            missing+=("$p")
-    done
-    if [ ${#missing[@]} -gt 0 ]; then
-        say "installing ${missing[*]}"
-        apt_install "${missing[@]}" || die "cannot install ${missing[*]}"
-    fi
-}
 
 # ---------------------------------------------------------------------------------- podman
 
 configure_podman()
 {
-    mkdir -p "$WORK" "$CACHE"
-    local nofile nproc
-    nofile=$(ulimit -Hn)
-    nproc=$(ulimit -Hu)
-    [ "$nofile" = unlimited ] || [ "$nofile" -gt 65536 ] && nofile=65536
-    [ "$nproc" = unlimited ] || [ "$nproc" -gt 4096 ] && nproc=4096
-    cat >"$WORK/containers.conf" <<EOF
-# Written by docker/container-test.sh for this machine; podman reads it through CONTAINERS_CONF.
-[containers]
-default_ulimits = ["nofile=$nofile:$nofile", "nproc=$nproc:$nproc"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-EOF
-    export CONTAINERS_CONF="$WORK/containers.conf"
+    mkdir -p "$CACHE"
+    write_containers_conf
     if [ -n "${PM_CT_STORAGE_DRIVER:-}" ]; then
         write_storage_conf "$PM_CT_STORAGE_DRIVER"
     fi
@@ -201,7 +128,7 @@ EOF
         fi
     fi
     say "podman $(podman version --format '{{.Client.Version}}'), runtime runc, storage" \
-        "$(podman info --format '{{.Store.GraphDriverName}}'), cgroupfs, nofile $nofile, nproc $nproc"
+        "$(podman info --format '{{.Store.GraphDriverName}}'), cgroupfs, nofile $NOFILE, nproc $NPROC"
 }
 
 write_storage_conf()
@@ -596,7 +523,7 @@ check_image_size()
 
 # -------------------------------------------------------------------------------- main
 
-ensure_packages
+ensure_packages podman runc conmon netavark aardvark-dns iptables debootstrap podman-compose
 configure_podman
 ensure_base_image
 build_image
