@@ -8,6 +8,7 @@
 #include "clone.h"
 #include "frames.h"
 #include "inproc.h"
+#include "iothreads.h"
 #include "owner.h"
 #include "log.h"
 #include "pm_keyfile.h"
@@ -613,7 +614,13 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     memcpy(self->endpoint, own.endpoint, sizeof self->endpoint);
     self->sub = zmq_socket(zmq_ctx, ZMQ_SUB);
     self->dealer = zmq_socket(zmq_ctx, ZMQ_DEALER);
-    if (!self->sub || !self->dealer ||
+    /* On the events I/O thread, never the requests': libzmq resolves the primary's host name
+     * with a blocking getaddrinfo() in the I/O thread at every reconnect, and while the
+     * primary is away its name may not resolve for seconds (a Kubernetes Service without
+     * endpoints): on the requests' thread that stalled every caller's handshake for up to 30 s
+     * (kube-test, the primary stopped). */
+    if (!self->sub || !self->dealer || iothreads_pin(zmq_ctx, self->sub, IOTHREADS_EVENTS) < 0 ||
+        iothreads_pin(zmq_ctx, self->dealer, IOTHREADS_EVENTS) < 0 ||
         zmq_setsockopt(self->sub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
         zmq_setsockopt(self->sub, ZMQ_MAXMSGSIZE, &max_size, sizeof max_size) < 0 ||
         zmq_setsockopt(self->sub, ZMQ_SUBSCRIBE, PM_PROTO_EVENTS_TOPIC,
