@@ -617,8 +617,8 @@ follower_t *follower_new(void *zmq_ctx, const config_t *cfg, const auth_t *auth,
     /* On the events I/O thread, never the requests': libzmq resolves the primary's host name
      * with a blocking getaddrinfo() in the I/O thread at every reconnect, and while the
      * primary is away its name may not resolve for seconds (a Kubernetes Service without
-     * endpoints): on the requests' thread that stalled every caller's handshake for up to 30 s
-     * (kube-test, the primary stopped). */
+     * endpoints; podman's DNS was seen silent for 30-40 s): callers' handshakes must not wait
+     * behind that. */
     if (!self->sub || !self->dealer || iothreads_pin(zmq_ctx, self->sub, IOTHREADS_EVENTS) < 0 ||
         iothreads_pin(zmq_ctx, self->dealer, IOTHREADS_EVENTS) < 0 ||
         zmq_setsockopt(self->sub, ZMQ_LINGER, &zero, sizeof zero) < 0 ||
